@@ -1,0 +1,397 @@
+//! Assembling the service: the shared [`AppState`] built once from settings, and running
+//! the HTTP server until a shutdown signal, letting in-flight requests finish.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::config::{GradingMode, OcrSettings};
+use crate::fetch::{HttpFetcher, ImageSource};
+use crate::grade::{Grader, LlmGrader, MemoryReplyCache, ReplyCache};
+use crate::ocr::{DecodeLimits, OcrPool, PoolConfig};
+use crate::store::Store;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings in force, validated at start.
+    pub settings: Arc<Settings>,
+    /// Where everything is persisted.
+    pub store: Arc<dyn Store>,
+    /// Fetches answer images from URLs.
+    pub images: Arc<dyn ImageSource>,
+    /// OCR worker threads, one engine each.
+    pub ocr: Arc<OcrPool>,
+    /// Identifies the OCR configuration in memoised results, so changing the engine or its
+    /// languages does not serve stale text.
+    pub ocr_cache_key: String,
+    /// Marks answers.
+    pub grader: Arc<dyn Grader>,
+    /// In `llm` mode, the embedded grader's independent estimate, for review flags.
+    pub second_opinion: Option<Arc<dyn Grader>>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Per-key token buckets.
+    pub rate_limiter: Arc<crate::http::auth::RateLimiter>,
+    /// Caps workflow requests in progress (`auth.max_in_flight`); taken without waiting.
+    pub work_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// The process-wide metrics recorder; installed once even when tests build many apps.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0,
+                ])
+                .expect("static bucket list is valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's); then our
+            // handle renders only what we record through it, which is still correct.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Replies kept in memory in front of the store (under 1 KiB each).
+const RECENT_REPLIES: usize = 10_000;
+/// Replies waiting to be written; when full, `put` waits for room (backpressure, no loss).
+const PENDING_WRITES: usize = 8_192;
+
+/// Replies queued for the store by every [`StoreReplyCache`] of the process, so that
+/// shutdown can wait for them.
+static PENDING_REPLY_WRITES: AtomicUsize = AtomicUsize::new(0);
+/// How long shutdown waits for queued replies to be written.
+const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits until the queued replies are written, or `limit` has passed.
+async fn flush_reply_writes(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while PENDING_REPLY_WRITES.load(Ordering::Acquire) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                pending = PENDING_REPLY_WRITES.load(Ordering::Acquire),
+                "LLM cache writes still queued at shutdown; they are dropped"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// LLM replies memoised in the store, so identical answers cost no second call even
+/// across restarts.
+///
+/// Two measures keep the store off the grading critical path (BENCHMARKS.md, "Evaluate:
+/// three-stage grading under load"): a bounded in-memory front answers repeats without a
+/// query, and one background task writes the replies instead of every stage awaiting its
+/// own INSERT. Under load those INSERTs queued on SQLite's single write lock while holding
+/// pool connections (the busy handler sleeps with its connection held), delaying every other
+/// query. A reply is visible to this process as soon as `put` returns and reaches the store
+/// moments later; [`serve`] waits for the queue on shutdown (up to [`REPLY_FLUSH_LIMIT`]).
+struct StoreReplyCache {
+    store: Arc<dyn Store>,
+    recent: MemoryReplyCache,
+    /// `None` outside a Tokio runtime: then writes are made inline.
+    writes: Option<tokio::sync::mpsc::Sender<(String, String)>>,
+}
+
+impl StoreReplyCache {
+    fn new(store: Arc<dyn Store>) -> Self {
+        let writes = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (sender, mut queue) =
+                tokio::sync::mpsc::channel::<(String, String)>(PENDING_WRITES);
+            let store = store.clone();
+            runtime.spawn(async move {
+                while let Some((key, text)) = queue.recv().await {
+                    write_reply(store.as_ref(), &key, &text).await;
+                    PENDING_REPLY_WRITES.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
+            sender
+        });
+        StoreReplyCache {
+            store,
+            recent: MemoryReplyCache::with_capacity(RECENT_REPLIES),
+            writes,
+        }
+    }
+}
+
+async fn write_reply(store: &dyn Store, key: &str, text: &str) {
+    if let Err(e) = store.cache_put("llm", key, text).await {
+        tracing::warn!(error = %e, "LLM cache write failed");
+    }
+}
+
+#[async_trait]
+impl ReplyCache for StoreReplyCache {
+    async fn get(&self, key: &str) -> Option<serde_json::Value> {
+        if let Some(value) = self.recent.get(key).await {
+            return Some(value);
+        }
+        match self.store.cache_get("llm", key).await {
+            Ok(Some(text)) => {
+                let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+                self.recent.put(key, &value).await;
+                Some(value)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "LLM cache read failed");
+                None
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, value: &serde_json::Value) {
+        self.recent.put(key, value).await;
+        let text = value.to_string();
+        match &self.writes {
+            // Reserving first keeps the count exact even if this future is dropped while
+            // waiting for room.
+            Some(writes) => match writes.reserve().await {
+                Ok(slot) => {
+                    PENDING_REPLY_WRITES.fetch_add(1, Ordering::AcqRel);
+                    slot.send((key.to_string(), text));
+                }
+                // The writer is gone (the runtime is shutting down): write inline.
+                Err(_) => write_reply(self.store.as_ref(), key, &text).await,
+            },
+            None => write_reply(self.store.as_ref(), key, &text).await,
+        }
+    }
+}
+
+/// Stands in when the configured grader cannot work (its model files are missing), so
+/// grading fails with instructions instead of the service refusing to start — uploads and
+/// results still work.
+struct UnavailableGrader {
+    reason: String,
+}
+
+#[async_trait]
+impl Grader for UnavailableGrader {
+    fn name(&self) -> &str {
+        "unavailable"
+    }
+
+    async fn grade(&self, _task: &crate::grade::GradeTask) -> crate::grade::GradeOutcome {
+        crate::grade::GradeOutcome::failed(self.reason.clone())
+    }
+}
+
+/// Loads the embedded grader from the configured models directory.
+fn load_local_grader(settings: &Settings) -> Result<Arc<dyn Grader>, String> {
+    let dir = settings.grading.local.models_dir();
+    let workers = match settings.grading.local.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    crate::grade::local::LocalGrader::load(&dir, workers)
+        .map(|grader| Arc::new(grader) as Arc<dyn Grader>)
+        .map_err(|e| {
+            format!(
+                "the embedded grader's model could not be loaded from {}: {e}; fetch it with `make models` (scripts/fetch-model.sh {})",
+                dir.display(),
+                dir.display()
+            )
+        })
+}
+
+/// The grader that marks, and the optional second opinion.
+pub type Graders = (Arc<dyn Grader>, Option<Arc<dyn Grader>>);
+
+/// The graders the settings ask for: the one that marks, and in `llm` mode the embedded
+/// grader's second opinion when its model is available.
+pub fn build_graders(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<Graders> {
+    match settings.grading_mode() {
+        GradingMode::Llm => {
+            let cache: Arc<dyn ReplyCache> = if settings.grading.llm.cache {
+                Arc::new(StoreReplyCache::new(store))
+            } else {
+                Arc::new(crate::grade::NoCache)
+            };
+            let grader = LlmGrader::new(&settings.grading.llm, cache)
+                .context("configuring the LLM grader")?;
+            let second = match load_local_grader(settings) {
+                Ok(local) => Some(local),
+                Err(reason) => {
+                    tracing::warn!(%reason, "grading without the embedded grader's second opinion");
+                    None
+                }
+            };
+            Ok((Arc::new(grader), second))
+        }
+        GradingMode::Local => match load_local_grader(settings) {
+            Ok(local) => Ok((local, None)),
+            Err(reason) => {
+                tracing::error!(%reason, "grading is unavailable");
+                Ok((Arc::new(UnavailableGrader { reason }), None))
+            }
+        },
+    }
+}
+
+/// Builds the application state: opens the store, starts the OCR workers, sets up the
+/// grader, and seeds the catalog on first start.
+pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
+    let settings = Arc::new(settings);
+    let url = settings.database_url();
+    let store = crate::store::open(&url)
+        .await
+        .with_context(|| format!("opening the database {url}"))?;
+    if let Some(seed) = &settings.seed_catalog {
+        seed_catalog(store.as_ref(), seed).await?;
+    }
+    let images: Arc<dyn ImageSource> =
+        Arc::new(HttpFetcher::new(&settings.fetch).context("configuring the image fetcher")?);
+    let ocr = Arc::new(start_ocr(&settings.ocr).context("starting OCR workers")?);
+    let ocr_cache_key = format!(
+        "tesseract:{}:{OCR_PIPELINE_VERSION}",
+        settings.ocr.languages
+    );
+    let (grader, second_opinion) = build_graders(&settings, store.clone())?;
+    if settings.auth.mode == crate::config::AuthMode::ApiKey {
+        ensure_first_admin_key(store.as_ref()).await?;
+    } else {
+        tracing::warn!(
+            "auth.mode = \"none\": every caller has full rights (allowed only because {} is a loopback address)",
+            settings.listen
+        );
+    }
+    tracing::info!(grader = grader.name(), ocr = %ocr_cache_key, "service assembled");
+    let work_permits = Arc::new(tokio::sync::Semaphore::new(settings.auth.max_in_flight));
+    Ok(AppState {
+        work_permits,
+        settings,
+        store,
+        images,
+        ocr,
+        ocr_cache_key,
+        grader,
+        second_opinion,
+        metrics: metrics_handle(),
+        rate_limiter: Arc::default(),
+    })
+}
+
+/// Bumped whenever decoding or preprocessing changes what OCR reads, so memoised page texts
+/// from the old pipeline are not served.
+const OCR_PIPELINE_VERSION: &str = "p1";
+
+/// Starts the OCR worker pool the settings describe.
+pub fn start_ocr(settings: &OcrSettings) -> Result<OcrPool, crate::ocr::OcrError> {
+    let config = PoolConfig {
+        threads: settings.worker_threads(),
+        queue_capacity: settings.queue_capacity,
+        decode: DecodeLimits {
+            max_pixels: settings.max_pixels,
+            ..DecodeLimits::default()
+        },
+        ..PoolConfig::default()
+    };
+    OcrPool::tesseract(config, &settings.languages, settings.tessdata_dir.clone())
+}
+
+/// A fresh installation has no keys and so no way in: create the first admin key and
+/// show its secret once, on standard output (not the log, which may be shipped elsewhere).
+async fn ensure_first_admin_key(store: &dyn Store) -> anyhow::Result<()> {
+    if !store.list_api_keys().await?.is_empty() {
+        return Ok(());
+    }
+    let (key, secret) = crate::http::auth::create_key(
+        store,
+        crate::model::Role::Admin,
+        None,
+        Some("first admin key, created at first start".into()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the first admin key: {e}"))?;
+    println!(
+        "\nNo API keys existed, so an admin key was created ({}). It is shown only this once:\n\n    {secret}\n\nSend it as `Authorization: Bearer <key>`. Create more with `examiner keys create --role admin|examiner|student`.\n",
+        key.key_id
+    );
+    tracing::info!(key_id = %key.key_id, "created the first admin key");
+    Ok(())
+}
+
+/// Imports the seed catalog when the database has no courses yet.
+async fn seed_catalog(store: &dyn Store, path: &std::path::Path) -> anyhow::Result<()> {
+    if !store.list_courses().await?.is_empty() {
+        return Ok(());
+    }
+    let catalog = crate::cli::read_catalog(path)?;
+    let created = store
+        .import_catalog(&catalog)
+        .await
+        .with_context(|| format!("importing the seed catalog {}", path.display()))?;
+    tracing::info!(path = %path.display(), created, "seed catalog imported");
+    Ok(())
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then waits up to the grace period
+/// for in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+    let app = crate::http::router(state);
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        let _ = stopping_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        result = server => result.context("server task failed")?.context("server failed")?,
+        () = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+        }
+    }
+    flush_reply_writes(REPLY_FLUSH_LIMIT).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,1015 @@
+//! The OpenAI-compatible chat-completions client: one pooled `reqwest::Client` (HTTP/1.1 and
+//! HTTP/2) shared by all backends of a grader, and per backend a concurrency semaphore, a
+//! circuit breaker and the memory of which structured-output mode the server accepts.
+//!
+//! Promises: transient failures (429, 5xx, timeouts, connection errors, garbled bodies) are
+//! retried up to `max_retries` times with exponential backoff and full jitter, honouring
+//! `Retry-After` (seconds or HTTP date, capped at 30 s); after `circuit_failure_threshold`
+//! consecutive failures the backend fails fast for `circuit_open_secs`, then lets one probe
+//! through and closes on its success; a server that rejects `json_schema` is asked again with
+//! `json_object`, then with no response format, and later calls start at the mode that worked;
+//! the API key is sent only as a sensitive `Authorization` header and appears in no message.
+//! Nothing a server sends can cause a panic (bodies are capped at 4 MiB).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::replies::extract_json;
+use super::settings::{redact_url, LlmBackendSettings};
+use super::GradeError;
+
+/// Largest response body read; larger ones are treated as malformed.
+const MAX_BODY_BYTES: usize = 4 << 20;
+/// First backoff ceiling; doubled per retry up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// A server asking for a longer pause than this is still retried after this long.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
+/// Error bodies are quoted in messages up to this many characters.
+const SNIPPET_CHARS: usize = 300;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+/// One chat message as sent to the server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub(crate) struct ChatMessage {
+    // Declared in sorted order so that serialising a message directly gives the same bytes as
+    // serialising it through a `serde_json::Value` (a sorted map), as request bodies were
+    // built before [`ChatRequest`]; cache keys still go through a `Value`.
+    pub content: String,
+    pub role: ChatRole,
+}
+
+impl ChatMessage {
+    pub(crate) fn system(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::System,
+            content: content.into(),
+        }
+    }
+    pub(crate) fn user(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::User,
+            content: content.into(),
+        }
+    }
+    pub(crate) fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// How structured output is requested, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum OutputMode {
+    JsonSchema = 0,
+    JsonObject = 1,
+    Text = 2,
+}
+
+impl OutputMode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => OutputMode::JsonSchema,
+            1 => OutputMode::JsonObject,
+            _ => OutputMode::Text,
+        }
+    }
+    fn next(self) -> Option<Self> {
+        match self {
+            OutputMode::JsonSchema => Some(OutputMode::JsonObject),
+            OutputMode::JsonObject => Some(OutputMode::Text),
+            OutputMode::Text => None,
+        }
+    }
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OutputMode::JsonSchema => "json_schema",
+            OutputMode::JsonObject => "json_object",
+            OutputMode::Text => "text",
+        }
+    }
+}
+
+/// Request-parameter quirks learned from 400s (bit flags).
+const COMPAT_MAX_COMPLETION_TOKENS: u8 = 1; // newer OpenAI models reject `max_tokens`
+const COMPAT_OMIT_TEMPERATURE: u8 = 2; // reasoning models reject a non-default temperature
+
+/// A failed request. Messages name the backend as "model at url" (no credentials).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LlmError {
+    #[error("circuit breaker open for {backend} after repeated failures; calls fail fast for another {retry_in_secs}s")]
+    CircuitOpen { backend: String, retry_in_secs: u64 },
+    #[error("circuit breaker half-open for {backend}: waiting for the probe request to succeed")]
+    ProbeInFlight { backend: String },
+    #[error("{backend} answered HTTP {status}: {body}")]
+    Status {
+        backend: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("request to {backend} timed out after {secs}s")]
+    Timeout { backend: String, secs: u64 },
+    #[error("could not connect to {backend}: {detail}")]
+    Connect { backend: String, detail: String },
+    #[error("transport error with {backend}: {detail}")]
+    Transport { backend: String, detail: String },
+    #[error("malformed response from {backend}: {detail}")]
+    Malformed { backend: String, detail: String },
+}
+
+impl LlmError {
+    /// Worth retrying, and whether it counts as a backend failure for the circuit breaker
+    /// (a 429 shows the server is alive, so it does not).
+    fn transient(&self) -> Option<bool> {
+        match self {
+            LlmError::Status { status, .. } => match *status {
+                429 => Some(false),
+                408 | 500..=599 => Some(true),
+                _ => None,
+            },
+            LlmError::Timeout { .. } | LlmError::Connect { .. } | LlmError::Transport { .. } => {
+                Some(true)
+            }
+            LlmError::Malformed { .. } => Some(false),
+            LlmError::CircuitOpen { .. } | LlmError::ProbeInFlight { .. } => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_circuit_open(&self) -> bool {
+        matches!(
+            self,
+            LlmError::CircuitOpen { .. } | LlmError::ProbeInFlight { .. }
+        )
+    }
+}
+
+/// The useful part of a chat completion.
+#[derive(Clone, Debug)]
+pub(crate) struct Completion {
+    pub content: String,
+    pub finish_reason: Option<String>,
+    pub refusal: Option<String>,
+    pub served_model: Option<String>,
+}
+
+/// Per-stage bookkeeping across all requests of the stage.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallStats {
+    pub attempts: u32,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+impl CallStats {
+    fn add_usage(&mut self, prompt: Option<u64>, completion: Option<u64>) {
+        if let Some(p) = prompt {
+            self.prompt_tokens = Some(self.prompt_tokens.unwrap_or(0).saturating_add(p));
+        }
+        if let Some(c) = completion {
+            self.completion_tokens = Some(self.completion_tokens.unwrap_or(0).saturating_add(c));
+        }
+    }
+}
+
+/// A chat-completions request body, borrowing the prompts and the schema. Fields are in
+/// sorted order and absent ones skipped, so it serialises to exactly the bytes of the
+/// `serde_json::Value` (a sorted map) built before, without copying the prompts into one.
+#[derive(Serialize, Debug)]
+pub(crate) struct ChatRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    messages: &'a [ChatMessage],
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat<'a>>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+}
+
+#[derive(Serialize, Debug)]
+struct ResponseFormat<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<JsonSchemaFormat<'a>>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+struct JsonSchemaFormat<'a> {
+    name: &'a str,
+    schema: &'a Value,
+    strict: bool,
+}
+
+/// Builds the pooled client shared by a grader's backends.
+pub(crate) fn build_http_client() -> Result<reqwest::Client, GradeError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("examiner-grade/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(60))
+        .build()
+        .map_err(|e| GradeError::HttpClient(e.to_string()))
+}
+
+/// The key is held here only; `Debug` shows whether it is set, never its value.
+struct ApiKey(Option<String>);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "<set>" } else { "<unset>" })
+    }
+}
+
+/// One backend: where to send, how many at once, whether it is healthy, what it supports.
+pub(crate) struct ChatBackend {
+    http: reqwest::Client,
+    settings: LlmBackendSettings,
+    url: String,
+    label: String,
+    api_key: ApiKey,
+    semaphore: Semaphore,
+    breaker: CircuitBreaker,
+    mode: AtomicU8,
+    compat: AtomicU8,
+}
+
+impl fmt::Debug for ChatBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatBackend")
+            .field("backend", &self.label)
+            .field("api_key", &self.api_key)
+            .field(
+                "mode",
+                &OutputMode::from_u8(self.mode.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatBackend {
+    /// Reads the API key from the environment now, once.
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmBackendSettings) -> Self {
+        ChatBackend {
+            http,
+            url: settings.chat_url(),
+            label: settings.label(),
+            api_key: ApiKey(settings.api_key()),
+            semaphore: Semaphore::new(settings.concurrency.max(1)),
+            breaker: CircuitBreaker::new(
+                settings.circuit_failure_threshold,
+                Duration::from_secs(settings.circuit_open_secs),
+            ),
+            mode: AtomicU8::new(OutputMode::JsonSchema as u8),
+            compat: AtomicU8::new(0),
+            settings: settings.clone(),
+        }
+    }
+
+    pub(crate) fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    /// One logical chat completion with retries, circuit breaking and structured-output
+    /// fallback. `stats` accumulates attempts and token usage even when it fails.
+    pub(crate) async fn complete(
+        &self,
+        messages: &[ChatMessage],
+        schema_name: &str,
+        schema: &Value,
+        stats: &mut CallStats,
+    ) -> Result<Completion, LlmError> {
+        let learned = OutputMode::from_u8(self.mode.load(Ordering::Relaxed));
+        let mut mode = learned;
+        let mut retries_left = self.settings.max_retries;
+        let mut backoff_step = 0u32;
+        let mut last_failure: Option<LlmError> = None;
+        loop {
+            // Wait for a slot first, then ask the breaker, so a call queued behind a failing
+            // burst sees the circuit that burst opened instead of adding to it.
+            let permit = self
+                .semaphore
+                .acquire()
+                .await
+                .map_err(|_| LlmError::Transport {
+                    backend: self.label.clone(),
+                    detail: "backend semaphore closed".into(),
+                })?;
+            let admission = match self.breaker.admit() {
+                Ok(admission) => admission,
+                // A retry refused because other calls opened the circuit during its backoff
+                // reports the failure this call met (a timeout, a 5xx), not only the breaker.
+                Err(rejection) => {
+                    return Err(match (last_failure, rejection) {
+                        (Some(failure), _) => failure,
+                        (None, Rejection::Open(left)) => LlmError::CircuitOpen {
+                            backend: self.label.clone(),
+                            retry_in_secs: left.as_secs_f64().ceil() as u64,
+                        },
+                        (None, Rejection::Probing) => LlmError::ProbeInFlight {
+                            backend: self.label.clone(),
+                        },
+                    })
+                }
+            };
+            stats.attempts += 1;
+            let result = self.send_once(messages, mode, schema_name, schema).await;
+            drop(permit);
+            let err = match result {
+                Ok((completion, prompt, completion_tokens)) => {
+                    admission.success();
+                    stats.add_usage(prompt, completion_tokens);
+                    if mode > learned {
+                        // Remember the fallback only once it has worked, so a 400 caused by
+                        // something else cannot downgrade the backend for good.
+                        self.mode.fetch_max(mode as u8, Ordering::Relaxed);
+                        tracing::info!(backend = %self.label, mode = mode.as_str(), "structured output: using fallback mode");
+                    }
+                    return Ok(completion);
+                }
+                Err(err) => err,
+            };
+            if let LlmError::Status { status, body, .. } = &err {
+                let compat = self.compat.load(Ordering::Relaxed);
+                if let Some(flag) = compat_fix(*status, body, compat) {
+                    admission.success();
+                    self.compat.fetch_or(flag, Ordering::Relaxed);
+                    tracing::info!(backend = %self.label, status, "adjusting request parameters the server rejected");
+                    continue;
+                }
+                if rejects_format(*status, body) {
+                    if let Some(next) = mode.next() {
+                        admission.success();
+                        tracing::info!(backend = %self.label, status, from = mode.as_str(), to = next.as_str(), "structured output rejected; falling back");
+                        mode = next;
+                        continue;
+                    }
+                }
+            }
+            match err.transient() {
+                Some(counts_as_failure) => {
+                    if counts_as_failure {
+                        admission.failure();
+                    } else {
+                        admission.neutral();
+                    }
+                    if retries_left == 0 || self.breaker.is_open() {
+                        return Err(err);
+                    }
+                    retries_left -= 1;
+                    let delay = backoff_delay(backoff_step, err.retry_after());
+                    backoff_step += 1;
+                    tracing::warn!(backend = %self.label, error = %err, delay_ms = delay.as_millis() as u64, "LLM request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    last_failure = Some(err);
+                }
+                None => {
+                    // A definitive answer (401, 404, 400 in text mode...): the server is alive.
+                    admission.success();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn request_body<'a>(
+        &'a self,
+        messages: &'a [ChatMessage],
+        mode: OutputMode,
+        schema_name: &'a str,
+        schema: &'a Value,
+    ) -> ChatRequest<'a> {
+        let compat = self.compat.load(Ordering::Relaxed);
+        let max_tokens = self.settings.max_tokens;
+        let new_param = compat & COMPAT_MAX_COMPLETION_TOKENS != 0;
+        ChatRequest {
+            max_completion_tokens: new_param.then_some(max_tokens),
+            max_tokens: (!new_param).then_some(max_tokens),
+            messages,
+            model: &self.settings.model,
+            response_format: match mode {
+                OutputMode::JsonSchema => Some(ResponseFormat {
+                    json_schema: Some(JsonSchemaFormat {
+                        name: schema_name,
+                        schema,
+                        strict: true,
+                    }),
+                    kind: "json_schema",
+                }),
+                OutputMode::JsonObject => Some(ResponseFormat {
+                    json_schema: None,
+                    kind: "json_object",
+                }),
+                OutputMode::Text => None,
+            },
+            stream: false,
+            temperature: (compat & COMPAT_OMIT_TEMPERATURE == 0)
+                .then_some(self.settings.temperature),
+        }
+    }
+
+    /// One HTTP request; returns the completion and the usage it reported.
+    async fn send_once(
+        &self,
+        messages: &[ChatMessage],
+        mode: OutputMode,
+        schema_name: &str,
+        schema: &Value,
+    ) -> Result<(Completion, Option<u64>, Option<u64>), LlmError> {
+        let body = self.request_body(messages, mode, schema_name, schema);
+        let mut request = self
+            .http
+            .post(&self.url)
+            .timeout(Duration::from_secs(self.settings.timeout_secs))
+            .json(&body);
+        if let Some(key) = &self.api_key.0 {
+            request = request.bearer_auth(key); // marked sensitive by reqwest
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        let bytes = self.read_body(response).await?;
+        if !status.is_success() {
+            return Err(LlmError::Status {
+                backend: self.label.clone(),
+                status: status.as_u16(),
+                body: snippet(&String::from_utf8_lossy(&bytes)),
+                retry_after,
+            });
+        }
+        parse_completion(&bytes).map_err(|detail| LlmError::Malformed {
+            backend: self.label.clone(),
+            detail,
+        })
+    }
+
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, LlmError> {
+        let mut buf = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(LlmError::Malformed {
+                    backend: self.label.clone(),
+                    detail: format!("response body exceeds {MAX_BODY_BYTES} bytes"),
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> LlmError {
+        let backend = self.label.clone();
+        if e.is_timeout() {
+            return LlmError::Timeout {
+                backend,
+                secs: self.settings.timeout_secs,
+            };
+        }
+        let connect = e.is_connect();
+        // The URL is already in `backend` (redacted); drop reqwest's copy.
+        let e = e.without_url();
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let detail = snippet(&detail);
+        if connect {
+            LlmError::Connect { backend, detail }
+        } else {
+            LlmError::Transport { backend, detail }
+        }
+    }
+}
+
+/// Whether a 400/422 names a request parameter we can adjust; returns the flag to set.
+fn compat_fix(status: u16, body: &str, current: u8) -> Option<u8> {
+    if !matches!(status, 400 | 422) {
+        return None;
+    }
+    let lower = body.to_lowercase();
+    if current & COMPAT_MAX_COMPLETION_TOKENS == 0
+        && lower.contains("max_tokens")
+        && (lower.contains("max_completion_tokens") || lower.contains("unsupported"))
+    {
+        return Some(COMPAT_MAX_COMPLETION_TOKENS);
+    }
+    if current & COMPAT_OMIT_TEMPERATURE == 0
+        && lower.contains("temperature")
+        && (lower.contains("unsupported")
+            || lower.contains("not support")
+            || lower.contains("only the default"))
+    {
+        return Some(COMPAT_OMIT_TEMPERATURE);
+    }
+    None
+}
+
+/// Whether an error response means "this response_format is not supported here": any 400 or
+/// 422 (servers rarely say more), or another 4xx that mentions the feature.
+fn rejects_format(status: u16, body: &str) -> bool {
+    if matches!(status, 400 | 422) {
+        return true;
+    }
+    if !(400..500).contains(&status) || matches!(status, 401 | 403 | 408 | 429) {
+        return false;
+    }
+    let lower = body.to_lowercase();
+    [
+        "response_format",
+        "response format",
+        "json_schema",
+        "json_object",
+        "structured output",
+        "guided_json",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
+}
+
+/// Extracts content, usage and model from a chat-completion body, tolerating the variations of
+/// compatible servers (content as parts, legacy `text`, missing usage).
+fn parse_completion(bytes: &[u8]) -> Result<(Completion, Option<u64>, Option<u64>), String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "body is not JSON ({e}): {}",
+            snippet(&String::from_utf8_lossy(bytes))
+        )
+    })?;
+    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+        return Err(format!(
+            "server reported an error: {}",
+            snippet(&error.to_string())
+        ));
+    }
+    let choice = value
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|choices| choices.first())
+        .ok_or_else(|| "no choices in the response".to_string())?;
+    let message = choice.get("message");
+    let mut content = match message.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    };
+    if content.is_empty() {
+        if let Some(text) = choice.get("text").and_then(Value::as_str) {
+            content = text.to_string();
+        }
+    }
+    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let usage = value.get("usage");
+    let tokens = |name: &str| usage.and_then(|u| u.get(name)).and_then(Value::as_u64);
+    Ok((
+        Completion {
+            content,
+            finish_reason: text_of(choice.get("finish_reason")),
+            refusal: text_of(message.and_then(|m| m.get("refusal"))),
+            served_model: text_of(value.get("model")),
+        },
+        tokens("prompt_tokens"),
+        tokens("completion_tokens"),
+    ))
+}
+
+/// `retry-after-ms` (OpenAI) or `Retry-After` as seconds or an HTTP date.
+pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let as_secs =
+        |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return as_secs(ms / 1000.0);
+    }
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<f64>() {
+        return as_secs(secs);
+    }
+    let when = httpdate::parse_http_date(raw).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Exponential backoff with full jitter, unless the server said how long to wait.
+pub(crate) fn backoff_delay(step: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(wait) = retry_after {
+        return wait.min(RETRY_AFTER_CAP);
+    }
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << step.min(16))
+        .min(BACKOFF_MAX);
+    let ms = rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+/// Whitespace-collapsed, length-capped text for error messages.
+fn snippet(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= SNIPPET_CHARS {
+        return collapsed;
+    }
+    let mut cut: String = collapsed.chars().take(SNIPPET_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+// ---------------------------------------------------------------------------------------------
+// Circuit breaker
+
+/// Consecutive-failure circuit breaker: closed → open (fail fast) → half-open (one probe) →
+/// closed on the probe's success, open again on its failure.
+pub(crate) struct CircuitBreaker {
+    threshold: u32,
+    open_for: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+pub(crate) enum Rejection {
+    Open(Duration),
+    Probing,
+}
+
+/// Permission for one request; report how it went. Dropping it unreported (a cancelled call)
+/// frees the probe slot so the breaker cannot stick half-open.
+pub(crate) struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl CircuitBreaker {
+    pub(crate) fn new(threshold: u32, open_for: Duration) -> Self {
+        CircuitBreaker {
+            threshold,
+            open_for,
+            state: Mutex::new(BreakerState::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BreakerState> {
+        // The state stays consistent even if a holder panicked; never propagate poison.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn admit(&self) -> Result<Admission<'_>, Rejection> {
+        let admission = |probe| Admission {
+            breaker: self,
+            probe,
+            settled: false,
+        };
+        if self.threshold == 0 {
+            return Ok(admission(false));
+        }
+        let mut state = self.lock();
+        match state.open_until {
+            None => Ok(admission(false)),
+            Some(until) => {
+                let now = Instant::now();
+                if now < until {
+                    Err(Rejection::Open(until - now))
+                } else if state.probing {
+                    Err(Rejection::Probing)
+                } else {
+                    state.probing = true;
+                    Ok(admission(true))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.threshold > 0 && self.lock().open_until.is_some()
+    }
+}
+
+impl Admission<'_> {
+    pub(crate) fn success(mut self) {
+        self.settled = true;
+        let mut state = self.breaker.lock();
+        if state.open_until.is_some() {
+            tracing::info!("circuit breaker closed");
+        }
+        *state = BreakerState::default();
+    }
+
+    pub(crate) fn failure(mut self) {
+        self.settled = true;
+        if self.breaker.threshold == 0 {
+            return;
+        }
+        let mut state = self.breaker.lock();
+        state.failures = state.failures.saturating_add(1);
+        if self.probe || state.failures >= self.breaker.threshold {
+            if state.open_until.is_none() || self.probe {
+                tracing::warn!(
+                    failures = state.failures,
+                    open_secs = self.breaker.open_for.as_secs(),
+                    "circuit breaker opened"
+                );
+            }
+            state.open_until = Some(Instant::now() + self.breaker.open_for);
+            state.probing = false;
+        }
+    }
+
+    pub(crate) fn neutral(mut self) {
+        self.settled = true;
+        if self.probe {
+            self.breaker.lock().probing = false;
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.lock().probing = false;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `examiner llm check`
+
+/// What [`check_backend`] found out about one backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BackendCheck {
+    /// Without credentials.
+    pub base_url: String,
+    /// As configured.
+    pub model: String,
+    /// As the server named it in its reply, if it did.
+    pub served_model: Option<String>,
+    /// Whether the named environment variable holds a key (the key itself is never shown).
+    pub api_key_set: bool,
+    /// The server answered HTTP at all.
+    pub reachable: bool,
+    /// Of the first successful completion.
+    pub latency_ms: Option<u64>,
+    /// `response_format: json_schema` accepted and the reply was the requested JSON.
+    pub json_schema: bool,
+    /// `response_format: json_object` accepted and the reply was the requested JSON.
+    pub json_object: bool,
+    /// Without a response format, the reply still contained the requested JSON.
+    pub plain_json: bool,
+    /// The structured-output mode grading would start with.
+    pub preferred_mode: Option<String>,
+    pub errors: Vec<String>,
+}
+
+/// Probes a backend once per structured-output mode (no retries, no circuit breaker), for
+/// `examiner llm check`.
+pub async fn check_backend(settings: &LlmBackendSettings) -> BackendCheck {
+    let mut check = BackendCheck {
+        base_url: redact_url(&settings.base_url),
+        model: settings.model.clone(),
+        served_model: None,
+        api_key_set: settings.api_key().is_some(),
+        reachable: false,
+        latency_ms: None,
+        json_schema: false,
+        json_object: false,
+        plain_json: false,
+        preferred_mode: None,
+        errors: Vec::new(),
+    };
+    if let Err(e) = settings.validate("backend") {
+        check.errors.push(e.to_string());
+        return check;
+    }
+    let http = match build_http_client() {
+        Ok(http) => http,
+        Err(e) => {
+            check.errors.push(e.to_string());
+            return check;
+        }
+    };
+    let backend = ChatBackend::new(http, settings);
+    let schema = json!({
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": false
+    });
+    let messages = [
+        ChatMessage::system(
+            "You are a connectivity check. Reply with only this JSON object: {\"ok\": true}",
+        ),
+        ChatMessage::user("Reply with the JSON object {\"ok\": true} and nothing else."),
+    ];
+    for mode in [
+        OutputMode::JsonSchema,
+        OutputMode::JsonObject,
+        OutputMode::Text,
+    ] {
+        // Up to two parameter adjustments (max_completion_tokens, temperature) per mode.
+        let mut outcome = None;
+        for _ in 0..3 {
+            let started = Instant::now();
+            match backend
+                .send_once(&messages, mode, "connectivity_check", &schema)
+                .await
+            {
+                Ok((completion, _, _)) => {
+                    outcome = Some(Ok((completion, started.elapsed())));
+                    break;
+                }
+                Err(LlmError::Status {
+                    status, ref body, ..
+                }) if compat_fix(status, body, backend.compat.load(Ordering::Relaxed))
+                    .is_some() =>
+                {
+                    check.reachable = true;
+                    if let Some(flag) =
+                        compat_fix(status, body, backend.compat.load(Ordering::Relaxed))
+                    {
+                        backend.compat.fetch_or(flag, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Some(Ok((completion, latency))) => {
+                check.reachable = true;
+                check.latency_ms.get_or_insert(latency.as_millis() as u64);
+                if check.served_model.is_none() {
+                    check.served_model = completion.served_model.clone();
+                }
+                let ok = extract_json(&completion.content)
+                    .ok()
+                    .and_then(|v| v.get("ok").and_then(Value::as_bool))
+                    .is_some();
+                if ok {
+                    match mode {
+                        OutputMode::JsonSchema => check.json_schema = true,
+                        OutputMode::JsonObject => check.json_object = true,
+                        OutputMode::Text => check.plain_json = true,
+                    }
+                    check
+                        .preferred_mode
+                        .get_or_insert_with(|| mode.as_str().to_string());
+                } else {
+                    check.errors.push(format!(
+                        "{}: the reply was not the requested JSON: {}",
+                        mode.as_str(),
+                        snippet(&completion.content)
+                    ));
+                }
+            }
+            Some(Err(e)) => {
+                if matches!(e, LlmError::Status { .. }) {
+                    check.reachable = true;
+                }
+                check.errors.push(format!("{}: {e}", mode.as_str()));
+            }
+            None => check
+                .errors
+                .push(format!("{}: request parameters rejected", mode.as_str())),
+        }
+    }
+    check
+}
+
+#[cfg(test)]
+mod request_body_tests {
+    use super::*;
+
+    /// The body as it was built before [`ChatRequest`]: through a `serde_json::Value`.
+    fn value_body(
+        backend: &ChatBackend,
+        messages: &[ChatMessage],
+        mode: OutputMode,
+        schema_name: &str,
+        schema: &Value,
+    ) -> Value {
+        let compat = backend.compat.load(Ordering::Relaxed);
+        let mut body = json!({
+            "model": backend.settings.model,
+            "messages": messages,
+            "stream": false,
+        });
+        if compat & COMPAT_OMIT_TEMPERATURE == 0 {
+            body["temperature"] = json!(backend.settings.temperature);
+        }
+        if compat & COMPAT_MAX_COMPLETION_TOKENS != 0 {
+            body["max_completion_tokens"] = json!(backend.settings.max_tokens);
+        } else {
+            body["max_tokens"] = json!(backend.settings.max_tokens);
+        }
+        match mode {
+            OutputMode::JsonSchema => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name, "strict": true, "schema": schema},
+                });
+            }
+            OutputMode::JsonObject => body["response_format"] = json!({"type": "json_object"}),
+            OutputMode::Text => {}
+        }
+        body
+    }
+
+    #[test]
+    fn bodies_are_byte_identical_to_the_value_encoding() {
+        let settings = LlmBackendSettings {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "grader-7b".into(),
+            temperature: 0.2,
+            ..LlmBackendSettings::default()
+        };
+        let backend = ChatBackend::new(build_http_client().unwrap(), &settings);
+        let messages = [
+            ChatMessage::system("Grade. \"Quoted\" <b>text</b> and ünïcödé\n"),
+            ChatMessage::user("Answer: 4"),
+            ChatMessage::assistant("{\"marks\": 1}"),
+        ];
+        let schema = json!({"type": "object", "properties": {"marks": {"type": "number"}},
+                            "required": ["marks"], "additionalProperties": false});
+        for compat in 0..4u8 {
+            backend.compat.store(compat, Ordering::Relaxed);
+            for mode in [
+                OutputMode::JsonSchema,
+                OutputMode::JsonObject,
+                OutputMode::Text,
+            ] {
+                let direct = serde_json::to_vec(&backend.request_body(
+                    &messages,
+                    mode,
+                    "evaluator_grade",
+                    &schema,
+                ))
+                .unwrap();
+                let via_value = serde_json::to_vec(&value_body(
+                    &backend,
+                    &messages,
+                    mode,
+                    "evaluator_grade",
+                    &schema,
+                ))
+                .unwrap();
+                assert_eq!(
+                    String::from_utf8(direct).unwrap(),
+                    String::from_utf8(via_value).unwrap(),
+                    "compat {compat}, mode {mode:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Plain-text helpers of the local grader: splitting answers into sentences/clauses (with byte
+//! spans, so span embeddings can be pooled from one model run), content words with a light
+//! stemmer, and shortening key points for feedback.
+//!
+//! Promises: spans always lie on char boundaries of the input, are non-empty after trimming and
+//! in order; nothing here allocates per character beyond the output.
+
+use std::collections::HashSet;
+
+/// A piece of an answer: its trimmed text and byte range in the original string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Sentences longer than this many words are cut further at commas/semicolons, so one long
+/// sentence listing several ideas still yields one key point per idea.
+const LONG_SENTENCE_WORDS: usize = 18;
+/// Clauses shorter than this many words are merged back into their neighbour: a two-word
+/// fragment carries too little meaning for a sentence embedding.
+const MIN_CLAUSE_WORDS: usize = 4;
+
+/// Split into sentences (at `.`, `!`, `?`, `;`, `:` followed by whitespace, at line breaks and
+/// list bullets), then split long sentences into clauses at commas.
+pub fn split_pieces(text: &str) -> Vec<Piece> {
+    let mut sentences = Vec::new();
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        let boundary = match c {
+            b'\n' => true,
+            b'.' | b'!' | b'?' | b';' | b':' => next.is_none_or(|n| n.is_ascii_whitespace()),
+            _ => false,
+        };
+        if boundary {
+            push_trimmed(text, start, i + 1, &mut sentences);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    push_trimmed(text, start, text.len(), &mut sentences);
+
+    let mut out = Vec::new();
+    for s in sentences {
+        if word_count(&s.text) <= LONG_SENTENCE_WORDS {
+            out.push(s);
+            continue;
+        }
+        let mut clauses: Vec<Piece> = Vec::new();
+        let mut cs = s.start;
+        for (k, ch) in text[s.start..s.end].char_indices() {
+            let at = s.start + k;
+            if ch == ',' && at > cs {
+                push_trimmed(text, cs, at + 1, &mut clauses);
+                cs = at + 1;
+            }
+        }
+        push_trimmed(text, cs, s.end, &mut clauses);
+        // Merge fragments that are too short into the previous clause (or the next one).
+        let mut merged: Vec<Piece> = Vec::new();
+        for c in clauses {
+            match merged.last_mut() {
+                Some(last)
+                    if word_count(&c.text) < MIN_CLAUSE_WORDS
+                        || word_count(&last.text) < MIN_CLAUSE_WORDS =>
+                {
+                    last.end = c.end;
+                    last.text = text[last.start..last.end].to_string();
+                }
+                _ => merged.push(c),
+            }
+        }
+        out.extend(merged);
+    }
+    out
+}
+
+fn push_trimmed(text: &str, start: usize, end: usize, out: &mut Vec<Piece>) {
+    let raw = &text[start..end];
+    let lead = raw.len() - raw.trim_start().len();
+    let trimmed = raw.trim();
+    // Strip list bullets / numbering such as "1." "-" "*" "a)" at the start.
+    let body = trimmed.trim_start_matches(['-', '*', '•']).trim_start();
+    let bullet = trimmed.len() - body.len();
+    let body_start = start + lead + bullet;
+    if body.chars().any(char::is_alphanumeric) && !(body.len() <= 3 && body.ends_with(['.', ')'])) {
+        out.push(Piece {
+            text: body.to_string(),
+            start: body_start,
+            end: body_start + body.len(),
+        });
+    }
+}
+
+/// Number of whitespace-separated words.
+pub fn word_count(s: &str) -> usize {
+    s.split_whitespace().count()
+}
+
+/// Lower-cased alphanumeric tokens.
+pub fn tokens(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_lowercase())
+}
+
+/// Content words: tokens minus stop words, stemmed. Numbers are kept (they often are the point).
+pub fn content_words(s: &str) -> HashSet<String> {
+    tokens(s)
+        .filter(|t| !is_stop_word(t))
+        .map(|t| stem(&t))
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// A very light English suffix stripper: enough to match "stacks"/"stack", "inserted"/"insert",
+/// "pointing"/"point" without a dictionary. Words of other languages pass mostly unchanged.
+pub fn stem(w: &str) -> String {
+    let w = w.to_string();
+    if w.chars().count() <= 3 || w.chars().any(|c| c.is_ascii_digit()) {
+        return w;
+    }
+    for suf in [
+        "ational", "ization", "ations", "ation", "ments", "ment", "ness", "ing", "ies", "ied",
+        "ed", "es", "ly", "s",
+    ] {
+        if let Some(base) = w.strip_suffix(suf) {
+            if base.chars().count() >= 3 && !(suf == "s" && base.ends_with('s')) {
+                return match suf {
+                    "ies" | "ied" => format!("{base}y"),
+                    _ => base.to_string(),
+                };
+            }
+        }
+    }
+    w
+}
+
+/// English and German function words. German is included because one dev set (SAF-de) is
+/// German; the embedding model itself is English-only, so German marks rely more on overlap.
+pub fn is_stop_word(w: &str) -> bool {
+    const STOP: &[&str] = &[
+        "a", "about", "above", "after", "again", "all", "also", "am", "an", "and", "any", "are",
+        "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but",
+        "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "either",
+        "etc", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her",
+        "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself",
+        "just", "let", "may", "me", "might", "more", "most", "must", "my", "no", "nor", "not",
+        "of", "off", "on", "once", "one", "only", "or", "other", "our", "out", "over", "own",
+        "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them",
+        "then", "there", "these", "they", "this", "those", "through", "to", "too", "under",
+        "until", "up", "us", "very", "was", "we", "were", "what", "when", "where", "which",
+        "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yes", "e", "g",
+        "ie", "eg", "thing", "things", "way", "like", "use", "used", "using", "get", "gets",
+        // German
+        "der", "die", "das", "den", "dem", "des", "ein", "eine", "einen", "einem", "einer", "eines",
+        "und", "oder", "aber", "ist", "sind", "war", "wird", "werden", "wurde", "zu", "zum", "zur",
+        "im", "am", "an", "auf", "aus", "bei", "mit", "nach", "von", "vor", "für", "über", "um",
+        "auch", "als", "wie", "wenn", "dass", "so", "es", "er", "sie", "wir", "ich", "du", "man",
+        "sich", "nicht", "kein", "keine", "sein", "seine", "ihr", "ihre", "soll", "sollst",
+        "sollte", "kann", "können", "muss", "müssen", "hat", "haben", "bzw", "z", "b", "dem",
+    ];
+    STOP.contains(&w)
+}
+
+/// Shorten a key point for student-facing feedback: at most `max_words` words, with an ellipsis.
+pub fn shorten(s: &str, max_words: usize) -> String {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    if words.len() <= max_words {
+        return words.join(" ");
+    }
+    let mut out = words[..max_words].join(" ");
+    out = out.trim_end_matches([',', ';', ':', '.']).to_string();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_sentences_with_spans() {
+        let t = "A stack is LIFO. A queue is FIFO!\n- pointers are 3.5 bytes? no";
+        let p = split_pieces(t);
+        let texts: Vec<&str> = p.iter().map(|x| x.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "A stack is LIFO.",
+                "A queue is FIFO!",
+                "pointers are 3.5 bytes?",
+                "no"
+            ]
+        );
+        for x in &p {
+            assert_eq!(&t[x.start..x.end], x.text);
+        }
+    }
+
+    #[test]
+    fn long_sentences_become_clauses() {
+        let t = "The constructor is called when an object is created, it initialises the data members of the object, and it has no return type at all.";
+        let p = split_pieces(t);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(split_pieces("   ").is_empty());
+        assert!(split_pieces("1.").is_empty());
+    }
+
+    #[test]
+    fn content_words_are_stemmed_without_stop_words() {
+        let w = content_words("The stacks are pushing and popped items");
+        let want: HashSet<String> = ["stack", "push", "popp", "item"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(w, want);
+        assert_eq!(stem("queries"), "query");
+    }
+
+    #[test]
+    fn shortens_with_ellipsis() {
+        assert_eq!(shorten("a b c", 5), "a b c");
+        assert_eq!(shorten("one two three, four five", 3), "one two three…");
+    }
+}

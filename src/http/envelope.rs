@@ -1,0 +1,189 @@
+//! What both workflow endpoints do around their work: authenticate, parse the JSON body
+//! with errors in the contract's shape, take a work permit (503 when the service is at its
+//! in-flight limit rather than queueing without bound), and honour `Idempotency-Key` — a
+//! retried request returns the first result and does no second OCR or LLM work.
+
+use std::future::Future;
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::auth::Caller;
+use super::error::{ApiError, SpecError};
+use crate::app::AppState;
+use crate::model::IdempotencyState;
+
+/// The header clients send to make a request safe to retry.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Parses a JSON body: syntax errors are 400, shape errors 422, a missing JSON content type 415.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let mime = v.split(';').next().unwrap_or_default().trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+        });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as JSON with the header Content-Type: application/json".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Validation(format!(
+            "the request body does not match the expected shape: {e}"
+        )),
+        _ => ApiError::BadRequest(format!("the request body is not valid JSON: {e}")),
+    })
+}
+
+/// Gives an idempotency claim back if the request never completes (an error, or the client
+/// going away and the handler being dropped), so a retry runs again instead of waiting
+/// for the claim to go stale.
+struct Claim {
+    state: AppState,
+    scope: String,
+    endpoint: &'static str,
+    key: String,
+    settled: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let store = self.state.store.clone();
+        let (scope, endpoint, key) = (self.scope.clone(), self.endpoint, self.key.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.idempotency_release(&scope, endpoint, &key).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            });
+        }
+    }
+}
+
+/// Runs a workflow endpoint: `work` gets the caller and the parsed request and returns the
+/// status and JSON body to answer.
+pub async fn run<T, F, Fut>(
+    state: AppState,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+    endpoint: &'static str,
+    work: F,
+) -> Response
+where
+    T: DeserializeOwned,
+    F: FnOnce(AppState, Caller, T) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    match run_inner(state, caller, headers, body, endpoint, work).await {
+        Ok(response) => response,
+        Err(error) => SpecError(error).into_response(),
+    }
+}
+
+async fn run_inner<T, F, Fut>(
+    state: AppState,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+    endpoint: &'static str,
+    work: F,
+) -> Result<Response, ApiError>
+where
+    T: DeserializeOwned,
+    F: FnOnce(AppState, Caller, T) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    let caller = caller?;
+    let request: T = parse_json(&headers, &body)?;
+    let in_flight = state.settings.auth.max_in_flight;
+    let _permit = state
+        .work_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            detail: format!(
+                "the service is working on its limit of {in_flight} requests; retry shortly"
+            ),
+            retry_after: 5,
+        })?;
+
+    let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 128)
+                .ok_or_else(|| {
+                    ApiError::Validation(
+                        "Idempotency-Key must be 1 to 128 characters of visible ASCII".into(),
+                    )
+                })?;
+            Some(key.to_string())
+        }
+    };
+    let Some(key) = idempotency_key else {
+        let (status, value) = work(state, caller, request).await?;
+        return Ok((status, axum::Json(value)).into_response());
+    };
+
+    let request_hash = hex::encode(Sha256::digest(&body));
+    let stale_after = state.settings.server.request_timeout_secs as i64 + 60;
+    match state
+        .store
+        .idempotency_begin(caller.scope(), endpoint, &key, &request_hash, stale_after)
+        .await?
+    {
+        IdempotencyState::Fresh => {}
+        IdempotencyState::Completed { status, body } => {
+            metrics::counter!("examiner_idempotent_replays_total").increment(1);
+            let mut response = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        IdempotencyState::InProgress => {
+            return Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still in progress; retry when it has finished".into(),
+            ))
+        }
+        IdempotencyState::Mismatch => {
+            return Err(ApiError::Validation(
+                "this Idempotency-Key was already used with a different request body; use a new key for a new request".into(),
+            ))
+        }
+    }
+    let mut claim = Claim {
+        state: state.clone(),
+        scope: caller.scope().to_string(),
+        endpoint,
+        key: key.clone(),
+        settled: false,
+    };
+    let (status, value) = work(state.clone(), caller.clone(), request).await?;
+    if status.is_success() {
+        let text = value.to_string();
+        state
+            .store
+            .idempotency_complete(caller.scope(), endpoint, &key, status.as_u16(), &text)
+            .await?;
+        claim.settled = true;
+    }
+    Ok((status, axum::Json(value)).into_response())
+}

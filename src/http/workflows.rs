@@ -1,0 +1,570 @@
+//! The two endpoints of the fixed contract (`POST /upload-exam-answers`,
+//! `POST /evaluate-answers`) and the read endpoints for what they stored.
+//!
+//! Field names and nesting follow `spec/api.md` exactly; extra fields beside them
+//! (`submission_id`, `unassigned_text`, `evaluation_id`, per-question `error` and `flags`)
+//! are additions clients may ignore. Failures use the contract's shape (see [`SpecError`]).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{redact_for_student, Caller};
+use super::error::{ApiError, SpecError};
+use super::{envelope, validate};
+use crate::app::AppState;
+use crate::model::{EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary};
+use crate::segment::QuestionNumber;
+use crate::store::Filter;
+use crate::workflow::evaluate::{self, Caller as GradingCaller, EvaluateInput, PairInput};
+use crate::workflow::upload::{self, ImageRef, UploadInput};
+
+/// An image of the student's written answers.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UploadImage {
+    #[schema(example = "img_1")]
+    pub image_id: String,
+    /// `http(s)://` URL or a base64 `data:` URL of a PNG, JPEG, TIFF, WebP, BMP or GIF image.
+    #[schema(example = "https://example.com/image1.jpg")]
+    pub image_url: String,
+}
+
+/// Workflow 1 request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UploadRequest {
+    #[schema(example = "USER123")]
+    pub user_id: String,
+    #[schema(example = "CA-FND-2024")]
+    pub course_code: String,
+    #[schema(example = "CA-FO-PAPER1")]
+    pub exam_code: String,
+    #[schema(example = "QP001")]
+    pub question_paper_code: String,
+    /// In page order.
+    pub images: Vec<UploadImage>,
+}
+
+/// A question-answer pair found in the script.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QaPairOut {
+    #[schema(example = "1.a")]
+    pub question_number: String,
+    pub answer: String,
+}
+
+/// What OCR made of one image.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageOut {
+    pub image_id: String,
+    pub ocr_confidence: f64,
+    pub ocr_engine: String,
+    pub content_sha256: String,
+}
+
+/// Workflow 1 response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    #[schema(example = "success")]
+    pub status: String,
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub extracted_text: String,
+    pub qa_pairs: Vec<QaPairOut>,
+    pub message: String,
+    /// Where the submission is stored: `GET /student-answers/{submission_id}`.
+    pub submission_id: String,
+    /// Text before the first question number (a name, a roll number); empty when none.
+    pub unassigned_text: String,
+    pub pages: Vec<PageOut>,
+    /// True when these exact images (by content hash) were already uploaded by this user
+    /// for this paper; the earlier submission is returned and nothing new is stored.
+    pub duplicate: bool,
+}
+
+/// Checks the four ids every workflow request carries, and that the caller may act for
+/// the user.
+fn check_request(
+    state: &AppState,
+    caller: &Caller,
+    [user_id, course_code, exam_code, question_paper_code]: [&str; 4],
+) -> Result<(), ApiError> {
+    let max = state.settings.limits.max_id_chars;
+    validate::id("user_id", user_id, max)?;
+    validate::id("course_code", course_code, max)?;
+    validate::id("exam_code", exam_code, max)?;
+    validate::id("question_paper_code", question_paper_code, max)?;
+    caller.may_act_for(user_id)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(ApiError::internal)
+}
+
+/// Upload answer images: fetch, OCR, split into question-answer pairs, store.
+///
+/// Send an `Idempotency-Key` header to make retries safe: a repeated request returns the
+/// first response without fetching or recognising anything again.
+#[utoipa::path(post, path = "/upload-exam-answers", tag = "workflows", request_body = UploadRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries return the first result")),
+    responses((status = 200, body = UploadResponse),
+              (status = 401, description = "No or unknown API key"),
+              (status = 403, description = "A student key acting for another user"),
+              (status = 404, description = "Course, exam or paper unknown"),
+              (status = 413, description = "An image or all images together too large"),
+              (status = 422, description = "Invalid request, or an image URL unusable"),
+              (status = 429, description = "Rate limited"),
+              (status = 502, description = "An image's server failed"),
+              (status = 503, description = "Too much work in progress")))]
+pub async fn upload_exam_answers(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    envelope::run(state, caller, headers, body, "upload", upload_work).await
+}
+
+async fn upload_work(
+    state: AppState,
+    caller: Caller,
+    request: UploadRequest,
+) -> Result<(StatusCode, Value), ApiError> {
+    check_request(
+        &state,
+        &caller,
+        [
+            &request.user_id,
+            &request.course_code,
+            &request.exam_code,
+            &request.question_paper_code,
+        ],
+    )?;
+    let max_images = state.settings.limits.max_images;
+    if request.images.is_empty() {
+        return Err(ApiError::Validation(
+            "images must list at least one image".into(),
+        ));
+    }
+    if request.images.len() > max_images {
+        return Err(ApiError::Validation(format!(
+            "{} images sent; at most {max_images} are accepted in one upload",
+            request.images.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for image in &request.images {
+        validate::id(
+            "image_id",
+            &image.image_id,
+            state.settings.limits.max_id_chars,
+        )?;
+        if !seen.insert(image.image_id.as_str()) {
+            return Err(ApiError::Validation(format!(
+                "image_id {:?} appears more than once",
+                image.image_id
+            )));
+        }
+        if image.image_url.trim().is_empty() {
+            return Err(ApiError::Validation(format!(
+                "image {:?}: image_url must not be empty",
+                image.image_id
+            )));
+        }
+    }
+    let input = UploadInput {
+        user_id: request.user_id,
+        course_code: request.course_code,
+        exam_code: request.exam_code,
+        question_paper_code: request.question_paper_code,
+        images: request
+            .images
+            .into_iter()
+            .map(|i| ImageRef {
+                image_id: i.image_id,
+                image_url: i.image_url,
+            })
+            .collect(),
+    };
+    let outcome = upload::upload(&state, input).await?;
+    let submission = outcome.submission;
+    let message = if outcome.duplicate {
+        "These images were already uploaded for this paper; the stored question-answer pairs are returned."
+    } else if submission.qa_pairs.is_empty() {
+        "No question numbers were recognised; the text is stored as unassigned_text."
+    } else {
+        "Question-answer pairs extracted and saved successfully."
+    };
+    let response = UploadResponse {
+        status: "success".into(),
+        pages: submission
+            .images
+            .iter()
+            .map(|i| PageOut {
+                image_id: i.image_id.clone(),
+                ocr_confidence: i.ocr_confidence,
+                ocr_engine: i.ocr_engine.clone(),
+                content_sha256: i.content_sha256.clone(),
+            })
+            .collect(),
+        qa_pairs: submission
+            .qa_pairs
+            .iter()
+            .map(|p| QaPairOut {
+                question_number: p.question_number.to_string(),
+                answer: p.answer.clone(),
+            })
+            .collect(),
+        message: message.into(),
+        user_id: submission.user_id,
+        course_code: submission.course_code,
+        exam_code: submission.exam_code,
+        question_paper_code: submission.question_paper_code,
+        extracted_text: submission.extracted_text,
+        submission_id: submission.submission_id,
+        unassigned_text: submission.unassigned_text,
+        duplicate: outcome.duplicate,
+    };
+    Ok((StatusCode::OK, to_json(&response)?))
+}
+
+/// A pair to grade. `standard_answer` and `total_marks` may be left out when the paper is stored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EvaluatePair {
+    #[schema(example = "1.a")]
+    pub question_number: String,
+    pub student_answer: String,
+    pub standard_answer: Option<String>,
+    pub total_marks: Option<f64>,
+}
+
+/// Workflow 2 request. Without `qa_pairs`, the user's latest upload for the paper is graded.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EvaluateRequest {
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub qa_pairs: Option<Vec<EvaluatePair>>,
+}
+
+/// One graded question.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluationOut {
+    pub question_number: String,
+    pub llm_evaluation: String,
+    /// Null when the question could not be graded (see `error`).
+    pub marks_awarded: Option<f64>,
+    pub total_marks: f64,
+    /// `graded`, `not_answered` or `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub flags: Vec<String>,
+}
+
+/// Workflow 2 response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    /// `success`, `partial` (some questions could not be graded) or `failure`.
+    pub status: String,
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub total_exam_marks: f64,
+    pub evaluation: Vec<EvaluationOut>,
+    pub final_score: f64,
+    pub message: String,
+    /// Where the evaluation is stored: `GET /evaluations/{evaluation_id}`.
+    pub evaluation_id: String,
+    pub version: i64,
+}
+
+fn evaluate_response(
+    record: EvaluationRecord,
+    message: String,
+) -> Result<(StatusCode, Value), ApiError> {
+    let status = if record.status == "failure" {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::OK
+    };
+    let body = EvaluateResponse {
+        status: record.status.clone(),
+        total_exam_marks: record.total_exam_marks,
+        final_score: record.final_score,
+        evaluation: record
+            .items
+            .into_iter()
+            .map(|i| EvaluationOut {
+                question_number: i.question_number.to_string(),
+                llm_evaluation: i.llm_evaluation,
+                marks_awarded: i.marks_awarded,
+                total_marks: i.total_marks,
+                status: serde_json::to_value(i.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                error: i.error,
+                flags: i.flags,
+            })
+            .collect(),
+        message,
+        user_id: record.user_id,
+        course_code: record.course_code,
+        exam_code: record.exam_code,
+        question_paper_code: record.question_paper_code,
+        evaluation_id: record.evaluation_id,
+        version: record.version,
+    };
+    Ok((status, to_json(&body)?))
+}
+
+/// The workflow's view of the caller: only students are bound to the stored answer key.
+fn grading_caller(caller: &Caller) -> GradingCaller {
+    match (&caller.role, &caller.user_id) {
+        (Role::Student, Some(user_id)) => GradingCaller::Student {
+            user_id: user_id.clone(),
+        },
+        _ => GradingCaller::Examiner,
+    }
+}
+
+/// Grade question-answer pairs: evaluator, verifier, and arbiter when they disagree.
+///
+/// Send an `Idempotency-Key` header to make retries safe: a repeated request returns the
+/// first response without calling any grader again.
+#[utoipa::path(post, path = "/evaluate-answers", tag = "workflows", request_body = EvaluateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries return the first result")),
+    responses((status = 200, body = EvaluateResponse, description = "Graded (status success or partial)"),
+              (status = 401, description = "No or unknown API key"),
+              (status = 403, description = "A student key acting for another user"),
+              (status = 404, description = "Nothing stored to grade"),
+              (status = 409, description = "Conflicts with the stored paper"),
+              (status = 422, description = "Invalid request"),
+              (status = 429, description = "Rate limited"),
+              (status = 502, body = EvaluateResponse, description = "No question could be graded"),
+              (status = 503, description = "Too much work in progress")))]
+pub async fn evaluate_answers(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    envelope::run(state, caller, headers, body, "evaluate", evaluate_work).await
+}
+
+async fn evaluate_work(
+    state: AppState,
+    caller: Caller,
+    request: EvaluateRequest,
+) -> Result<(StatusCode, Value), ApiError> {
+    check_request(
+        &state,
+        &caller,
+        [
+            &request.user_id,
+            &request.course_code,
+            &request.exam_code,
+            &request.question_paper_code,
+        ],
+    )?;
+    let limits = &state.settings.limits;
+    let qa_pairs = match request.qa_pairs {
+        None => None,
+        Some(pairs) => {
+            if pairs.is_empty() {
+                return Err(ApiError::Validation(
+                    "qa_pairs is empty; leave it out to grade the latest upload".into(),
+                ));
+            }
+            if pairs.len() > limits.max_questions {
+                return Err(ApiError::Validation(format!(
+                    "{} pairs sent; at most {} are graded in one request",
+                    pairs.len(),
+                    limits.max_questions
+                )));
+            }
+            let mut parsed = Vec::with_capacity(pairs.len());
+            for pair in pairs {
+                let number = QuestionNumber::parse(&pair.question_number).ok_or_else(|| {
+                    ApiError::Validation(format!(
+                        "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
+                        pair.question_number
+                    ))
+                })?;
+                validate::text(
+                    &format!("question {number}: student_answer"),
+                    &pair.student_answer,
+                    limits.max_text_chars,
+                )?;
+                if let Some(answer) = &pair.standard_answer {
+                    validate::text(
+                        &format!("question {number}: standard_answer"),
+                        answer,
+                        limits.max_text_chars,
+                    )?;
+                }
+                if let Some(marks) = pair.total_marks {
+                    validate::marks(&format!("question {number}: total_marks"), marks)?;
+                    if marks == 0.0 {
+                        return Err(ApiError::Validation(format!(
+                            "question {number}: total_marks must be more than 0"
+                        )));
+                    }
+                }
+                parsed.push(PairInput {
+                    question_number: number,
+                    student_answer: pair.student_answer,
+                    standard_answer: pair.standard_answer,
+                    total_marks: pair.total_marks,
+                });
+            }
+            Some(parsed)
+        }
+    };
+    let input = EvaluateInput {
+        user_id: request.user_id,
+        course_code: request.course_code,
+        exam_code: request.exam_code,
+        question_paper_code: request.question_paper_code,
+        qa_pairs,
+    };
+    let result = evaluate::evaluate(&state, &grading_caller(&caller), input).await?;
+    evaluate_response(result.record, result.message)
+}
+
+/// Grade again the questions of an evaluation that could not be graded; stored as a new version.
+#[utoipa::path(post, path = "/evaluations/{evaluation_id}/retry", tag = "results",
+    params(("evaluation_id" = String, Path)),
+    responses((status = 200, body = EvaluateResponse), (status = 404), (status = 502, body = EvaluateResponse)))]
+pub async fn retry_evaluation(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Result<Response, SpecError> {
+    let caller = caller?;
+    let owner = state
+        .store
+        .get_evaluation(&id)
+        .await?
+        .filter(|e| caller.may_read(&e.user_id))
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
+    caller.may_act_for(&owner.user_id)?;
+    let _permit = state
+        .work_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            detail: "the service is at its limit of requests in progress; retry shortly".into(),
+            retry_after: 5,
+        })?;
+    let result = evaluate::retry_failed(&state, &id).await?;
+    let (status, body) = evaluate_response(result.record, result.message)?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Filters for result listings.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ResultFilter {
+    pub user_id: Option<String>,
+    pub question_paper_code: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+impl ResultFilter {
+    fn into_filter(self) -> Filter {
+        Filter {
+            user_id: self.user_id,
+            question_paper_code: self.question_paper_code,
+            limit: self.limit.unwrap_or(100).clamp(1, 1000),
+        }
+    }
+}
+
+/// Students see only their own results, whatever they ask for.
+fn scoped_filter(caller: &Caller, filter: ResultFilter) -> Option<Filter> {
+    let mut filter = filter.into_filter();
+    if caller.is_student() {
+        match (&filter.user_id, &caller.user_id) {
+            (Some(asked), Some(own)) if asked != own => return None,
+            _ => filter.user_id = caller.user_id.clone(),
+        }
+    }
+    Some(filter)
+}
+
+/// List stored submissions, newest first.
+#[utoipa::path(get, path = "/student-answers", tag = "results", params(ResultFilter),
+    responses((status = 200, body = [SubmissionSummary])))]
+pub async fn list_student_answers(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<ResultFilter>,
+) -> Result<Json<Vec<SubmissionSummary>>, ApiError> {
+    match scoped_filter(&caller, filter) {
+        Some(filter) => Ok(Json(state.store.list_submissions(&filter).await?)),
+        None => Ok(Json(Vec::new())),
+    }
+}
+
+/// A stored submission: images with their OCR text and confidence, and the pairs.
+#[utoipa::path(get, path = "/student-answers/{submission_id}", tag = "results",
+    params(("submission_id" = String, Path)), responses((status = 200, body = Submission), (status = 404)))]
+pub async fn get_student_answers(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Submission>, ApiError> {
+    state
+        .store
+        .get_submission(&id)
+        .await?
+        .filter(|s| caller.may_read(&s.user_id))
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("submission {id:?} does not exist")))
+}
+
+/// List stored evaluations, newest first.
+#[utoipa::path(get, path = "/evaluations", tag = "results", params(ResultFilter),
+    responses((status = 200, body = [EvaluationSummary])))]
+pub async fn list_evaluations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<ResultFilter>,
+) -> Result<Json<Vec<EvaluationSummary>>, ApiError> {
+    match scoped_filter(&caller, filter) {
+        Some(filter) => Ok(Json(state.store.list_evaluations(&filter).await?)),
+        None => Ok(Json(Vec::new())),
+    }
+}
+
+/// A stored evaluation. Examiners see every stage of every question; students see their
+/// marks and feedback without standard answers, reasoning or raw replies.
+#[utoipa::path(get, path = "/evaluations/{evaluation_id}", tag = "results",
+    params(("evaluation_id" = String, Path)), responses((status = 200, body = EvaluationRecord), (status = 404)))]
+pub async fn get_evaluation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .store
+        .get_evaluation(&id)
+        .await?
+        .filter(|e| caller.may_read(&e.user_id))
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
+    let mut value = to_json(&record)?;
+    if caller.is_student() {
+        redact_for_student(&mut value);
+    }
+    Ok(Json(value))
+}

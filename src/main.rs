@@ -1,0 +1,144 @@
+//! The `examiner` binary: load settings, then run the chosen subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use examiner::cli::{CatalogCommand, Cli, Command, ConfigCommand, LlmCommand};
+
+fn main() -> ExitCode {
+    ensure_single_threaded_openmp();
+    let cli = Cli::parse();
+    let settings = match cli.settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("examiner: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("examiner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "examiner failed");
+            eprintln!("examiner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { .. } => {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+            let state = examiner::app::build(settings).await?;
+            tracing::info!(address = %listener.local_addr()?, "examiner listening");
+            examiner::app::serve(listener, state, examiner::app::shutdown_signal()).await?;
+            tracing::info!("examiner stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Import { file },
+        } => {
+            let catalog = examiner::cli::read_catalog(&file)?;
+            let store = examiner::store::open(&settings.database_url()).await?;
+            let created = store.import_catalog(&catalog).await?;
+            println!(
+                "imported {}: {} courses, {} exams, {} question papers, {} users ({created} new records)",
+                file.display(),
+                catalog.courses.len(),
+                catalog.exams.len(),
+                catalog.question_papers.len(),
+                catalog.users.len(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Llm {
+            command: LlmCommand::Check,
+        } => examiner::cli::llm_check(&settings).await,
+        Command::EvalGrader {
+            data,
+            mode,
+            out,
+            plot,
+            concurrency,
+        } => {
+            examiner::cli::eval_grader(
+                &settings,
+                &data,
+                mode.as_deref(),
+                out.as_deref(),
+                plot.as_deref(),
+                concurrency,
+            )
+            .await
+        }
+        Command::Keys { command } => examiner::cli::keys(&settings, command).await,
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
+            println!("{}", toml::to_string_pretty(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Debian's libtesseract uses OpenMP, and libgomp reads `OMP_THREAD_LIMIT` once, when the
+/// library is loaded — before `main` runs. Without the limit every page spawns threads that
+/// fight the OCR pool for the cores (measured: 5.35 s a page instead of 0.49 s). So when the
+/// variable is missing, the binary starts itself again with it set.
+///
+/// The embedded grader's matrix maths (candle) sizes its thread pool from
+/// `RAYON_NUM_THREADS`, read once; each embedding worker must stay on one core for the same
+/// reason, so the variable is set the same way.
+fn ensure_single_threaded_openmp() {
+    if std::env::var_os("OMP_THREAD_LIMIT").is_some()
+        && std::env::var_os("RAYON_NUM_THREADS").is_some()
+    {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        if let Ok(exe) = std::env::current_exe() {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let error = std::process::Command::new(exe)
+                .args(args)
+                .env(
+                    "OMP_THREAD_LIMIT",
+                    std::env::var_os("OMP_THREAD_LIMIT").unwrap_or_else(|| "1".into()),
+                )
+                .env(
+                    "RAYON_NUM_THREADS",
+                    std::env::var_os("RAYON_NUM_THREADS").unwrap_or_else(|| "1".into()),
+                )
+                .exec();
+            // exec only returns on failure; carry on slower rather than not at all.
+            eprintln!("examiner: warning: could not re-execute with OMP_THREAD_LIMIT=1 ({error}); OCR will be slow");
+        }
+    }
+}
+
+fn init_tracing(log: &examiner::config::LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,309 @@
+//! The records Examiner keeps — catalog (courses, exams, question papers, users) and
+//! student submissions — as plain data shared by the store and the HTTP edge.
+//!
+//! Values here are already validated: question numbers are canonical, marks are finite and
+//! non-negative. Parsing and checking happen at the edges (`http`, `cli::catalog`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::segment::QuestionNumber;
+
+/// A course, e.g. a professional qualification level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Course {
+    #[schema(example = "CA-FND-2024")]
+    pub course_code: String,
+    #[schema(example = "CA Foundation (2024 scheme)")]
+    pub course_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// An exam of a course.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exam {
+    #[schema(example = "CA-FO-PAPER1")]
+    pub exam_code: String,
+    #[schema(example = "CA-FND-2024")]
+    pub course_code: String,
+    #[schema(example = "Paper 1: Principles and Practice of Accounting")]
+    pub exam_name: String,
+    /// The exam's full marks; when absent, a paper's question marks are summed instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 100)]
+    pub total_exam_marks: Option<f64>,
+}
+
+/// One question of a paper with its standard (model) answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Question {
+    /// Canonical question number (`1.a`, `2`, `3.b.ii`); other spellings (`1(a)`, `Q2`) are accepted and normalised.
+    #[schema(value_type = String, example = "1.a")]
+    pub question_number: QuestionNumber,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_text: Option<String>,
+    pub standard_answer: String,
+    #[schema(example = 10)]
+    pub total_marks: f64,
+}
+
+/// A question paper and its questions, in paper order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionPaper {
+    #[schema(example = "QP001")]
+    pub question_paper_code: String,
+    #[schema(example = "CA-FO-PAPER1")]
+    pub exam_code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Granularity marks are rounded to (default: the service's `grading.default_marks_step`, 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marks_step: Option<f64>,
+    pub questions: Vec<Question>,
+}
+
+impl QuestionPaper {
+    /// Sum of the questions' marks.
+    pub fn total_marks(&self) -> f64 {
+        self.questions
+            .iter()
+            .map(|q| q.total_marks)
+            .fold(0.0, |a, b| a + b)
+    }
+
+    /// The paper's question numbers in paper order.
+    pub fn question_numbers(&self) -> Vec<QuestionNumber> {
+        self.questions
+            .iter()
+            .map(|q| q.question_number.clone())
+            .collect()
+    }
+}
+
+/// A student (or any person answers are stored for).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    #[schema(example = "USER123")]
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// A whole catalog, as imported from a file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Catalog {
+    pub courses: Vec<Course>,
+    pub exams: Vec<Exam>,
+    pub question_papers: Vec<QuestionPaper>,
+    pub users: Vec<User>,
+}
+
+/// One uploaded image as stored: where it came from, what it was, and what OCR read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmissionImage {
+    pub image_id: String,
+    /// The URL given; `data:` URLs are stored as a short description, not their bytes.
+    pub image_url: String,
+    /// SHA-256 of the image bytes, hex.
+    pub content_sha256: String,
+    pub media_type: String,
+    pub byte_size: i64,
+    pub width: i64,
+    pub height: i64,
+    pub ocr_text: String,
+    /// Mean word confidence of the OCR engine, 0 to 1.
+    pub ocr_confidence: f64,
+    pub ocr_engine: String,
+}
+
+/// A question-answer pair as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StoredQaPair {
+    #[schema(value_type = String, example = "1.a")]
+    pub question_number: QuestionNumber,
+    pub answer: String,
+}
+
+/// One upload of a student's answer script: everything it produced, stored atomically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Submission {
+    pub submission_id: String,
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub images: Vec<SubmissionImage>,
+    pub extracted_text: String,
+    /// Text before the first recognised question number.
+    pub unassigned_text: String,
+    pub qa_pairs: Vec<StoredQaPair>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A submission without its images and text, for listings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmissionSummary {
+    pub submission_id: String,
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub image_count: i64,
+    pub question_count: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What happened to one question of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// Marks were awarded.
+    Graded,
+    /// The paper has the question but the submission has no answer to it: 0 marks.
+    NotAnswered,
+    /// No grader could mark it (backend failures); marks are null, never invented.
+    Failed,
+}
+
+/// One graded question, with the full audit trail of how its marks came about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvaluationItem {
+    #[schema(value_type = String, example = "1.a")]
+    pub question_number: QuestionNumber,
+    pub student_answer: String,
+    pub standard_answer: String,
+    pub total_marks: f64,
+    /// Null when the question could not be graded.
+    pub marks_awarded: Option<f64>,
+    /// Student-facing feedback of the stage whose marks stand.
+    pub llm_evaluation: String,
+    /// Examiner-facing reasoning of that stage.
+    pub reasoning: Option<String>,
+    pub status: ItemStatus,
+    pub error: Option<String>,
+    /// Review flags, e.g. `possible_prompt_injection`, `needs_review`.
+    pub flags: Vec<String>,
+    /// `evaluator` when the verifier confirmed it, `arbiter` otherwise.
+    pub final_stage: Option<String>,
+    /// Every stage's model, prompt version, structured reply, marks, latency and tokens.
+    #[schema(value_type = Object)]
+    pub stages: serde_json::Value,
+}
+
+/// An evaluation ready to be stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvaluation {
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    /// The submission graded, when grading stored answers.
+    pub submission_id: Option<String>,
+    /// Which grader produced it (`llm`, `local`).
+    pub grader: String,
+    pub total_exam_marks: f64,
+    pub final_score: f64,
+    /// `success`, `partial` or `failure`, as in the response.
+    pub status: String,
+    pub items: Vec<EvaluationItem>,
+}
+
+/// A stored evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvaluationRecord {
+    pub evaluation_id: String,
+    /// 1 for the first evaluation of this user's paper, then 2, 3, ...; older versions are kept.
+    pub version: i64,
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub submission_id: Option<String>,
+    pub grader: String,
+    pub total_exam_marks: f64,
+    pub final_score: f64,
+    pub status: String,
+    pub items: Vec<EvaluationItem>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An evaluation without its items, for listings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvaluationSummary {
+    pub evaluation_id: String,
+    pub version: i64,
+    pub user_id: String,
+    pub question_paper_code: String,
+    pub submission_id: Option<String>,
+    pub grader: String,
+    pub total_exam_marks: f64,
+    pub final_score: f64,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Examiner rights plus managing keys.
+    Admin,
+    /// The catalog and every student's results; may grade with its own answer key.
+    Examiner,
+    /// Its own uploads, evaluations and results only.
+    Student,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Examiner => "examiner",
+            Role::Student => "student",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "examiner" => Some(Role::Examiner),
+            "student" => Some(Role::Student),
+            _ => None,
+        }
+    }
+}
+
+/// A stored API key, without the secret (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub role: Role,
+    /// The user a student key acts for.
+    pub user_id: Option<String>,
+    pub label: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// Where an idempotent request stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyState {
+    /// First time: the caller runs the request and then completes or releases the key.
+    Fresh,
+    /// Already done: replay this response.
+    Completed { status: u16, body: String },
+    /// Another request with this key is running.
+    InProgress,
+    /// The key was used before with a different request body.
+    Mismatch,
+}

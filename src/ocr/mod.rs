@@ -1,0 +1,100 @@
+//! OCR for answer-script pages: bytes of a photo or scan in, text out.
+//! Owns image decoding with safety caps ([`decode`]), measured preprocessing
+//! ([`preprocess`]), the Tesseract binding ([`tesseract`]) behind the
+//! [`OcrEngine`] trait, the bounded pool of blocking worker threads that
+//! keeps all of that CPU work off the async executor ([`OcrPool`]), and
+//! CER/WER measures ([`quality`]). Self-contained: depends only on external
+//! crates, never on other modules of the crate.
+//!
+//! Pipeline per page, all on a pool thread: sniff + decode (caps checked from
+//! the header, EXIF orientation applied) → grayscale → rescale text to a
+//! 16 px median glyph height (11 pt at 200 dpi) when it is far from it →
+//! Tesseract; pages read with low confidence get Tesseract's orientation
+//! detection and, if turned, a second read.
+//!
+//! Deployment note: Debian's libtesseract uses OpenMP, which spawns threads
+//! per page that fight the pool (measured 5.35 s/page instead of 0.49 s)
+//! unless `OMP_THREAD_LIMIT=1` is set in the environment *before the library
+//! loads*; see [`omp_thread_limit_ok`].
+
+pub mod decode;
+pub mod engine;
+pub mod pool;
+pub mod preprocess;
+pub mod quality;
+pub mod tesseract;
+
+#[cfg(test)]
+mod testpages;
+#[cfg(test)]
+mod tests;
+
+pub use decode::{decode, sniff, DecodeLimits};
+pub use engine::{OcrEngine, Orientation, Recognized};
+pub use pool::{EngineFactory, OcrPool, PageText, PoolConfig};
+pub use preprocess::{Prepared, PreprocessOptions};
+pub use quality::{cer, wer};
+pub use tesseract::{PageSegMode, TesseractEngine};
+
+/// Everything that can go wrong between image bytes and text.
+#[derive(Debug, thiserror::Error)]
+pub enum OcrError {
+    /// The bytes are not PNG, JPEG, TIFF, WebP, BMP or GIF (e.g. an HTML
+    /// error page), or use a variant of those the decoder cannot read.
+    #[error("unsupported image format (expected PNG, JPEG, TIFF, WebP, BMP or GIF)")]
+    UnsupportedFormat,
+    /// The image declares more pixels than allowed; refused from the header.
+    #[error("image is {width}x{height} pixels, more than the limit of {max} pixels")]
+    TooManyPixels { width: u32, height: u32, max: u64 },
+    /// One side is longer than allowed; refused from the header.
+    #[error("image is {width}x{height} pixels; sides are limited to {max_side} pixels")]
+    SideTooLong {
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
+    /// The image is truncated or malformed.
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+    /// The engine could not start (missing traineddata, bad language code).
+    #[error("OCR engine could not start: {0}")]
+    EngineInit(String),
+    /// The engine failed on this page.
+    #[error("OCR engine failed: {0}")]
+    Engine(String),
+    /// The engine panicked on this page; the pool replaced it.
+    #[error("OCR engine panicked: {0}")]
+    EnginePanicked(String),
+    /// The pool's queue is full (from [`OcrPool::try_recognize`]); retry later.
+    #[error("OCR queue is full")]
+    Overloaded,
+    /// The pool is shutting down or its workers are gone.
+    #[error("OCR pool is shut down")]
+    ShuttingDown,
+}
+
+impl OcrError {
+    /// True when the image itself is at fault (the client should get a 4xx,
+    /// and retrying the same bytes cannot help).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::UnsupportedFormat
+                | Self::TooManyPixels { .. }
+                | Self::SideTooLong { .. }
+                | Self::Corrupt(_)
+        )
+    }
+}
+
+/// True when `OMP_THREAD_LIMIT=1` is set in this process's environment.
+///
+/// Debian's libtesseract is built with OpenMP; without the limit every page
+/// spawns one OpenMP thread per core, so N pool threads oversubscribe the CPU
+/// N-fold (measured: 5.35 s/page instead of 0.49 s). libgomp reads the
+/// variable once, when the library loads, so it must be set before the
+/// process starts (the binary re-execs itself with it); setting it later
+/// from Rust has no effect. [`OcrPool::new`] warns when this is false.
+pub fn omp_thread_limit_ok() -> bool {
+    std::env::var("OMP_THREAD_LIMIT").is_ok_and(|v| v.trim() == "1")
+}

@@ -1,0 +1,153 @@
+//! Synthetic answer pages for tests and the benchmark: renders known,
+//! exam-answer-like text onto white A4 pages with ab_glyph/imageproc so OCR
+//! output can be scored against the exact reference. Compiled only for tests
+//! (`#[cfg(test)]` in mod.rs) and included by `benches/ocr.rs` via `#[path]`,
+//! so it may use dev-dependencies.
+
+#![allow(dead_code)] // each includer uses a different subset
+
+use ab_glyph::{FontVec, PxScale};
+use image::{GrayImage, Luma};
+
+/// DejaVu Sans, installed with the fonts-dejavu-core Debian package.
+pub const FONT_SANS: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// DejaVu Serif, same package.
+pub const FONT_SERIF: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf";
+
+/// A4 in inches.
+pub const A4_IN: (f32, f32) = (8.27, 11.69);
+
+pub fn load_font(path: &str) -> FontVec {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("test font {path}: {e}"));
+    FontVec::try_from_vec(bytes).unwrap_or_else(|e| panic!("test font {path}: {e}"))
+}
+
+/// Paragraphs in the style of accounting / economics exam answers: question
+/// labels, numbers, percentages, brackets and ordinary punctuation. Quotes and
+/// dashes are left out on purpose: OCR legitimately emits typographic variants
+/// of them, which would measure normalisation rather than recognition.
+pub const PARAGRAPHS: &[&str] = &[
+    "Q1 (a) The going concern concept assumes that the business will continue to operate for the foreseeable future, at least twelve months from the reporting date. Assets are therefore valued at cost less depreciation rather than at their break-up value.",
+    "(b) Under the accruals concept, revenue and expenses are recognised when they are earned or incurred, not when cash is received or paid. For example, rent of 12,000 paid on 1 October for one year gives an expense of 3,000 for the year ending 31 December.",
+    "Q2 Depreciation on the straight line basis: cost 48,000 less residual value 6,000 gives 42,000 over 7 years, so the annual charge is 6,000. Using the reducing balance method at 25% the first year charge is 12,000 and the second year charge is 9,000.",
+    "Q3 (i) Gross profit = Sales - Cost of sales = 250,000 - 162,500 = 87,500. The gross margin is 87,500 / 250,000 x 100 = 35%. (ii) The mark up on cost is 87,500 / 162,500 x 100 = 53.8% to one decimal place.",
+    "Q4 A bank reconciliation explains the difference between the cash book balance and the bank statement balance. Items such as unpresented cheques (4,250), outstanding lodgements (1,980) and bank charges (35) must be adjusted before the two balances agree.",
+    "Q5 (a) Price elasticity of demand measures the responsiveness of quantity demanded to a change in price. If price rises from 20 to 22 and quantity falls from 500 to 425 units, PED = -15% / 10% = -1.5, so demand is price elastic.",
+    "(b) When demand is elastic, a fall in price increases total revenue; when demand is inelastic, a rise in price increases total revenue. Firms selling necessities with few substitutes, such as fuel or medicines, often face inelastic demand.",
+    "Q6 The current ratio is current assets divided by current liabilities: 84,000 / 56,000 = 1.5 : 1. The quick ratio excludes inventory of 30,000, giving 54,000 / 56,000 = 0.96 : 1, which suggests the company may struggle to pay its short term debts.",
+    "Q7 Internal controls include segregation of duties, authorisation limits, physical controls over assets and regular reconciliations. They reduce the risk of fraud and error; however, collusion between two members of staff can still defeat segregation of duties.",
+    "Q8 (a) Fixed costs do not change with the level of output in the short run, for example rent of 9,600 per year. (b) Variable costs change in direct proportion to output, such as raw materials at 4.50 per unit. Break-even point = 9,600 / (12.50 - 4.50) = 1,200 units.",
+    "Q9 The prudence concept requires that income and assets are not overstated and expenses and liabilities are not understated. An allowance for doubtful debts of 2% on receivables of 35,000, that is 700, is an application of prudence.",
+    "Q10 Inflation of 6.2% reduces the real value of savings and fixed incomes. The central bank may raise the interest rate from 4.0% to 4.75% to reduce borrowing and aggregate demand, although higher rates can also slow economic growth and increase unemployment.",
+];
+
+/// Text for page `index` (any number; pages cycle through [`PARAGRAPHS`]
+/// with a different starting point so consecutive pages differ).
+pub fn page_text(index: usize, paragraphs: usize) -> String {
+    (0..paragraphs)
+        .map(|k| PARAGRAPHS[(index * 5 + k) % PARAGRAPHS.len()])
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How to lay out a page.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub dpi: f32,
+    /// Font size in points.
+    pub points: f32,
+    /// Page size in inches.
+    pub page_in: (f32, f32),
+    pub margin_in: f32,
+    /// Line pitch as a multiple of the font size.
+    pub leading: f32,
+}
+
+impl Layout {
+    /// An A4 page at `dpi`, 11 pt text, 1 inch margins.
+    pub fn a4(dpi: f32) -> Self {
+        Self {
+            dpi,
+            points: 11.0,
+            page_in: A4_IN,
+            margin_in: 1.0,
+            leading: 1.35,
+        }
+    }
+}
+
+/// Renders `text` (paragraphs separated by `\n`) word-wrapped onto a white
+/// page. Returns the image and the reference: the words that fit, in order.
+pub fn render(text: &str, font: &FontVec, layout: Layout) -> (GrayImage, String) {
+    let px = layout.points / 72.0 * layout.dpi;
+    let scale = PxScale::from(px);
+    let width = (layout.page_in.0 * layout.dpi).round() as u32;
+    let height = (layout.page_in.1 * layout.dpi).round() as u32;
+    let margin = (layout.margin_in * layout.dpi).round() as i32;
+    let max_line = width as i32 - 2 * margin;
+    let pitch = (px * layout.leading).round() as i32;
+    let mut page = GrayImage::from_pixel(width, height, Luma([255]));
+    let mut reference: Vec<String> = Vec::new();
+    let mut y = margin;
+    'paragraphs: for para in text.split('\n') {
+        let mut line = String::new();
+        let words: Vec<&str> = para.split_whitespace().collect();
+        let mut i = 0;
+        while i <= words.len() {
+            let flush = if i == words.len() {
+                !line.is_empty()
+            } else {
+                let candidate = if line.is_empty() {
+                    words[i].to_string()
+                } else {
+                    format!("{line} {}", words[i])
+                };
+                let (w, _) = imageproc::drawing::text_size(scale, font, &candidate);
+                if (w as i32) <= max_line || line.is_empty() {
+                    line = candidate;
+                    i += 1;
+                    continue;
+                }
+                true
+            };
+            if flush {
+                if y + pitch > height as i32 - margin {
+                    break 'paragraphs;
+                }
+                imageproc::drawing::draw_text_mut(
+                    &mut page,
+                    Luma([0]),
+                    margin,
+                    y,
+                    scale,
+                    font,
+                    &line,
+                );
+                reference.push(std::mem::take(&mut line));
+                y += pitch;
+            }
+            if i == words.len() {
+                break;
+            }
+        }
+        y += pitch / 2; // paragraph gap
+    }
+    (page, reference.join("\n"))
+}
+
+/// Encodes a grayscale page as PNG bytes.
+pub fn png(page: &GrayImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    page.write_to(&mut out, image::ImageFormat::Png)
+        .expect("PNG encoding of an in-memory image");
+    out.into_inner()
+}
+
+/// Encodes a grayscale page as JPEG bytes at `quality`.
+pub fn jpeg(page: &GrayImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(page)
+        .expect("JPEG encoding of an in-memory image");
+    out
+}

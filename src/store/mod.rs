@@ -1,0 +1,171 @@
+//! Persistence: the [`Store`] trait every other stage writes through, and its backends.
+//!
+//! The store owns the catalog (courses, exams, question papers, users), submissions
+//! (one per upload, with its images, OCR text and question-answer pairs), evaluations and
+//! the content-addressed caches. Every write that a request reports as done happens in one
+//! transaction: a reader sees all of it or none of it. Catalog writes are idempotent —
+//! writing a record that exists with identical content succeeds, different content is a
+//! [`StoreError::Conflict`].
+//!
+//! SQLite (WAL) is the embedded default; the SQL is kept to what PostgreSQL also runs
+//! (`$n` placeholders, `TEXT`/`BIGINT`/`DOUBLE PRECISION`, timestamps as RFC 3339 text), so
+//! a PostgreSQL backend is a second implementation of this trait, not a rewrite.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+use crate::model::{
+    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+};
+
+/// What a catalog write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The record was new and is now stored.
+    Created,
+    /// An identical record was already stored; nothing changed.
+    Unchanged,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A record with this key exists with different content.
+    #[error("{kind} {key:?} already exists with different content")]
+    Conflict { kind: &'static str, key: String },
+    /// A record this one links to does not exist.
+    #[error("{kind} {key:?} does not exist")]
+    MissingLink { kind: &'static str, key: String },
+    /// Stored data that cannot be read back (a bug or a hand-edited database).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database URL names a backend this build does not have.
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH")]
+    Unsupported(String),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Filters for listing submissions and evaluations.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub user_id: Option<String>,
+    pub question_paper_code: Option<String>,
+    pub limit: i64,
+}
+
+/// The persistence seam. One implementation per database; chosen once from the URL.
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn put_course(&self, course: &Course) -> Result<Written, StoreError>;
+    async fn get_course(&self, code: &str) -> Result<Option<Course>, StoreError>;
+    async fn list_courses(&self) -> Result<Vec<Course>, StoreError>;
+
+    async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError>;
+    async fn get_exam(&self, code: &str) -> Result<Option<Exam>, StoreError>;
+    async fn list_exams(&self, course_code: Option<&str>) -> Result<Vec<Exam>, StoreError>;
+
+    async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError>;
+    async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError>;
+    async fn list_question_papers(
+        &self,
+        exam_code: Option<&str>,
+    ) -> Result<Vec<QuestionPaper>, StoreError>;
+
+    async fn put_user(&self, user: &User) -> Result<Written, StoreError>;
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+
+    /// Imports a whole catalog in one transaction; returns how many records were new.
+    async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError>;
+
+    /// Stores a submission and registers its user if unknown, atomically. `images_digest`
+    /// identifies the images (their content hashes in order) to recognise re-uploads.
+    async fn insert_submission(
+        &self,
+        submission: &Submission,
+        images_digest: &str,
+    ) -> Result<(), StoreError>;
+    /// The newest submission of a user for a paper made of exactly these images.
+    async fn find_submission_by_images(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+        images_digest: &str,
+    ) -> Result<Option<Submission>, StoreError>;
+    async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
+    async fn list_submissions(&self, filter: &Filter)
+        -> Result<Vec<SubmissionSummary>, StoreError>;
+    /// The newest submission of a user for a paper.
+    async fn latest_submission(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+    ) -> Result<Option<Submission>, StoreError>;
+
+    /// Stores an evaluation with all its items, atomically; returns its id and version.
+    async fn insert_evaluation(
+        &self,
+        evaluation: &NewEvaluation,
+    ) -> Result<EvaluationRecord, StoreError>;
+    async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError>;
+    async fn list_evaluations(&self, filter: &Filter)
+        -> Result<Vec<EvaluationSummary>, StoreError>;
+
+    /// A memoised value by content address (OCR results, LLM replies).
+    async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError>;
+    async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Stores a new API key by the hash of its secret.
+    async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError>;
+    /// The active (not revoked) key with this secret hash.
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Revokes a key; false when no active key has that id.
+    async fn revoke_api_key(&self, key_id: &str) -> Result<bool, StoreError>;
+
+    /// Claims an idempotency key for a request, or says why it cannot be run now.
+    /// A claim older than `stale_after_secs` is taken over (its request died).
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+        request_hash: &str,
+        stale_after_secs: i64,
+    ) -> Result<IdempotencyState, StoreError>;
+    /// Records the response of a claimed key, for replay.
+    async fn idempotency_complete(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+    /// Gives a claimed key back after a failure, so a retry runs the request again.
+    async fn idempotency_release(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Cheap liveness check of the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url` (`sqlite://path`), creating and migrating it.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+    } else {
+        Err(StoreError::Unsupported(url.to_string()))
+    }
+}

@@ -1,0 +1,524 @@
+//! Workflow 2: gather the question-answer pairs to grade, grade them all at once through the
+//! configured [`Grader`], total the marks, and store the evaluation.
+//!
+//! Pairs come either from the request (each with its standard answer and marks) or, when the
+//! request has none, from the user's latest stored submission graded against the stored
+//! paper. Questions that cannot be graded get null marks and an error — never invented
+//! marks — and can be graded again later with [`retry_failed`]. Every evaluation is a new
+//! version; older ones are kept.
+
+use std::collections::HashSet;
+
+use crate::app::AppState;
+use crate::grade::{grade_all, GradeOutcome, GradeTask};
+use crate::http::ApiError;
+use crate::model::{EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, QuestionPaper};
+use crate::segment::QuestionNumber;
+
+/// Who is asking, as far as grading is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// May grade against any standard answer (examiners, admins, local development).
+    Examiner,
+    /// May only grade against the stored paper's answer key.
+    Student { user_id: String },
+}
+
+/// One pair to grade, as given in a request.
+#[derive(Debug, Clone)]
+pub struct PairInput {
+    pub question_number: QuestionNumber,
+    pub student_answer: String,
+    pub standard_answer: Option<String>,
+    pub total_marks: Option<f64>,
+}
+
+/// A validated evaluation request.
+#[derive(Debug, Clone)]
+pub struct EvaluateInput {
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    /// `None`: grade the latest stored submission against the stored paper.
+    pub qa_pairs: Option<Vec<PairInput>>,
+}
+
+/// The one place that decides whether a caller may supply its own answer key. When the
+/// paper is stored its standard answers and marks are authoritative for students.
+pub fn check_answer_key_authority(
+    caller: &Caller,
+    paper: Option<&QuestionPaper>,
+    pairs: &[PairInput],
+) -> Result<(), ApiError> {
+    let Caller::Student { .. } = caller else {
+        return Ok(());
+    };
+    let Some(paper) = paper else {
+        if pairs
+            .iter()
+            .any(|p| p.standard_answer.is_some() || p.total_marks.is_some())
+        {
+            return Err(ApiError::Conflict(
+                "students may only be graded against a stored question paper; leave out standard_answer and total_marks".into(),
+            ));
+        }
+        return Ok(());
+    };
+    for pair in pairs {
+        let Some(question) = paper
+            .questions
+            .iter()
+            .find(|q| q.question_number == pair.question_number)
+        else {
+            return Err(ApiError::Conflict(format!(
+                "question {} is not on question paper {}",
+                pair.question_number, paper.question_paper_code
+            )));
+        };
+        let answer_differs = pair
+            .standard_answer
+            .as_deref()
+            .is_some_and(|a| a.trim() != question.standard_answer.trim());
+        let marks_differ = pair
+            .total_marks
+            .is_some_and(|m| (m - question.total_marks).abs() > 1e-9);
+        if answer_differs || marks_differ {
+            return Err(ApiError::Conflict(format!(
+                "question {}: the standard answer and marks of stored paper {} are authoritative; the request's differ",
+                pair.question_number, paper.question_paper_code
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What one evaluation request produced.
+pub struct EvaluationResult {
+    pub record: EvaluationRecord,
+    pub message: String,
+}
+
+/// Runs the evaluation workflow and stores its result.
+pub async fn evaluate(
+    state: &AppState,
+    caller: &Caller,
+    input: EvaluateInput,
+) -> Result<EvaluationResult, ApiError> {
+    let store = &state.store;
+    let (exam, paper) = tokio::try_join!(
+        store.get_exam(&input.exam_code),
+        store.get_question_paper(&input.question_paper_code),
+    )?;
+    if let Some(paper) = &paper {
+        if paper.exam_code != input.exam_code {
+            return Err(ApiError::Conflict(format!(
+                "question paper {:?} belongs to exam {:?}, not {:?}",
+                paper.question_paper_code, paper.exam_code, input.exam_code
+            )));
+        }
+    }
+    let marks_step = paper
+        .as_ref()
+        .and_then(|p| p.marks_step)
+        .unwrap_or(state.settings.grading.default_marks_step);
+
+    // The items that need no grader (unanswered questions) and the tasks that do, each with
+    // its position in the final list.
+    let mut fixed: Vec<(usize, EvaluationItem)> = Vec::new();
+    let mut tasks: Vec<(usize, GradeTask)> = Vec::new();
+    let mut submission_id = None;
+
+    match &input.qa_pairs {
+        Some(pairs) => {
+            check_answer_key_authority(caller, paper.as_ref(), pairs)?;
+            let mut seen = HashSet::new();
+            for (position, pair) in pairs.iter().enumerate() {
+                if !seen.insert(pair.question_number.clone()) {
+                    return Err(ApiError::Validation(format!(
+                        "question {} appears more than once in qa_pairs",
+                        pair.question_number
+                    )));
+                }
+                let stored = paper.as_ref().and_then(|p| {
+                    p.questions
+                        .iter()
+                        .find(|q| q.question_number == pair.question_number)
+                });
+                let standard_answer = match (&pair.standard_answer, stored) {
+                    (Some(answer), _) => answer.clone(),
+                    (None, Some(q)) => q.standard_answer.clone(),
+                    (None, None) => {
+                        return Err(ApiError::Validation(format!(
+                            "question {}: standard_answer is missing and question paper {:?} has no such question stored",
+                            pair.question_number, input.question_paper_code
+                        )))
+                    }
+                };
+                let total_marks = match (pair.total_marks, stored) {
+                    (Some(marks), _) => marks,
+                    (None, Some(q)) => q.total_marks,
+                    (None, None) => {
+                        return Err(ApiError::Validation(format!(
+                            "question {}: total_marks is missing and question paper {:?} has no such question stored",
+                            pair.question_number, input.question_paper_code
+                        )))
+                    }
+                };
+                tasks.push((
+                    position,
+                    GradeTask {
+                        question_number: pair.question_number.to_string(),
+                        question_text: stored.and_then(|q| q.question_text.clone()),
+                        student_answer: pair.student_answer.clone(),
+                        standard_answer,
+                        total_marks,
+                        marks_step,
+                    },
+                ));
+            }
+        }
+        None => {
+            let paper = paper.as_ref().ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "question paper {:?} does not exist; send qa_pairs with standard answers, or create the paper first",
+                    input.question_paper_code
+                ))
+            })?;
+            let submission = store
+                .latest_submission(&input.user_id, &input.question_paper_code)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "user {:?} has no stored answers for question paper {:?}; upload them with POST /upload-exam-answers or send qa_pairs",
+                        input.user_id, input.question_paper_code
+                    ))
+                })?;
+            submission_id = Some(submission.submission_id.clone());
+            for (position, question) in paper.questions.iter().enumerate() {
+                let answer = submission
+                    .qa_pairs
+                    .iter()
+                    .find(|p| p.question_number == question.question_number);
+                match answer {
+                    Some(pair) => tasks.push((
+                        position,
+                        GradeTask {
+                            question_number: question.question_number.to_string(),
+                            question_text: question.question_text.clone(),
+                            student_answer: pair.answer.clone(),
+                            standard_answer: question.standard_answer.clone(),
+                            total_marks: question.total_marks,
+                            marks_step,
+                        },
+                    )),
+                    None => fixed.push((
+                        position,
+                        EvaluationItem {
+                            question_number: question.question_number.clone(),
+                            student_answer: String::new(),
+                            standard_answer: question.standard_answer.clone(),
+                            total_marks: question.total_marks,
+                            marks_awarded: Some(0.0),
+                            llm_evaluation:
+                                "No answer to this question was found in the submitted script."
+                                    .into(),
+                            reasoning: None,
+                            status: ItemStatus::NotAnswered,
+                            error: None,
+                            flags: Vec::new(),
+                            final_stage: None,
+                            stages: serde_json::Value::Array(Vec::new()),
+                        },
+                    )),
+                }
+            }
+        }
+    }
+
+    let grade_tasks: Vec<GradeTask> = tasks.iter().map(|(_, t)| t.clone()).collect();
+    let outcomes = grade(state, &grade_tasks).await;
+    let mut items: Vec<(usize, EvaluationItem)> = fixed;
+    for ((position, task), (outcome, second)) in tasks.into_iter().zip(outcomes) {
+        items.push((position, item_from_outcome(state, &task, outcome, second)?));
+    }
+    items.sort_by_key(|(position, _)| *position);
+    let items: Vec<EvaluationItem> = items.into_iter().map(|(_, item)| item).collect();
+
+    let question_marks: f64 = items.iter().map(|i| i.total_marks).fold(0.0, |a, b| a + b);
+    let total_exam_marks = exam
+        .as_ref()
+        .and_then(|e| e.total_exam_marks)
+        .or_else(|| paper.as_ref().map(QuestionPaper::total_marks))
+        .unwrap_or(question_marks);
+    let new = summarise(NewEvaluation {
+        user_id: input.user_id,
+        course_code: input.course_code,
+        exam_code: input.exam_code,
+        question_paper_code: input.question_paper_code,
+        submission_id,
+        grader: state.grader.name().to_string(),
+        total_exam_marks,
+        final_score: 0.0,
+        status: String::new(),
+        items,
+    });
+    store_evaluation(state, new).await
+}
+
+/// Grades again the items of a stored evaluation that could not be graded, keeping the
+/// others, and stores the result as a new version.
+pub async fn retry_failed(
+    state: &AppState,
+    evaluation_id: &str,
+) -> Result<EvaluationResult, ApiError> {
+    let previous = state
+        .store
+        .get_evaluation(evaluation_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
+        })?;
+    let marks_step = match state
+        .store
+        .get_question_paper(&previous.question_paper_code)
+        .await?
+    {
+        Some(paper) => paper
+            .marks_step
+            .unwrap_or(state.settings.grading.default_marks_step),
+        None => state.settings.grading.default_marks_step,
+    };
+    let failed: Vec<(usize, GradeTask)> = previous
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.status == ItemStatus::Failed)
+        .map(|(position, item)| {
+            (
+                position,
+                GradeTask {
+                    question_number: item.question_number.to_string(),
+                    question_text: None,
+                    student_answer: item.student_answer.clone(),
+                    standard_answer: item.standard_answer.clone(),
+                    total_marks: item.total_marks,
+                    marks_step,
+                },
+            )
+        })
+        .collect();
+    let tasks: Vec<GradeTask> = failed.iter().map(|(_, t)| t.clone()).collect();
+    let outcomes = grade(state, &tasks).await;
+    let mut items = previous.items.clone();
+    for ((position, task), (outcome, second)) in failed.into_iter().zip(outcomes) {
+        items[position] = item_from_outcome(state, &task, outcome, second)?;
+    }
+    let new = summarise(NewEvaluation {
+        user_id: previous.user_id,
+        course_code: previous.course_code,
+        exam_code: previous.exam_code,
+        question_paper_code: previous.question_paper_code,
+        submission_id: previous.submission_id,
+        grader: state.grader.name().to_string(),
+        total_exam_marks: previous.total_exam_marks,
+        final_score: 0.0,
+        status: String::new(),
+        items,
+    });
+    store_evaluation(state, new).await
+}
+
+/// Grades the tasks with the configured grader and, at the same time, with the second
+/// opinion when there is one; results in task order.
+async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Option<GradeOutcome>)> {
+    let concurrency = state.settings.grading.llm.per_request_concurrency;
+    let primary = grade_all(state.grader.as_ref(), tasks, concurrency);
+    let second = async {
+        match &state.second_opinion {
+            Some(grader) => Some(grade_all(grader.as_ref(), tasks, concurrency).await),
+            None => None,
+        }
+    };
+    let (outcomes, seconds) = tokio::join!(primary, second);
+    match seconds {
+        Some(seconds) => outcomes
+            .into_iter()
+            .zip(seconds.into_iter().map(Some))
+            .collect(),
+        None => outcomes.into_iter().map(|o| (o, None)).collect(),
+    }
+}
+
+/// The flag on questions whose final marks and the embedded grader's estimate differ by
+/// more than `grading.review_threshold_fraction` of the marks.
+pub const NEEDS_REVIEW_FLAG: &str = "needs_review";
+
+fn item_from_outcome(
+    state: &AppState,
+    task: &GradeTask,
+    mut outcome: GradeOutcome,
+    second: Option<GradeOutcome>,
+) -> Result<EvaluationItem, ApiError> {
+    let question_number = QuestionNumber::parse(&task.question_number).ok_or_else(|| {
+        ApiError::internal(format!(
+            "grader returned bad number {}",
+            task.question_number
+        ))
+    })?;
+    let mut stages = serde_json::to_value(&outcome.stages).map_err(ApiError::internal)?;
+    if let Some(second) = second {
+        if let (Some(estimate), Some(final_marks)) = (second.marks_awarded, outcome.marks_awarded) {
+            let threshold = state.settings.grading.review_threshold_fraction * task.total_marks;
+            if (estimate - final_marks).abs() > threshold {
+                outcome.flags.push(NEEDS_REVIEW_FLAG.to_string());
+            }
+        }
+        // Stored beside the LLM stages, marked as what it is.
+        if let Some(list) = stages.as_array_mut() {
+            for record in &second.stages {
+                let mut value = serde_json::to_value(record).map_err(ApiError::internal)?;
+                value["role"] = serde_json::Value::String("second_opinion".into());
+                list.push(value);
+            }
+        }
+    }
+    let status = if outcome.marks_awarded.is_some() {
+        ItemStatus::Graded
+    } else {
+        ItemStatus::Failed
+    };
+    let feedback = if outcome.feedback.is_empty() {
+        match &outcome.error {
+            Some(error) => format!("This answer could not be graded: {error}"),
+            None => String::new(),
+        }
+    } else {
+        outcome.feedback
+    };
+    Ok(EvaluationItem {
+        question_number,
+        student_answer: task.student_answer.clone(),
+        standard_answer: task.standard_answer.clone(),
+        total_marks: task.total_marks,
+        marks_awarded: outcome.marks_awarded,
+        llm_evaluation: feedback,
+        reasoning: outcome.reasoning,
+        status,
+        error: outcome.error,
+        flags: outcome.flags,
+        final_stage: outcome.final_stage.map(|stage| {
+            serde_json::to_value(stage)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }),
+        stages,
+    })
+}
+
+/// Fills in the final score and status from the items.
+fn summarise(mut evaluation: NewEvaluation) -> NewEvaluation {
+    let graded = evaluation
+        .items
+        .iter()
+        .filter(|i| i.status != ItemStatus::Failed)
+        .count();
+    let failed = evaluation.items.len() - graded;
+    evaluation.final_score = evaluation
+        .items
+        .iter()
+        .filter_map(|i| i.marks_awarded)
+        // Not `sum()`: an empty float sum is -0.0, which would print as "-0.0".
+        .fold(0.0, |a, b| a + b);
+    evaluation.status = if failed == 0 {
+        "success"
+    } else if graded == 0 {
+        "failure"
+    } else {
+        "partial"
+    }
+    .to_string();
+    evaluation
+}
+
+async fn store_evaluation(
+    state: &AppState,
+    evaluation: NewEvaluation,
+) -> Result<EvaluationResult, ApiError> {
+    let failed = evaluation
+        .items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Failed)
+        .count();
+    let message = match evaluation.status.as_str() {
+        "success" => "Evaluations completed and results returned.".to_string(),
+        "partial" => format!(
+            "{failed} of {} questions could not be graded; their marks are null and the score counts only graded questions. Retry them with POST /evaluations/{{evaluation_id}}/retry.",
+            evaluation.items.len()
+        ),
+        _ => "No question could be graded because the grading backend failed; nothing was marked. Retry with POST /evaluations/{evaluation_id}/retry.".to_string(),
+    };
+    let record = state.store.insert_evaluation(&evaluation).await?;
+    metrics::counter!("examiner_evaluations_total", "status" => record.status.clone()).increment(1);
+    Ok(EvaluationResult { record, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Question;
+
+    fn paper() -> QuestionPaper {
+        QuestionPaper {
+            question_paper_code: "QP001".into(),
+            exam_code: "E".into(),
+            title: None,
+            marks_step: None,
+            questions: vec![Question {
+                question_number: QuestionNumber::parse("1.a").unwrap(),
+                question_text: None,
+                standard_answer: "Assets = Liabilities + Capital".into(),
+                total_marks: 5.0,
+            }],
+        }
+    }
+
+    fn pair(answer: Option<&str>, marks: Option<f64>) -> PairInput {
+        PairInput {
+            question_number: QuestionNumber::parse("1(a)").unwrap(),
+            student_answer: "x".into(),
+            standard_answer: answer.map(str::to_string),
+            total_marks: marks,
+        }
+    }
+
+    #[test]
+    fn students_cannot_bring_their_own_answer_key() {
+        let student = Caller::Student {
+            user_id: "U1".into(),
+        };
+        let paper = paper();
+        assert!(check_answer_key_authority(&student, Some(&paper), &[pair(None, None)]).is_ok());
+        assert!(check_answer_key_authority(
+            &student,
+            Some(&paper),
+            &[pair(Some("Assets = Liabilities + Capital"), Some(5.0))]
+        )
+        .is_ok());
+        let err =
+            check_answer_key_authority(&student, Some(&paper), &[pair(Some("anything"), None)])
+                .unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(_)));
+        let err = check_answer_key_authority(&student, Some(&paper), &[pair(None, Some(50.0))])
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(_)));
+        assert!(check_answer_key_authority(&student, None, &[pair(Some("a"), None)]).is_err());
+        assert!(check_answer_key_authority(
+            &Caller::Examiner,
+            Some(&paper),
+            &[pair(Some("anything"), Some(50.0))]
+        )
+        .is_ok());
+    }
+}

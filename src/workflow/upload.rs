@@ -1,0 +1,265 @@
+//! Workflow 1: answer images → fetched → recognised → split into question-answer pairs →
+//! stored as one submission.
+//!
+//! Every image of a request starts fetching at once; each goes to the OCR pool the moment
+//! its bytes arrive, so page 2 is downloading while page 1 is being recognised. OCR results
+//! are memoised by the image's content hash. The first failure cancels the rest and nothing
+//! is stored: a submission is written whole, in one transaction, or not at all.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::future::try_join_all;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::fetch::{FetchedImage, RequestBudget};
+use crate::http::ApiError;
+use crate::model::{QuestionPaper, StoredQaPair, Submission, SubmissionImage};
+use crate::ocr::PageText;
+use crate::segment::segment;
+
+/// One image reference of an upload.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    pub image_id: String,
+    pub image_url: String,
+}
+
+/// A validated upload request.
+#[derive(Debug, Clone)]
+pub struct UploadInput {
+    pub user_id: String,
+    pub course_code: String,
+    pub exam_code: String,
+    pub question_paper_code: String,
+    pub images: Vec<ImageRef>,
+}
+
+/// What OCR read from one image, as memoised by content hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedPage {
+    text: String,
+    confidence: f64,
+    engine: String,
+    width: u32,
+    height: u32,
+}
+
+impl From<PageText> for CachedPage {
+    fn from(page: PageText) -> Self {
+        Self {
+            text: page.text,
+            confidence: f64::from(page.confidence),
+            engine: page.engine,
+            width: page.width,
+            height: page.height,
+        }
+    }
+}
+
+/// Checks that the course, exam and paper exist and link up; returns the paper.
+pub async fn resolve_paper(
+    state: &AppState,
+    course_code: &str,
+    exam_code: &str,
+    question_paper_code: &str,
+) -> Result<QuestionPaper, ApiError> {
+    let store = &state.store;
+    let (course, exam, paper) = tokio::try_join!(
+        store.get_course(course_code),
+        store.get_exam(exam_code),
+        store.get_question_paper(question_paper_code),
+    )?;
+    if course.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "course {course_code:?} does not exist; create it with POST /courses"
+        )));
+    }
+    let exam = exam.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "exam {exam_code:?} does not exist; create it with POST /exams"
+        ))
+    })?;
+    let paper = paper.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "question paper {question_paper_code:?} does not exist; create it with POST /question-papers"
+        ))
+    })?;
+    if exam.course_code != course_code {
+        return Err(ApiError::Conflict(format!(
+            "exam {exam_code:?} belongs to course {:?}, not {course_code:?}",
+            exam.course_code
+        )));
+    }
+    if paper.exam_code != exam_code {
+        return Err(ApiError::Conflict(format!(
+            "question paper {question_paper_code:?} belongs to exam {:?}, not {exam_code:?}",
+            paper.exam_code
+        )));
+    }
+    Ok(paper)
+}
+
+/// What an upload produced.
+pub struct UploadOutcome {
+    pub submission: Submission,
+    /// The same images were uploaded before by this user for this paper; `submission` is
+    /// that earlier one and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Identifies a set of images by their content hashes, in order.
+fn images_digest(pages: &[(FetchedImage, CachedPage)]) -> String {
+    let mut hasher = Sha256::new();
+    for (fetched, _) in pages {
+        hasher.update(fetched.sha256.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Runs the whole upload workflow and returns the stored submission.
+pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcome, ApiError> {
+    let paper = resolve_paper(
+        state,
+        &input.course_code,
+        &input.exam_code,
+        &input.question_paper_code,
+    )
+    .await?;
+
+    let budget = Arc::new(RequestBudget::new(state.settings.fetch.max_request_bytes));
+    let pages = try_join_all(input.images.iter().enumerate().map(|(index, image)| {
+        let budget = budget.clone();
+        let span = tracing::info_span!("page", index, image_id = %image.image_id);
+        async move {
+            let fetched = state
+                .images
+                .fetch(&image.image_url, &budget)
+                .instrument(tracing::info_span!("fetch"))
+                .await
+                .map_err(|error| ApiError::Fetch {
+                    image_id: image.image_id.clone(),
+                    error,
+                })?;
+            let page = recognise(state, &fetched)
+                .await
+                .map_err(|error| ApiError::Ocr {
+                    image_id: image.image_id.clone(),
+                    error,
+                })?;
+            Ok::<_, ApiError>((fetched, page))
+        }
+        .instrument(span)
+    }))
+    .await?;
+
+    let digest = images_digest(&pages);
+    if let Some(existing) = state
+        .store
+        .find_submission_by_images(&input.user_id, &input.question_paper_code, &digest)
+        .await?
+    {
+        metrics::counter!("examiner_duplicate_uploads_total").increment(1);
+        return Ok(UploadOutcome {
+            submission: existing,
+            duplicate: true,
+        });
+    }
+
+    let started = Instant::now();
+    let texts: Vec<&str> = pages.iter().map(|(_, page)| page.text.as_str()).collect();
+    let known = paper.question_numbers();
+    let segmented = segment(&texts, Some(&known));
+    tracing::debug!(
+        pairs = segmented.pairs.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "segmented"
+    );
+
+    let images = input
+        .images
+        .iter()
+        .zip(&pages)
+        .map(|(image, (fetched, page))| SubmissionImage {
+            image_id: image.image_id.clone(),
+            image_url: fetched.stored_url.clone(),
+            content_sha256: fetched.sha256.clone(),
+            media_type: fetched.media_type.to_string(),
+            byte_size: fetched.bytes.len() as i64,
+            width: i64::from(page.width),
+            height: i64::from(page.height),
+            ocr_text: page.text.clone(),
+            ocr_confidence: page.confidence,
+            ocr_engine: page.engine.clone(),
+        })
+        .collect();
+    let submission = Submission {
+        submission_id: uuid::Uuid::now_v7().to_string(),
+        user_id: input.user_id,
+        course_code: input.course_code,
+        exam_code: input.exam_code,
+        question_paper_code: input.question_paper_code,
+        images,
+        extracted_text: texts.join("\n"),
+        unassigned_text: segmented.unassigned_text,
+        qa_pairs: segmented
+            .pairs
+            .into_iter()
+            .map(|pair| StoredQaPair {
+                question_number: pair.question_number,
+                answer: pair.answer,
+            })
+            .collect(),
+        created_at: Utc::now(),
+    };
+    state
+        .store
+        .insert_submission(&submission, &digest)
+        .instrument(tracing::info_span!("store"))
+        .await?;
+    metrics::counter!("examiner_submissions_total").increment(1);
+    Ok(UploadOutcome {
+        submission,
+        duplicate: false,
+    })
+}
+
+/// OCR of one fetched image, memoised by its content hash and the engine configuration.
+async fn recognise(
+    state: &AppState,
+    fetched: &FetchedImage,
+) -> Result<CachedPage, crate::ocr::OcrError> {
+    let key = format!("{}:{}", state.ocr_cache_key, fetched.sha256);
+    match state.store.cache_get("ocr", &key).await {
+        Ok(Some(json)) => match serde_json::from_str::<CachedPage>(&json) {
+            Ok(page) => {
+                metrics::counter!("examiner_ocr_cache_hits_total").increment(1);
+                return Ok(page);
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring an unreadable OCR cache entry"),
+        },
+        Ok(None) => {}
+        // The cache only saves work; a failing read must not fail the upload.
+        Err(e) => tracing::warn!(error = %e, "OCR cache read failed"),
+    }
+    let page: CachedPage = state
+        .ocr
+        .recognize(fetched.bytes.clone())
+        .instrument(tracing::info_span!("ocr"))
+        .await?
+        .into();
+    match serde_json::to_string(&page) {
+        Ok(json) => {
+            if let Err(e) = state.store.cache_put("ocr", &key, &json).await {
+                tracing::warn!(error = %e, "OCR cache write failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "OCR result not cacheable"),
+    }
+    Ok(page)
+}

@@ -1,0 +1,162 @@
+//! The real `examiner` binary: OpenMP limit, catalog import, serving, graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+/// Starts `examiner serve` on a random port and returns it with its address.
+pub fn start_binary(data_dir: &std::path::Path, envs: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_examiner"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        // The binary must give itself the limit; do not inherit the test's.
+        .env_remove("OMP_THREAD_LIMIT")
+        .env("RUST_LOG", "info")
+        .env("EXAMINER_OCR_THREADS", "1")
+        .env("EXAMINER_AUTH_MODE", "none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let address = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(address.to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the binary logs its listening address");
+    (child, address)
+}
+
+fn terminate(child: &Child) {
+    // kill(1) is on every Debian machine and spares the tests a libc dependency.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
+    let data = tempfile::tempdir().unwrap();
+    let import = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["catalog", "import", "catalog/demo.yaml", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("import runs");
+    assert!(import.status.success(), "{import:?}");
+    let printed = String::from_utf8_lossy(&import.stdout);
+    assert!(printed.contains("1 question papers"), "{printed}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["catalog", "import", "Cargo.toml", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains(".json, .yaml or .yml"));
+
+    let (mut child, address) = start_binary(data.path(), &[]);
+    let client = reqwest::Client::new();
+    let health: serde_json::Value = client
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["omp_thread_limit"], "1", "{health}");
+    let paper = client
+        .get(format!("http://{address}/question-papers/QP001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paper.status(), StatusCode::OK);
+
+    terminate(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn bad_configuration_is_reported_before_start() {
+    let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["config", "show"])
+        .env("EXAMINER_LIMITS__MAX_IMAGES", "many")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EXAMINER_LIMITS__MAX_IMAGES"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["config", "show"])
+        .env("EXAMINER_LLM_API_KEY", "sk-secret-value")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("[fetch]"));
+    assert!(
+        !stdout.contains("sk-secret-value"),
+        "keys are never printed"
+    );
+}
+
+#[tokio::test]
+async fn llm_check_reports_each_backend() {
+    let llm = crate::fake_llm::FakeLlm::start(|_, _| {
+        crate::fake_llm::Reply::Json(serde_json::json!({"ok": true}))
+    })
+    .await;
+    let base_url = llm.base_url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_examiner"))
+            .args(["llm", "check"])
+            .env("EXAMINER_LLM_BASE_URL", base_url)
+            .env("EXAMINER_LLM_MODEL", "fake-grader")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for role in ["evaluator", "verifier", "arbiter"] {
+        assert!(stdout.contains(role), "{stdout}");
+    }
+    assert!(stdout.contains("json_schema=true"), "{stdout}");
+    assert!(llm.requests().len() >= 3);
+
+    let unconfigured = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["llm", "check"])
+        .env_remove("EXAMINER_LLM_BASE_URL")
+        .output()
+        .unwrap();
+    assert!(!unconfigured.status.success());
+    assert!(String::from_utf8_lossy(&unconfigured.stderr).contains("EXAMINER_LLM_BASE_URL"));
+}

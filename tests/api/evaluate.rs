@@ -1,0 +1,287 @@
+//! Workflow 2 end to end through HTTP, with a scripted chat-completions server as every
+//! LLM backend.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fake_llm::{arbiter, evaluator, prompt_text, verifier, FakeLlm, Reply, Stage};
+use crate::helpers::{png, spawn_app_with, upload_body, ImageServer};
+
+/// The request body of the contract's example, verbatim.
+fn spec_example() -> Value {
+    json!({
+      "user_id": "USER123",
+      "course_code": "CA-FND-2024",
+      "exam_code": "CA-FO-PAPER1",
+      "question_paper_code": "QP001",
+      "qa_pairs": [
+        {
+          "question_number": "1.a",
+          "student_answer": "FastAPI is a modern, fast web framework.",
+          "standard_answer": "FastAPI is a high-performance web framework for building APIs.",
+          "total_marks": 10
+        },
+        {
+          "question_number": "1.b",
+          "student_answer": "OCR is Optical Character Recognition.",
+          "standard_answer": "OCR is a technology that converts different types of documents into editable data.",
+          "total_marks": 10
+        }
+      ]
+    })
+}
+
+/// Evaluator gives 9 to the FastAPI answer and 6 to the OCR one; the verifier agrees.
+fn agreeing(stage: Stage, body: &Value) -> Reply {
+    let fastapi = prompt_text(body).contains("FastAPI is a modern");
+    let marks = if fastapi { 9.0 } else { 6.0 };
+    match stage {
+        Stage::Evaluator => evaluator(
+            marks,
+            if fastapi {
+                "The student's answer closely matches the standard answer."
+            } else {
+                "The student's answer is partially correct but lacks detail."
+            },
+        ),
+        Stage::Verifier => verifier(true, marks),
+        _ => Reply::Status(500),
+    }
+}
+
+#[tokio::test]
+async fn the_spec_example_is_graded_with_two_calls_per_question() {
+    let llm = FakeLlm::start(agreeing).await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+
+    let (status, body, content_type) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["user_id"], "USER123");
+    assert_eq!(body["course_code"], "CA-FND-2024");
+    assert_eq!(body["exam_code"], "CA-FO-PAPER1");
+    assert_eq!(body["question_paper_code"], "QP001");
+    assert_eq!(
+        body["message"],
+        "Evaluations completed and results returned."
+    );
+    // No exam is stored here, so the exam's marks are the sum of the questions'.
+    assert_eq!(body["total_exam_marks"], 20.0);
+    assert_eq!(body["final_score"], 15.0);
+    let items = body["evaluation"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["question_number"], "1.a");
+    assert_eq!(items[0]["marks_awarded"], 9.0);
+    assert_eq!(items[0]["total_marks"], 10.0);
+    assert_eq!(
+        items[0]["llm_evaluation"],
+        "The student's answer closely matches the standard answer."
+    );
+    assert_eq!(items[1]["question_number"], "1.b");
+    assert_eq!(items[1]["marks_awarded"], 6.0);
+    assert_eq!(llm.calls(Stage::Evaluator), 2);
+    assert_eq!(llm.calls(Stage::Verifier), 2);
+    assert_eq!(llm.calls(Stage::Arbiter), 0);
+
+    // Stored, with every stage, and listed.
+    let id = body["evaluation_id"].as_str().unwrap();
+    let (status, stored, _) = app.get(&format!("/evaluations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["version"], 1);
+    let stages = stored["items"][0]["stages"].as_array().unwrap();
+    let roles: Vec<&str> = stages.iter().map(|s| s["role"].as_str().unwrap()).collect();
+    // The embedded grader's estimate is stored beside the LLM stages.
+    assert_eq!(roles, ["evaluator", "verifier", "second_opinion"]);
+    assert_eq!(stages[0]["model"], "fake-grader");
+    assert_eq!(stages[0]["prompt_tokens"], 120);
+    assert_eq!(stages[1]["role"], "verifier");
+    assert_eq!(stored["items"][0]["final_stage"], "evaluator");
+
+    // Grading the same answers again costs no LLM call (memoised) and is a new version.
+    let (status, again, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["final_score"], 15.0);
+    assert_eq!(again["version"], 2);
+    assert_eq!(
+        llm.requests().len(),
+        4,
+        "no second call for identical answers"
+    );
+    let (_, list, _) = app
+        .get("/evaluations?user_id=USER123&question_paper_code=QP001")
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "old versions are kept");
+}
+
+#[tokio::test]
+async fn disagreement_goes_to_the_arbiter_whose_marks_stand() {
+    let llm = FakeLlm::start(|stage, _| match stage {
+        Stage::Evaluator => evaluator(9.0, "Generous."),
+        Stage::Verifier => verifier(false, 4.0),
+        Stage::Arbiter => arbiter(5.5, "Partly right: the purpose of APIs is missing."),
+        Stage::Unknown => Reply::Status(400),
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let (status, body, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["evaluation"][0]["marks_awarded"], 5.5);
+    assert_eq!(
+        body["evaluation"][0]["llm_evaluation"],
+        "Partly right: the purpose of APIs is missing."
+    );
+    assert_eq!(body["final_score"], 11.0);
+    assert_eq!(llm.calls(Stage::Arbiter), 2);
+}
+
+#[tokio::test]
+async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = healthy.clone();
+    let llm = FakeLlm::start(move |stage, body| {
+        let ocr_question = prompt_text(body).contains("OCR is Optical");
+        if ocr_question && !switch.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::Status(500);
+        }
+        agreeing(stage, body)
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let (status, body, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "partial");
+    assert_eq!(body["evaluation"][0]["marks_awarded"], 9.0);
+    assert_eq!(body["evaluation"][1]["marks_awarded"], Value::Null);
+    assert_eq!(body["evaluation"][1]["status"], "failed");
+    assert!(body["evaluation"][1]["error"].as_str().unwrap().len() > 5);
+    assert_eq!(body["final_score"], 9.0, "only graded questions count");
+
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = body["evaluation_id"].as_str().unwrap();
+    let (status, retried, _) = app
+        .post(&format!("/evaluations/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["status"], "success");
+    assert_eq!(retried["version"], 2);
+    assert_eq!(retried["evaluation"][1]["marks_awarded"], 6.0);
+    assert_eq!(retried["final_score"], 15.0);
+}
+
+#[tokio::test]
+async fn nothing_graded_is_a_failure_with_502() {
+    let llm = FakeLlm::start(|_, _| Reply::Status(500)).await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let (status, body, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["status"], "failure");
+    assert_eq!(body["final_score"], 0.0);
+    assert!(body["evaluation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["marks_awarded"].is_null()));
+}
+
+#[tokio::test]
+async fn stored_answers_are_graded_against_the_stored_paper() {
+    let llm = FakeLlm::start(|stage, body| {
+        let text = prompt_text(body);
+        let marks = if text.contains("going concern") {
+            4.0
+        } else {
+            7.0
+        };
+        match stage {
+            Stage::Evaluator => evaluator(marks, "Graded."),
+            Stage::Verifier => verifier(true, marks),
+            _ => Reply::Status(500),
+        }
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let page = images.add(
+        "p.png",
+        "image/png",
+        png(&[
+            "1.a The going concern concept means the business will go on.",
+            "Q2 Capital expenditure benefits many years.",
+        ]),
+    );
+    let (status, uploaded, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &page)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{uploaded}");
+
+    let request = json!({"user_id": "USER123", "course_code": "CA-FND-2024",
+                         "exam_code": "CA-FO-PAPER1", "question_paper_code": "QP001"});
+    let (status, body, _) = app.post("/evaluate-answers", &request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total_exam_marks"], 100.0, "from the exam record");
+    let items = body["evaluation"].as_array().unwrap();
+    let numbers: Vec<&str> = items
+        .iter()
+        .map(|i| i["question_number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["1.a", "1.b", "2"]);
+    assert_eq!(items[0]["marks_awarded"], 4.0);
+    assert_eq!(items[1]["marks_awarded"], 0.0);
+    assert_eq!(items[1]["status"], "not_answered");
+    assert_eq!(items[2]["marks_awarded"], 7.0);
+    assert_eq!(body["final_score"], 11.0);
+    let (_, stored, _) = app
+        .get(&format!(
+            "/evaluations/{}",
+            body["evaluation_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(stored["submission_id"], uploaded["submission_id"]);
+
+    // Without an upload there is nothing to grade.
+    let mut other = request.clone();
+    other["user_id"] = json!("NOBODY");
+    let (status, body, _) = app.post("/evaluate-answers", &other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["status"], "failure");
+}
+
+#[tokio::test]
+async fn invalid_evaluation_requests_are_refused() {
+    let llm = FakeLlm::start(agreeing).await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let mut body = spec_example();
+    body["qa_pairs"][0]["question_number"] = json!("banana");
+    let (status, answer, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["message"].as_str().unwrap().contains("banana"));
+
+    let mut body = spec_example();
+    body["qa_pairs"][1]["question_number"] = json!("1(a)");
+    let (status, answer, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than once"));
+
+    let mut body = spec_example();
+    body["qa_pairs"][0]["total_marks"] = json!(-5);
+    let (status, _, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let mut body = spec_example();
+    body["qa_pairs"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("standard_answer");
+    let (status, answer, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["message"]
+        .as_str()
+        .unwrap()
+        .contains("standard_answer"));
+    assert_eq!(llm.requests().len(), 0, "nothing was graded");
+}

@@ -1,0 +1,87 @@
+//! The embedded grader: out of the box with no LLM configured, and as the second opinion
+//! that flags LLM marks for review.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fake_llm::{evaluator, verifier, FakeLlm, Reply, Stage};
+use crate::helpers::{spawn_app, spawn_app_with};
+
+fn request(pairs: Value) -> Value {
+    json!({"user_id": "USER123", "course_code": "CA-FND-2024", "exam_code": "CA-FO-PAPER1",
+           "question_paper_code": "QP001", "qa_pairs": pairs})
+}
+
+const STANDARD: &str = "The going concern concept assumes that a business will continue to operate for the foreseeable future and has no intention or need to liquidate. Because of it, assets are recorded at cost and depreciated over their useful life.";
+
+#[tokio::test]
+async fn with_no_llm_the_embedded_grader_marks_answers() {
+    let app = spawn_app().await;
+    let (_, health, _) = app.get("/healthz").await;
+    assert_eq!(health["grader"], "local", "{health}");
+
+    let pair = |n: &str, answer: &str| json!({"question_number": n, "student_answer": answer, "standard_answer": STANDARD, "total_marks": 10});
+    let body = request(json!([
+        pair("1", "Going concern assumes the business will continue operating in the foreseeable future without any need to liquidate, so assets are shown at cost less depreciation over their useful life."),
+        pair("2", "A business exists."),
+        pair("3", "The mitochondria is the powerhouse of the cell."),
+        pair("4", ""),
+    ]));
+    let (status, graded, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::OK, "{graded}");
+    assert_eq!(graded["status"], "success");
+    let marks: Vec<f64> = graded["evaluation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["marks_awarded"].as_f64().expect("graded"))
+        .collect();
+    for m in &marks {
+        assert!((0.0..=10.0).contains(m), "{marks:?}");
+        assert_eq!((m * 2.0).fract(), 0.0, "rounded to half marks: {marks:?}");
+    }
+    assert!(
+        marks[0] > marks[1],
+        "the full answer beats the vague one: {marks:?}"
+    );
+    assert!(marks[0] > marks[2], "and the unrelated one: {marks:?}");
+    assert_eq!(marks[3], 0.0, "an empty answer gets nothing");
+    let feedback = graded["evaluation"][0]["llm_evaluation"].as_str().unwrap();
+    assert!(!feedback.is_empty());
+    let total: f64 = marks.iter().sum();
+    assert_eq!(graded["final_score"].as_f64().unwrap(), total);
+}
+
+#[tokio::test]
+async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
+    // An evaluator that gives full marks to everything, and a verifier that agrees.
+    let llm = FakeLlm::start(|stage, _| match stage {
+        Stage::Evaluator => evaluator(10.0, "Excellent."),
+        Stage::Verifier => verifier(true, 10.0),
+        _ => Reply::Status(500),
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let body = request(json!([
+        {"question_number": "1", "student_answer": "The mitochondria is the powerhouse of the cell.",
+         "standard_answer": STANDARD, "total_marks": 10},
+    ]));
+    let (status, graded, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::OK, "{graded}");
+    assert_eq!(
+        graded["evaluation"][0]["marks_awarded"], 10.0,
+        "the LLM's marks stand"
+    );
+    let flags = graded["evaluation"][0]["flags"].as_array().unwrap();
+    assert!(flags.contains(&json!("needs_review")), "{graded}");
+    let id = graded["evaluation_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
+    let second = stored["items"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "second_opinion")
+        .expect("the estimate is stored beside the LLM stages")
+        .clone();
+    assert!(second["marks"].as_f64().unwrap() <= 6.0, "{second}");
+}

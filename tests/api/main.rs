@@ -1,0 +1,14 @@
+//! Black-box tests of the running service over HTTP.
+
+mod auth;
+mod binary;
+mod catalog;
+mod crash;
+mod evaluate;
+mod fake_llm;
+mod faults;
+mod helpers;
+mod injection;
+mod local_grading;
+mod ops;
+mod upload;

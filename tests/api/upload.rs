@@ -1,0 +1,428 @@
+//! Workflow 1 end to end: rendered pages served over HTTP, uploaded, recognised,
+//! segmented, stored and read back; and bad input refused with nothing stored.
+
+use base64::Engine as _;
+use image::ImageFormat;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    cer, encode, png, render_page, spawn_app, spawn_app_with, submission_count, upload_body,
+    ImageServer,
+};
+
+const PAGE_ONE: &[&str] = &[
+    "Name: Ravi Kumar   Roll No. 4521",
+    "Q1 (a) The going concern concept assumes that a business",
+    "will continue to operate in the foreseeable future.",
+    "(b) The accounting equation is Assets = Liabilities + Capital.",
+];
+const PAGE_TWO: &[&str] = &[
+    "Every transaction affects both sides of the equation.",
+    "Q2 Capital expenditure gives benefit over many years,",
+    "while revenue expenditure is consumed within the year.",
+];
+
+fn pairs(body: &Value) -> Vec<(String, String)> {
+    body["qa_pairs"]
+        .as_array()
+        .expect("qa_pairs is a list")
+        .iter()
+        .map(|p| {
+            (
+                p["question_number"].as_str().unwrap().to_string(),
+                p["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn printed_pages_become_stored_question_answer_pairs() {
+    let app = spawn_app().await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let one = images.add("p1.png", "image/png", png(PAGE_ONE));
+    let two = images.add(
+        "p2.jpg",
+        "image/jpeg",
+        encode(&render_page(PAGE_TWO), ImageFormat::Jpeg),
+    );
+
+    let (status, body, content_type) = app
+        .post(
+            "/upload-exam-answers",
+            &upload_body(&[("img_1", &one), ("img_2", &two)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["user_id"], "USER123");
+    assert_eq!(body["course_code"], "CA-FND-2024");
+    assert_eq!(body["exam_code"], "CA-FO-PAPER1");
+    assert_eq!(body["question_paper_code"], "QP001");
+    assert_eq!(
+        body["message"],
+        "Question-answer pairs extracted and saved successfully."
+    );
+
+    let found = pairs(&body);
+    let numbers: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(numbers, ["1.a", "1.b", "2"], "{body}");
+    let expected = [
+        "The going concern concept assumes that a business will continue to operate in the foreseeable future.",
+        // The continuation on page 2 belongs to the question in progress.
+        "The accounting equation is Assets = Liabilities + Capital. Every transaction affects both sides of the equation.",
+        "Capital expenditure gives benefit over many years, while revenue expenditure is consumed within the year.",
+    ];
+    for ((number, answer), expected) in found.iter().zip(expected) {
+        let rate = cer(expected, answer);
+        assert!(
+            rate < 0.02,
+            "{number}: CER {rate:.3}\n  got: {answer}\n want: {expected}"
+        );
+    }
+    assert!(
+        body["unassigned_text"]
+            .as_str()
+            .unwrap()
+            .contains("Ravi Kumar"),
+        "text before the first question is kept: {body}"
+    );
+    assert!(body["extracted_text"]
+        .as_str()
+        .unwrap()
+        .contains("going concern"));
+    let submission_id = body["submission_id"].as_str().unwrap().to_string();
+
+    // Read back what was stored.
+    let (status, list, _) = app
+        .get("/student-answers?user_id=USER123&question_paper_code=QP001")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["submission_id"], submission_id.as_str());
+    assert_eq!(list[0]["question_count"], 3);
+    let (status, stored, _) = app.get(&format!("/student-answers/{submission_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pairs(&stored), found);
+    let stored_images = stored["images"].as_array().unwrap();
+    assert_eq!(stored_images.len(), 2);
+    assert_eq!(stored_images[0]["image_id"], "img_1");
+    assert_eq!(stored_images[1]["media_type"], "image/jpeg");
+    assert_eq!(
+        stored_images[0]["content_sha256"].as_str().unwrap().len(),
+        64
+    );
+    assert!(stored_images[0]["ocr_confidence"].as_f64().unwrap() > 0.5);
+    // The user was registered on first use.
+    assert_eq!(app.get("/users/USER123").await.0, StatusCode::OK);
+
+    // The same page again is recognised from the memo, not OCRed again, with the same text.
+    let (status, again, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &one)]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["extracted_text"], stored_images[0]["ocr_text"]);
+}
+
+#[tokio::test]
+async fn data_urls_are_accepted() {
+    let app = spawn_app().await;
+    app.seed_catalog().await;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(png(&[
+        "1.a Going concern means the business continues.",
+        "1.b Assets equal liabilities plus capital.",
+    ]));
+    let url = format!("data:image/png;base64,{encoded}");
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let numbers: Vec<String> = pairs(&body).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(numbers, ["1.a", "1.b"]);
+    let id = body["submission_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/student-answers/{id}")).await;
+    let stored_url = stored["images"][0]["image_url"].as_str().unwrap();
+    assert!(
+        stored_url.starts_with("data:image/png;sha256="),
+        "{stored_url}"
+    );
+}
+
+/// Asserts a failure in the contract's shape and that nothing was stored.
+async fn assert_refused(
+    app: &crate::helpers::TestApp,
+    body: &Value,
+    expected: StatusCode,
+    needle: &str,
+) {
+    let (status, answer, content_type) = app.post("/upload-exam-answers", body).await;
+    assert_eq!(status, expected, "{answer}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(answer["status"], "failure", "{answer}");
+    let message = answer["message"].as_str().expect("message");
+    assert!(
+        message.to_lowercase().contains(&needle.to_lowercase()),
+        "message {message:?} should mention {needle:?}"
+    );
+    assert_eq!(answer["detail"], answer["message"]);
+    assert!(answer["type"].is_string() && answer["title"].is_string());
+    assert_eq!(submission_count(app).await, 0, "nothing may be stored");
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_clearly_and_store_nothing() {
+    let app = spawn_app_with(|s| {
+        s.fetch.max_image_bytes = 300_000;
+        s.ocr.max_pixels = 20_000_000;
+    })
+    .await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let good = images.add("good.png", "image/png", png(&["1.a fine"]));
+    let html = images.add(
+        "page.html",
+        "text/html",
+        b"<!doctype html><html><body>not an image</body></html>".to_vec(),
+    );
+    let big = images.add("big.bmp", "image/bmp", {
+        let page = image::GrayImage::from_pixel(800, 800, image::Luma([200]));
+        encode(&page, ImageFormat::Bmp)
+    });
+    let bomb = images.add("bomb.png", "image/png", bomb_png(100_000, 100_000));
+
+    // Unknown paper, course, exam: 404 naming which.
+    let mut body = upload_body(&[("img_1", &good)]);
+    body["question_paper_code"] = json!("QP999");
+    assert_refused(
+        &app,
+        &body,
+        StatusCode::NOT_FOUND,
+        "question paper \"QP999\"",
+    )
+    .await;
+    let mut body = upload_body(&[("img_1", &good)]);
+    body["course_code"] = json!("NOPE");
+    assert_refused(&app, &body, StatusCode::NOT_FOUND, "course \"NOPE\"").await;
+    let mut body = upload_body(&[("img_1", &good)]);
+    body["exam_code"] = json!("NOPE");
+    assert_refused(&app, &body, StatusCode::NOT_FOUND, "exam \"NOPE\"").await;
+
+    // Missing fields, empty and oversized lists, bad ids.
+    assert_refused(
+        &app,
+        &json!({"user_id": "U"}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing field",
+    )
+    .await;
+    let body = upload_body(&[]);
+    assert_refused(
+        &app,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "at least one image",
+    )
+    .await;
+    let many: Vec<(String, String)> = (0..51).map(|i| (format!("i{i}"), good.clone())).collect();
+    let many_refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_refused(
+        &app,
+        &upload_body(&many_refs),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "at most 50",
+    )
+    .await;
+    let mut body = upload_body(&[("img_1", &good)]);
+    body["user_id"] = json!("");
+    assert_refused(&app, &body, StatusCode::UNPROCESSABLE_ENTITY, "user_id").await;
+    let mut body = upload_body(&[("img_1", &good)]);
+    body["user_id"] = json!("x".repeat(65));
+    assert_refused(&app, &body, StatusCode::UNPROCESSABLE_ENTITY, "limit is 64").await;
+
+    // Malformed JSON.
+    let response = app
+        .client
+        .post(app.url("/upload-exam-answers"))
+        .header("content-type", "application/json")
+        .body("{\"user_id\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, answer, _) = crate::helpers::split(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["status"], "failure");
+
+    // URLs that do not give a usable image. One good page beside a bad one: all or nothing.
+    let missing = images.url("/files/missing.png");
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", &good), ("img_2", &missing)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "HTTP 404",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", &html)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "text/html",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", &big)]),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "300000-byte limit",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", &bomb)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "pixels",
+    )
+    .await;
+    let failing = images.url("/failing");
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", &failing)]),
+        StatusCode::BAD_GATEWAY,
+        "HTTP 503",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", "ftp://example.com/a.png")]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "scheme",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", "not a url")]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a valid URL",
+    )
+    .await;
+    assert_refused(
+        &app,
+        &upload_body(&[("img_1", "data:image/png;base64,@@@")]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "base64",
+    )
+    .await;
+
+    // Redirects to private and metadata addresses are refused even from an allowed host.
+    for target in ["metadata", "private", "loopback"] {
+        let url = images.url(&format!("/redirect/{target}"));
+        assert_refused(
+            &app,
+            &upload_body(&[("img_1", &url)]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "non-public",
+        )
+        .await;
+    }
+    assert!(images.hits("good.png") > 0);
+}
+
+#[tokio::test]
+async fn loopback_and_private_urls_are_refused_without_the_allow_list() {
+    let app = spawn_app_with(|s| s.fetch.allow_hosts.clear()).await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let page = images.add("p.png", "image/png", png(&["1.a text"]));
+    let port = images.address.port();
+    for url in [
+        page.clone(),
+        format!("http://localhost:{port}/files/p.png"),
+        format!("http://127.1:{port}/files/p.png"),
+        format!("http://0x7f.1:{port}/files/p.png"),
+        format!("http://2130706433:{port}/files/p.png"),
+        format!("http://[::ffff:127.0.0.1]:{port}/files/p.png"),
+        format!("http://[::1]:{port}/files/p.png"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.1.2.3/a.png".to_string(),
+    ] {
+        assert_refused(
+            &app,
+            &upload_body(&[("img_1", &url)]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "non-public",
+        )
+        .await;
+    }
+    assert_eq!(images.hits("p.png"), 0, "the service never connected");
+}
+
+/// A valid PNG header that declares an enormous image over a tiny body.
+fn bomb_png(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(data);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grayscale
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_without_harm() {
+    let app = spawn_app().await;
+    // In an ignored field, so serde has to walk the nesting to skip it.
+    let nested = format!(
+        "{{\"ignored\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    for path in ["/upload-exam-answers", "/evaluate-answers", "/courses"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(nested.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_client_error(), "{path}: {status}");
+        assert!(body["detail"].is_string(), "{path}: {body}");
+    }
+    // Skipping the nesting is iterative in serde_json and values are never parsed into
+    // recursive types beyond its 128-level limit, so nothing overflowed: the service is up.
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(submission_count(&app).await, 0);
+}
