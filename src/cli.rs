@@ -74,6 +74,25 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Measure OCR engines on a folder of page images with reference transcripts (the format
+    /// of shared/data/handwriting-dev: transcripts.jsonl with id, image, text): CER, WER and
+    /// seconds per page, as JSON (one object for one engine, an array for several).
+    EvalOcr {
+        /// The folder holding transcripts.jsonl.
+        #[arg(long)]
+        data: PathBuf,
+        /// tesseract, ppocr, auto or vision; repeat or separate with commas for several
+        /// (default: the configured ocr.engine).
+        #[arg(long, value_delimiter = ',')]
+        engine: Vec<String>,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pages in flight at once: 1 measures a page's latency; the number of OCR workers
+        /// (`ocr.threads`, default one per core) measures throughput.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
     /// Print the settings in force (defaults, file and environment combined) as TOML.
     Config {
         #[command(subcommand)]
@@ -292,6 +311,88 @@ pub async fn keys(
             }
             println!("revoked {key_id}");
         }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `examiner eval-ocr`.
+pub async fn eval_ocr(
+    settings: &Settings,
+    data: &Path,
+    engines: &[String],
+    out: Option<&Path>,
+    concurrency: usize,
+) -> anyhow::Result<std::process::ExitCode> {
+    use crate::config::OcrEngineChoice;
+    let samples = crate::quality::ocr_eval::load_samples(data).map_err(|e| anyhow::anyhow!(e))?;
+    let choices = if engines.is_empty() {
+        vec![settings.ocr.engine]
+    } else {
+        engines
+            .iter()
+            .map(|name| match name.trim() {
+                "tesseract" => Ok(OcrEngineChoice::Tesseract),
+                "ppocr" => Ok(OcrEngineChoice::Ppocr),
+                "auto" => Ok(OcrEngineChoice::Auto),
+                "vision" => Ok(OcrEngineChoice::Vision),
+                other => Err(anyhow::anyhow!(
+                    "--engine must be tesseract, ppocr, auto or vision, not {other:?}"
+                )),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let mut reports = Vec::new();
+    for choice in choices {
+        let mut ocr = settings.ocr.clone();
+        ocr.engine = choice;
+        if matches!(choice, OcrEngineChoice::Auto | OcrEngineChoice::Ppocr) {
+            // `auto` quietly falls back to Tesseract alone when PP-OCR is missing; a
+            // measurement must not report that under PP-OCR's name.
+            crate::ocr::ppocr::check_files(&ocr.models_dir(), ocr.ort_dylib.as_deref())
+                .map_err(|e| anyhow::anyhow!("--engine {}: {e}", choice.as_str()))?;
+        }
+        if choice == OcrEngineChoice::Vision
+            && (ocr.vision.base_url.is_empty() || ocr.vision.model.is_empty())
+        {
+            bail!("--engine vision needs EXAMINER_VISION_BASE_URL and EXAMINER_VISION_MODEL");
+        }
+        let (reader, _) = tokio::task::spawn_blocking(move || crate::app::start_ocr(&ocr))
+            .await?
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", choice.as_str()))?;
+        eprintln!(
+            "eval-ocr: {} on {} pages ...",
+            choice.as_str(),
+            samples.len()
+        );
+        let report = crate::quality::ocr_eval::evaluate(
+            reader.as_ref(),
+            choice.as_str(),
+            data,
+            &samples,
+            concurrency,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!(
+            "eval-ocr: {}: CER {:.1}%, WER {:.1}%, {:.2} s/page, {:.2} pages/s at concurrency {}",
+            report.engine,
+            report.cer * 100.0,
+            report.wer * 100.0,
+            report.seconds_per_page,
+            report.pages_per_second,
+            report.concurrency
+        );
+        reports.push(report);
+    }
+    let json = if reports.len() == 1 {
+        serde_json::to_string_pretty(&reports[0])?
+    } else {
+        serde_json::to_string_pretty(&reports)?
+    };
+    println!("{json}");
+    if let Some(out) = out {
+        std::fs::write(out, format!("{json}\n"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

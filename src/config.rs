@@ -113,10 +113,52 @@ impl Default for FetchSettings {
     }
 }
 
+/// Which OCR engine reads the pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OcrEngineChoice {
+    /// Tesseract only: exact and fast on print, poor on handwriting.
+    Tesseract,
+    /// PP-OCRv5 only (ONNX Runtime): for scripts known to be handwritten.
+    Ppocr,
+    /// Tesseract first; pages it reads with confidence under
+    /// `ocr.auto_fallback_below` are read again by PP-OCRv5 (OCR.md has the numbers).
+    Auto,
+    /// A vision LLM over the OpenAI-compatible chat API (`ocr.vision`).
+    Vision,
+}
+
+impl OcrEngineChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tesseract => "tesseract",
+            Self::Ppocr => "ppocr",
+            Self::Auto => "auto",
+            Self::Vision => "vision",
+        }
+    }
+}
+
 /// Optical character recognition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OcrSettings {
+    /// `tesseract`, `ppocr`, `auto` or `vision`. Default `auto`.
+    pub engine: OcrEngineChoice,
+    /// In `auto`: Tesseract confidence under which a page goes to PP-OCRv5. Default 0.80,
+    /// between print (>= 0.96) and handwriting (<= 0.67) as measured in OCR.md.
+    pub auto_fallback_below: f64,
+    /// Question-answer pairs read with confidence under this are flagged
+    /// `low_ocr_confidence` for review. Default 0.80.
+    pub low_confidence_below: f64,
+    /// Where PP-OCR's models, ONNX Runtime and the lexicon live (`ppocr/`, `onnxruntime/`,
+    /// `lexicon/` inside); unset: `$EXAMINER_MODELS_DIR`, else `./models`. `make` fetches them.
+    pub models_dir: Option<PathBuf>,
+    /// The ONNX Runtime shared library; unset: `$ORT_DYLIB_PATH`, else the one in
+    /// `<models_dir>/onnxruntime/`.
+    pub ort_dylib: Option<PathBuf>,
+    /// The vision-LLM backend for `engine = "vision"` (same fields as an LLM role).
+    pub vision: LlmBackendSettings,
     /// Tesseract language codes joined by `+` (`eng`, `eng+hin`).
     pub languages: String,
     /// Worker threads, each with its own engine; 0 means one per CPU core.
@@ -132,6 +174,12 @@ pub struct OcrSettings {
 impl Default for OcrSettings {
     fn default() -> Self {
         Self {
+            engine: OcrEngineChoice::Auto,
+            auto_fallback_below: 0.80,
+            low_confidence_below: 0.80,
+            models_dir: None,
+            ort_dylib: None,
+            vision: LlmBackendSettings::default(),
             languages: "eng".to_string(),
             threads: 0,
             queue_capacity: 0,
@@ -142,6 +190,13 @@ impl Default for OcrSettings {
 }
 
 impl OcrSettings {
+    /// Where PP-OCR's files are looked for.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(crate::embed::default_models_dir)
+    }
+
     /// The number of OCR worker threads to start.
     pub fn worker_threads(&self) -> usize {
         if self.threads > 0 {
@@ -334,6 +389,10 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("EXAMINER_FETCH_ALLOW_HOSTS", "fetch.allow_hosts"),
     ("EXAMINER_OCR_LANGUAGES", "ocr.languages"),
     ("EXAMINER_OCR_THREADS", "ocr.threads"),
+    ("EXAMINER_OCR_ENGINE", "ocr.engine"),
+    ("EXAMINER_VISION_BASE_URL", "ocr.vision.base_url"),
+    ("EXAMINER_VISION_MODEL", "ocr.vision.model"),
+    ("EXAMINER_VISION_API_KEY_ENV", "ocr.vision.api_key_env"),
     ("EXAMINER_GRADING_MODE", "grading.mode"),
     ("EXAMINER_LOG_FORMAT", "log.format"),
     ("EXAMINER_AUTH_MODE", "auth.mode"),
@@ -454,6 +513,24 @@ impl Settings {
                 "log.format must be \"text\" or \"json\", not {:?}",
                 self.log.format
             )));
+        }
+        for (name, value) in [
+            ("ocr.auto_fallback_below", self.ocr.auto_fallback_below),
+            ("ocr.low_confidence_below", self.ocr.low_confidence_below),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between 0 and 1, not {value}"
+                )));
+            }
+        }
+        if self.ocr.engine == OcrEngineChoice::Vision
+            && (self.ocr.vision.base_url.trim().is_empty()
+                || self.ocr.vision.model.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "ocr.engine = \"vision\" needs a backend: set ocr.vision.base_url and ocr.vision.model (EXAMINER_VISION_BASE_URL, EXAMINER_VISION_MODEL)".into(),
+            ));
         }
         if self.ocr.languages.trim().is_empty() {
             return Err(ConfigError::Invalid(

@@ -81,6 +81,12 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             )
             .await
         }
+        Command::EvalOcr {
+            data,
+            engine,
+            out,
+            concurrency,
+        } => examiner::cli::eval_ocr(&settings, &data, &engine, out.as_deref(), concurrency).await,
         Command::Keys { command } => examiner::cli::keys(&settings, command).await,
         Command::Config {
             command: ConfigCommand::Show,

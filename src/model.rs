@@ -132,6 +132,17 @@ pub struct StoredQaPair {
     #[schema(value_type = String, example = "1.a")]
     pub question_number: QuestionNumber,
     pub answer: String,
+    /// The lowest OCR confidence (0 to 1) of the pages the answer was read from; absent for
+    /// submissions stored before confidences were kept per pair.
+    #[serde(default)]
+    pub ocr_confidence: Option<f64>,
+    /// The engine that read those pages (`"mixed"` when they were read by different engines).
+    #[serde(default)]
+    pub ocr_engine: Option<String>,
+    /// True when `ocr_confidence` is under `ocr.low_confidence_below`: review this answer's
+    /// transcription first.
+    #[serde(default)]
+    pub low_ocr_confidence: bool,
 }
 
 /// One upload of a student's answer script: everything it produced, stored atomically.

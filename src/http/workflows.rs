@@ -55,6 +55,14 @@ pub struct QaPairOut {
     #[schema(example = "1.a")]
     pub question_number: String,
     pub answer: String,
+    /// Lowest OCR confidence of the pages this answer was read from, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocr_confidence: Option<f64>,
+    /// Engine that read those pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocr_engine: Option<String>,
+    /// Read with confidence under `ocr.low_confidence_below`: check the transcription.
+    pub low_ocr_confidence: bool,
 }
 
 /// What OCR made of one image.
@@ -219,6 +227,9 @@ async fn upload_work(
             .map(|p| QaPairOut {
                 question_number: p.question_number.to_string(),
                 answer: p.answer.clone(),
+                ocr_confidence: p.ocr_confidence,
+                ocr_engine: p.ocr_engine.clone(),
+                low_ocr_confidence: p.low_ocr_confidence,
             })
             .collect(),
         message: message.into(),

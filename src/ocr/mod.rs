@@ -1,7 +1,8 @@
 //! OCR for answer-script pages: bytes of a photo or scan in, text out.
 //! Owns image decoding with safety caps ([`decode`]), measured preprocessing
-//! ([`preprocess`]), the Tesseract binding ([`tesseract`]) behind the
-//! [`OcrEngine`] trait, the bounded pool of blocking worker threads that
+//! ([`preprocess`]), the two local engines behind the [`OcrEngine`] trait
+//! (Tesseract, [`tesseract`], for print; PP-OCRv5, [`ppocr`], for
+//! handwriting), the bounded pool of blocking worker threads that
 //! keeps all of that CPU work off the async executor ([`OcrPool`]), and
 //! CER/WER measures ([`quality`]). Self-contained: depends only on external
 //! crates, never on other modules of the crate.
@@ -10,7 +11,9 @@
 //! the header, EXIF orientation applied) → grayscale → rescale text to a
 //! 16 px median glyph height (11 pt at 200 dpi) when it is far from it →
 //! Tesseract; pages read with low confidence get Tesseract's orientation
-//! detection and, if turned, a second read.
+//! detection and, if turned, a second read; in `auto` mode, pages Tesseract
+//! still reads with confidence under 0.80 (handwriting: 0.29-0.67, print:
+//! 0.96, OCR.md) are read again by PP-OCRv5, whose text is used.
 //!
 //! Deployment note: Debian's libtesseract uses OpenMP, which spawns threads
 //! per page that fight the pool (measured 5.35 s/page instead of 0.49 s)
@@ -20,21 +23,37 @@
 pub mod decode;
 pub mod engine;
 pub mod pool;
+pub mod ppocr;
 pub mod preprocess;
 pub mod quality;
 pub mod tesseract;
 
 #[cfg(test)]
-mod testpages;
+pub(crate) mod testpages;
 #[cfg(test)]
 mod tests;
 
 pub use decode::{decode, sniff, DecodeLimits};
 pub use engine::{OcrEngine, Orientation, Recognized};
-pub use pool::{EngineFactory, OcrPool, PageText, PoolConfig};
+pub use pool::{tesseract_factory, EngineFactory, Engines, OcrPool, PageText, PoolConfig};
 pub use preprocess::{Prepared, PreprocessOptions};
 pub use quality::{cer, wer};
 pub use tesseract::{PageSegMode, TesseractEngine};
+
+/// Reads the text of one page image: the seam between the upload workflow and
+/// whichever OCR backend is configured (the local pool, or a vision LLM).
+#[async_trait::async_trait]
+pub trait PageReader: Send + Sync {
+    /// Decodes (with the safety caps) and reads one image.
+    async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError>;
+}
+
+#[async_trait::async_trait]
+impl PageReader for OcrPool {
+    async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError> {
+        self.recognize(image_bytes).await
+    }
+}
 
 /// Everything that can go wrong between image bytes and text.
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,20 @@ pub struct PoolConfig {
     pub queue_capacity: usize,
     pub decode: DecodeLimits,
     pub preprocess: PreprocessOptions,
+    /// With a fallback engine ([`OcrPool::with_fallback`]): pages the primary
+    /// engine reads with a confidence below this (after any turn) are read
+    /// again by the fallback engine, whose text is used. 0 never falls back.
+    pub fallback_below: f32,
+}
+
+/// The primary engine of a pool and, optionally, the engine that reads the
+/// pages the primary one reads poorly (Tesseract, then PP-OCR for
+/// handwriting). The fallback engine is created on a worker the first time
+/// that worker needs it, so printed-only workloads never pay for it.
+#[derive(Clone)]
+pub struct Engines {
+    pub primary: EngineFactory,
+    pub fallback: Option<EngineFactory>,
 }
 
 /// The result for one page.
@@ -102,6 +116,20 @@ impl OcrPool {
     /// page. Blocks for engine start-up (~0.2 s per Tesseract engine, created
     /// one at a time): call it at startup or from `spawn_blocking`.
     pub fn new(config: PoolConfig, factory: EngineFactory) -> Result<Self, OcrError> {
+        Self::with_fallback(
+            config,
+            Engines {
+                primary: factory,
+                fallback: None,
+            },
+        )
+    }
+
+    /// Like [`OcrPool::new`], with a fallback engine for pages the primary
+    /// engine reads with confidence below `config.fallback_below`. Only the
+    /// primary engines are created (and checked) here.
+    pub fn with_fallback(config: PoolConfig, engines: Engines) -> Result<Self, OcrError> {
+        let fallback_failed = Arc::new(AtomicBool::new(false));
         if !omp_thread_limit_ok() {
             tracing::warn!(
                 "OMP_THREAD_LIMIT is not 1: libtesseract's OpenMP threads will oversubscribe \
@@ -133,7 +161,9 @@ impl OcrPool {
                 rx: Arc::clone(&rx),
                 shared: Arc::clone(&shared),
                 config: Arc::clone(&config),
-                factory: Arc::clone(&factory),
+                factory: Arc::clone(&engines.primary),
+                fallback_factory: engines.fallback.clone(),
+                fallback_failed: Arc::clone(&fallback_failed),
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
@@ -189,20 +219,7 @@ impl OcrPool {
         languages: &str,
         datapath: Option<PathBuf>,
     ) -> Result<Self, OcrError> {
-        let languages = languages.to_owned();
-        let osd = config.preprocess.fix_orientation;
-        let warned = Arc::new(AtomicBool::new(false));
-        let factory: EngineFactory = Arc::new(move || {
-            let mut engine = TesseractEngine::new(&languages, datapath.as_deref())?;
-            if osd {
-                if let Err(e) = engine.enable_orientation_detection(datapath.as_deref()) {
-                    if !warned.swap(true, Ordering::SeqCst) {
-                        tracing::warn!(error = %e, "OCR orientation detection disabled");
-                    }
-                }
-            }
-            Ok(Box::new(engine) as Box<dyn OcrEngine>)
-        });
+        let factory = tesseract_factory(languages, datapath, config.preprocess.fix_orientation);
         Self::new(config, factory)
     }
 
@@ -295,6 +312,25 @@ impl Drop for OcrPool {
     }
 }
 
+/// Makes [`TesseractEngine`]s for `languages` (e.g. `"eng"`), with orientation
+/// detection when `osd` and `osd.traineddata` is installed (otherwise a
+/// warning, once, and rotated pages are read as they are).
+pub fn tesseract_factory(languages: &str, datapath: Option<PathBuf>, osd: bool) -> EngineFactory {
+    let languages = languages.to_owned();
+    let warned = Arc::new(AtomicBool::new(false));
+    Arc::new(move || {
+        let mut engine = TesseractEngine::new(&languages, datapath.as_deref())?;
+        if osd {
+            if let Err(e) = engine.enable_orientation_detection(datapath.as_deref()) {
+                if !warned.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "OCR orientation detection disabled");
+                }
+            }
+        }
+        Ok(Box::new(engine) as Box<dyn OcrEngine>)
+    })
+}
+
 fn join_all(workers: Vec<JoinHandle<()>>) {
     for w in workers {
         // A worker only ends by returning; a join error would mean a panic
@@ -308,10 +344,15 @@ struct Worker {
     shared: Arc<Shared>,
     config: Arc<PoolConfig>,
     factory: EngineFactory,
+    fallback_factory: Option<EngineFactory>,
+    /// Set once a fallback engine failed to start: logged once, and pages
+    /// keep the primary engine's text instead of failing.
+    fallback_failed: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn run(self, ready: std::sync::mpsc::Sender<Result<String, OcrError>>) {
+        let mut fallback: Option<Box<dyn OcrEngine>> = None;
         let mut engine = match self.create_engine() {
             Ok(engine) => {
                 let _ = ready.send(Ok(engine.name().to_owned()));
@@ -343,7 +384,7 @@ impl Worker {
             }
             let span = job.span.clone();
             let _entered = span.enter();
-            let result = self.handle(&mut engine, &job.bytes);
+            let result = self.handle(&mut engine, &mut fallback, &job.bytes);
             if let Err(e) = &result {
                 metrics::counter!("examiner_ocr_errors_total", "kind" => error_kind(e))
                     .increment(1);
@@ -354,7 +395,11 @@ impl Worker {
     }
 
     fn create_engine(&self) -> Result<Box<dyn OcrEngine>, OcrError> {
-        match catch_unwind(AssertUnwindSafe(|| (self.factory)())) {
+        Self::create_with(&self.factory)
+    }
+
+    fn create_with(factory: &EngineFactory) -> Result<Box<dyn OcrEngine>, OcrError> {
+        match catch_unwind(AssertUnwindSafe(|| factory())) {
             Ok(result) => result,
             Err(panic) => Err(OcrError::EngineInit(format!(
                 "engine factory panicked: {}",
@@ -363,9 +408,34 @@ impl Worker {
         }
     }
 
+    /// The fallback engine of this worker, created on first use; `None` when
+    /// there is none or it cannot start.
+    fn fallback_engine<'a>(
+        &self,
+        slot: &'a mut Option<Box<dyn OcrEngine>>,
+    ) -> Option<&'a mut Box<dyn OcrEngine>> {
+        let factory = self.fallback_factory.as_ref()?;
+        if slot.is_none() {
+            if self.fallback_failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            match Self::create_with(factory) {
+                Ok(engine) => *slot = Some(engine),
+                Err(e) => {
+                    if !self.fallback_failed.swap(true, Ordering::SeqCst) {
+                        tracing::error!(error = %e, "fallback OCR engine cannot start; poorly read pages keep the primary engine's text");
+                    }
+                    return None;
+                }
+            }
+        }
+        slot.as_mut()
+    }
+
     fn handle(
         &self,
         slot: &mut Option<Box<dyn OcrEngine>>,
+        fallback_slot: &mut Option<Box<dyn OcrEngine>>,
         bytes: &[u8],
     ) -> Result<PageText, OcrError> {
         let started = Instant::now();
@@ -400,13 +470,13 @@ impl Worker {
             // Orientation check only for poorly read pages: upright pages
             // (confidence ~0.94) pay nothing, upside-down ones read ~0.41.
             if !opts.fix_orientation || first.confidence >= opts.orientation_check_below {
-                return Ok((first, 0, 0.0));
+                return Ok((first, 0, 0.0, page));
             }
             let turn = match engine.detect_orientation(&page, ppi)? {
                 Some(o) if o.degrees != 0 && o.confidence >= opts.min_orientation_confidence => {
                     o.degrees
                 }
-                _ => return Ok((first, 0, 0.0)),
+                _ => return Ok((first, 0, 0.0, page)),
             };
             let t = Instant::now();
             let upright = rotate_upright(page, turn);
@@ -414,12 +484,17 @@ impl Worker {
             let second = engine.recognize(&upright, ppi)?;
             // Trust the turn only if it actually reads better.
             if second.confidence > first.confidence {
-                Ok::<_, OcrError>((second, turn, rotate_ms))
+                Ok::<_, OcrError>((second, turn, rotate_ms, upright))
             } else {
-                Ok((first, 0, rotate_ms))
+                Ok((
+                    first,
+                    0,
+                    rotate_ms,
+                    rotate_upright(upright, (360 - turn) % 360),
+                ))
             }
         }));
-        let (recognized, rotated_degrees, rotate_ms) = match outcome {
+        let (recognized, rotated_degrees, rotate_ms, page) = match outcome {
             Ok(result) => result?,
             Err(panic) => {
                 let msg = panic_message(&*panic);
@@ -437,10 +512,37 @@ impl Worker {
                 return Err(OcrError::EnginePanicked(msg));
             }
         };
+        let mut engine_name = engine.name().to_owned();
+        let mut recognized = recognized;
+        if recognized.confidence < self.config.fallback_below {
+            if let Some(fallback) = self.fallback_engine(fallback_slot) {
+                let read = catch_unwind(AssertUnwindSafe(|| fallback.recognize(&page, ppi)));
+                match read {
+                    Ok(Ok(better)) => {
+                        tracing::debug!(
+                            primary_confidence = recognized.confidence,
+                            fallback_confidence = better.confidence,
+                            "page read again by the fallback engine"
+                        );
+                        recognized = better;
+                        engine_name = fallback.name().to_owned();
+                    }
+                    // The primary engine's reading is still a reading: keep it.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "fallback OCR engine failed on a page")
+                    }
+                    Err(panic) => {
+                        tracing::error!(panic = %panic_message(&*panic), "fallback OCR engine panicked; replacing it");
+                        metrics::counter!("examiner_ocr_engine_restarts_total").increment(1);
+                        let old = fallback_slot.take();
+                        let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+                    }
+                }
+            }
+        }
         let ocr_ms = ms(t) - rotate_ms;
         preprocess_ms += rotate_ms;
 
-        let engine_name = engine.name().to_owned();
         let total = started.elapsed().as_secs_f64();
         metrics::counter!("examiner_ocr_pages_total", "engine" => engine_name.clone()).increment(1);
         metrics::histogram!("examiner_ocr_seconds", "engine" => engine_name.clone()).record(total);

@@ -49,7 +49,7 @@ fn rate<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> f64 {
     levenshtein(reference, hypothesis) as f64 / reference.len() as f64
 }
 
-fn normalise(s: &str) -> String {
+pub fn normalise(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

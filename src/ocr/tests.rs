@@ -792,3 +792,106 @@ fn preprocess_measurements() {
         );
     }
 }
+
+/// An engine that always reads the same text with the same confidence, counting its pages.
+struct FixedEngine {
+    name: &'static str,
+    text: &'static str,
+    confidence: f32,
+    pages: Arc<AtomicUsize>,
+}
+
+impl OcrEngine for FixedEngine {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
+        self.pages.fetch_add(1, Ordering::SeqCst);
+        Ok(Recognized {
+            text: self.text.to_string(),
+            confidence: self.confidence,
+        })
+    }
+}
+
+fn fixed(
+    name: &'static str,
+    text: &'static str,
+    confidence: f32,
+    pages: &Arc<AtomicUsize>,
+) -> EngineFactory {
+    let pages = Arc::clone(pages);
+    Arc::new(move || {
+        Ok(Box::new(FixedEngine {
+            name,
+            text,
+            confidence,
+            pages: Arc::clone(&pages),
+        }) as Box<dyn OcrEngine>)
+    })
+}
+
+fn fallback_pool(primary_confidence: f32, fallback: EngineFactory) -> (OcrPool, Arc<AtomicUsize>) {
+    let primary_pages = Arc::new(AtomicUsize::new(0));
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: fixed("print", "printed text", primary_confidence, &primary_pages),
+        fallback: Some(fallback),
+    };
+    let pool = OcrPool::with_fallback(config, engines).expect("pool");
+    (pool, primary_pages)
+}
+
+#[tokio::test]
+async fn confident_pages_keep_the_primary_reading_and_never_start_the_fallback() {
+    let created = Arc::new(AtomicUsize::new(0));
+    let fallback: EngineFactory = {
+        let created = Arc::clone(&created);
+        Arc::new(move || {
+            created.fetch_add(1, Ordering::SeqCst);
+            Err(OcrError::EngineInit("must not be created".into()))
+        })
+    };
+    let (pool, primary_pages) = fallback_pool(0.96, fallback);
+    let page = pool.recognize(small_png(30, 10)).await.expect("page");
+    assert_eq!(page.text, "printed text");
+    assert_eq!(page.engine, "print");
+    assert_eq!(primary_pages.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        created.load(Ordering::SeqCst),
+        0,
+        "fallback engine is created lazily"
+    );
+}
+
+#[tokio::test]
+async fn poorly_read_pages_go_to_the_fallback_engine() {
+    let fallback_pages = Arc::new(AtomicUsize::new(0));
+    let (pool, _) = fallback_pool(
+        0.45,
+        fixed("hand", "handwritten text", 0.97, &fallback_pages),
+    );
+    for _ in 0..2 {
+        let page = pool.recognize(small_png(30, 10)).await.expect("page");
+        assert_eq!(page.text, "handwritten text");
+        assert_eq!(page.engine, "hand");
+        assert!((page.confidence - 0.97).abs() < 1e-6);
+    }
+    assert_eq!(fallback_pages.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_fallback_that_cannot_start_leaves_the_primary_reading() {
+    let fallback: EngineFactory = Arc::new(|| Err(OcrError::EngineInit("models missing".into())));
+    let (pool, primary_pages) = fallback_pool(0.45, fallback);
+    for _ in 0..2 {
+        let page = pool.recognize(small_png(30, 10)).await.expect("page");
+        assert_eq!(page.text, "printed text");
+        assert_eq!(page.engine, "print");
+    }
+    assert_eq!(primary_pages.load(Ordering::SeqCst), 2);
+}

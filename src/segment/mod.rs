@@ -61,6 +61,9 @@ use self::scan::{scan, Boundary, Paper};
 pub struct QaPair {
     pub question_number: QuestionNumber,
     pub answer: String,
+    /// Indexes of the pages the answer's text was read from, ascending, so each pair can
+    /// carry the OCR confidence of its own pages.
+    pub pages: Vec<usize>,
 }
 
 /// The result of segmenting a script.
@@ -89,7 +92,32 @@ impl Segmentation {
 pub fn segment(pages: &[&str], known: Option<&[QuestionNumber]>) -> Segmentation {
     let text = pages.join("\n");
     let boundaries = find_boundaries(&text, known);
-    assemble(&text, &boundaries)
+    assemble(&text, &boundaries, &page_starts(pages))
+}
+
+/// Where each page begins in the pages joined with `\n`, in bytes.
+fn page_starts(pages: &[&str]) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(pages.len());
+    let mut offset = 0;
+    for page in pages {
+        starts.push(offset);
+        offset += page.len() + 1;
+    }
+    starts
+}
+
+/// The pages holding non-blank text within `text[start..end]`; `starts` are the byte offsets
+/// where each page begins in `text`.
+fn pages_of(text: &str, start: usize, end: usize, starts: &[usize]) -> Vec<usize> {
+    let mut found = Vec::new();
+    for (page, &page_start) in starts.iter().enumerate() {
+        let page_end = starts.get(page + 1).map_or(text.len(), |&next| next);
+        let (from, to) = (start.max(page_start), end.min(page_end));
+        if from < to && !text[from..to].trim().is_empty() {
+            found.push(page);
+        }
+    }
+    found
 }
 
 fn find_boundaries(text: &str, known: Option<&[QuestionNumber]>) -> Vec<Boundary> {
@@ -97,7 +125,7 @@ fn find_boundaries(text: &str, known: Option<&[QuestionNumber]>) -> Vec<Boundary
     scan(text, paper.as_ref())
 }
 
-fn assemble(text: &str, boundaries: &[Boundary]) -> Segmentation {
+fn assemble(text: &str, boundaries: &[Boundary], starts: &[usize]) -> Segmentation {
     let first_start = boundaries.first().map_or(text.len(), |b| b.start);
     let mut unassigned_text = String::new();
     append_cleaned(&mut unassigned_text, &text[..first_start]);
@@ -111,8 +139,15 @@ fn assemble(text: &str, boundaries: &[Boundary]) -> Segmentation {
             continue;
         }
         let key = boundary.num.key();
+        let pages = pages_of(text, boundary.end, end, starts);
         match index.get(&key) {
-            Some(&at) => append_cleaned(&mut pairs[at].answer, answer),
+            Some(&at) => {
+                append_cleaned(&mut pairs[at].answer, answer);
+                let merged = &mut pairs[at].pages;
+                merged.extend(pages);
+                merged.sort_unstable();
+                merged.dedup();
+            }
             None => {
                 index.insert(key, pairs.len());
                 let mut cleaned = String::with_capacity(answer.len());
@@ -120,6 +155,7 @@ fn assemble(text: &str, boundaries: &[Boundary]) -> Segmentation {
                 pairs.push(QaPair {
                     question_number: QuestionNumber::from_num(boundary.num),
                     answer: cleaned,
+                    pages,
                 });
             }
         }

@@ -337,8 +337,8 @@ async fn get_submission_in(
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
     let qa_pairs = sqlx::query(
-        "SELECT question_number, answer FROM submission_answers
-         WHERE submission_id = $1 ORDER BY position",
+        "SELECT question_number, answer, ocr_confidence, ocr_engine, low_ocr_confidence
+         FROM submission_answers WHERE submission_id = $1 ORDER BY position",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -348,6 +348,9 @@ async fn get_submission_in(
         Ok(StoredQaPair {
             question_number: parse_number(r.try_get("question_number")?)?,
             answer: r.try_get("answer")?,
+            ocr_confidence: r.try_get("ocr_confidence")?,
+            ocr_engine: r.try_get("ocr_engine")?,
+            low_ocr_confidence: r.try_get::<i64, _>("low_ocr_confidence")? != 0,
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
@@ -590,13 +593,17 @@ impl Store for SqliteStore {
         }
         for (position, pair) in s.qa_pairs.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO submission_answers (submission_id, position, question_number, answer)
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO submission_answers (submission_id, position, question_number, answer,
+                     ocr_confidence, ocr_engine, low_ocr_confidence)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&s.submission_id)
             .bind(position as i64)
             .bind(pair.question_number.as_str())
             .bind(&pair.answer)
+            .bind(pair.ocr_confidence)
+            .bind(&pair.ocr_engine)
+            .bind(i64::from(pair.low_ocr_confidence))
             .execute(&mut *tx)
             .await?;
         }

@@ -127,6 +127,8 @@ pub async fn evaluate(
     // its position in the final list.
     let mut fixed: Vec<(usize, EvaluationItem)> = Vec::new();
     let mut tasks: Vec<(usize, GradeTask)> = Vec::new();
+    // Positions of answers read with low OCR confidence, flagged for review after grading.
+    let mut ocr_flagged: Vec<usize> = Vec::new();
     let mut submission_id = None;
 
     match &input.qa_pairs {
@@ -200,6 +202,9 @@ pub async fn evaluate(
                     .qa_pairs
                     .iter()
                     .find(|p| p.question_number == question.question_number);
+                if answer.is_some_and(|pair| pair.low_ocr_confidence) {
+                    ocr_flagged.push(position);
+                }
                 match answer {
                     Some(pair) => tasks.push((
                         position,
@@ -240,7 +245,11 @@ pub async fn evaluate(
     let outcomes = grade(state, &grade_tasks).await;
     let mut items: Vec<(usize, EvaluationItem)> = fixed;
     for ((position, task), (outcome, second)) in tasks.into_iter().zip(outcomes) {
-        items.push((position, item_from_outcome(state, &task, outcome, second)?));
+        let mut item = item_from_outcome(state, &task, outcome, second)?;
+        if ocr_flagged.contains(&position) {
+            item.flags.push(LOW_OCR_CONFIDENCE_FLAG.to_string());
+        }
+        items.push((position, item));
     }
     items.sort_by_key(|(position, _)| *position);
     let items: Vec<EvaluationItem> = items.into_iter().map(|(_, item)| item).collect();
@@ -353,6 +362,9 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Opti
 /// The flag on questions whose final marks and the embedded grader's estimate differ by
 /// more than `grading.review_threshold_fraction` of the marks.
 pub const NEEDS_REVIEW_FLAG: &str = "needs_review";
+/// The answer graded was read from its page with low OCR confidence: the marks may reflect
+/// the transcription rather than what the student wrote.
+pub const LOW_OCR_CONFIDENCE_FLAG: &str = "low_ocr_confidence";
 
 fn item_from_outcome(
     state: &AppState,

@@ -210,9 +210,16 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
         qa_pairs: segmented
             .pairs
             .into_iter()
-            .map(|pair| StoredQaPair {
-                question_number: pair.question_number,
-                answer: pair.answer,
+            .map(|pair| {
+                let (ocr_confidence, ocr_engine) = pair_confidence(&pages, &pair.pages);
+                StoredQaPair {
+                    question_number: pair.question_number,
+                    answer: pair.answer,
+                    low_ocr_confidence: ocr_confidence
+                        .is_some_and(|c| c < state.settings.ocr.low_confidence_below),
+                    ocr_confidence,
+                    ocr_engine,
+                }
             })
             .collect(),
         created_at: Utc::now(),
@@ -227,6 +234,27 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
         submission,
         duplicate: false,
     })
+}
+
+/// The confidence of a pair: the lowest of its pages' (a pair is only as legible as its worst
+/// page), and the engine that read them, `"mixed"` when several did.
+fn pair_confidence(
+    pages: &[(FetchedImage, CachedPage)],
+    indexes: &[usize],
+) -> (Option<f64>, Option<String>) {
+    let read: Vec<&CachedPage> = indexes
+        .iter()
+        .filter_map(|&i| pages.get(i).map(|(_, page)| page))
+        .collect();
+    let confidence = read.iter().map(|p| p.confidence).reduce(f64::min);
+    let engine = read.first().map(|first| {
+        if read.iter().all(|p| p.engine == first.engine) {
+            first.engine.clone()
+        } else {
+            "mixed".to_string()
+        }
+    });
+    (confidence, engine)
 }
 
 /// OCR of one fetched image, memoised by its content hash and the engine configuration.
@@ -249,7 +277,7 @@ async fn recognise(
     }
     let page: CachedPage = state
         .ocr
-        .recognize(fetched.bytes.clone())
+        .read(fetched.bytes.clone())
         .instrument(tracing::info_span!("ocr"))
         .await?
         .into();

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::fake_llm::{evaluator, verifier, FakeLlm, Reply, Stage};
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{png, spawn_app, spawn_app_with, upload_body, ImageServer};
 
 fn request(pairs: Value) -> Value {
     json!({"user_id": "USER123", "course_code": "CA-FND-2024", "exam_code": "CA-FO-PAPER1",
@@ -84,4 +84,46 @@ async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
         .expect("the estimate is stored beside the LLM stages")
         .clone();
     assert!(second["marks"].as_f64().unwrap() <= 6.0, "{second}");
+}
+
+/// Answers read with low OCR confidence are flagged on the stored pair and, when the stored
+/// upload is graded, on the evaluation item, so review starts with them.
+#[tokio::test]
+async fn answers_read_with_low_ocr_confidence_are_flagged_through_to_grading() {
+    // Printed pages read at about 0.95: a threshold above that marks them all.
+    let app = spawn_app_with(|s| s.ocr.low_confidence_below = 0.999).await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let page = images.add(
+        "p1.png",
+        "image/png",
+        png(&[
+            "1.a The going concern concept assumes that a business will continue.",
+            "1.b Assets = Liabilities + Capital.",
+        ]),
+    );
+    let (status, uploaded, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &page)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{uploaded}");
+    let pairs = uploaded["qa_pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2, "{uploaded}");
+    assert!(
+        pairs.iter().all(|p| p["low_ocr_confidence"] == true),
+        "{uploaded}"
+    );
+
+    let body = json!({"user_id": "USER123", "course_code": "CA-FND-2024",
+                      "exam_code": "CA-FO-PAPER1", "question_paper_code": "QP001"});
+    let (status, graded, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::OK, "{graded}");
+    for item in graded["evaluation"].as_array().unwrap() {
+        let flags = item["flags"].as_array().unwrap();
+        let answered = item["question_number"] != "2";
+        assert_eq!(
+            flags.contains(&json!("low_ocr_confidence")),
+            answered,
+            "{item}"
+        );
+    }
 }

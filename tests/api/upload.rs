@@ -116,6 +116,17 @@ async fn printed_pages_become_stored_question_answer_pairs() {
         64
     );
     assert!(stored_images[0]["ocr_confidence"].as_f64().unwrap() > 0.5);
+    // Printed pages stay with Tesseract in `auto`, and every pair carries the confidence and
+    // engine of the pages it was read from.
+    for pair in body["qa_pairs"].as_array().unwrap() {
+        assert_eq!(pair["ocr_engine"], "tesseract:eng", "{pair}");
+        assert!(pair["ocr_confidence"].as_f64().unwrap() > 0.8, "{pair}");
+        assert_eq!(pair["low_ocr_confidence"], false, "{pair}");
+    }
+    for pair in stored["qa_pairs"].as_array().unwrap() {
+        assert_eq!(pair["ocr_engine"], "tesseract:eng", "{pair}");
+        assert_eq!(pair["low_ocr_confidence"], false, "{pair}");
+    }
     // The user was registered on first use.
     assert_eq!(app.get("/users/USER123").await.0, StatusCode::OK);
 

@@ -584,6 +584,41 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Makes [`PpOcrEngine`]s with the default options for a pool: one engine,
+/// with its own single-threaded ONNX sessions, per worker thread.
+pub fn ppocr_factory(models_dir: PathBuf, ort_dylib: Option<PathBuf>) -> super::EngineFactory {
+    Arc::new(move || {
+        let engine = PpOcrEngine::new(&models_dir, ort_dylib.as_deref())?;
+        Ok(Box::new(engine) as Box<dyn OcrEngine>)
+    })
+}
+
+/// Checks, without loading anything, that the files an engine needs are
+/// where [`PpOcrEngine::new`] will look, so a misconfigured service fails (or
+/// warns) at start instead of on the first handwritten page.
+pub fn check_files(models_dir: &Path, ort_dylib: Option<&Path>) -> Result<(), OcrError> {
+    let dir = model_dir(models_dir);
+    for f in [DET_MODEL, REC_MODEL, KEYS_FILE] {
+        if !dir.join(f).is_file() {
+            return Err(OcrError::EngineInit(format!(
+                "PP-OCR file {} not found ({FETCH_HINT})",
+                dir.join(f).display()
+            )));
+        }
+    }
+    match find_ort_dylib(models_dir, ort_dylib) {
+        Some(p) if p.is_file() => Ok(()),
+        Some(p) => Err(OcrError::EngineInit(format!(
+            "ONNX Runtime library {} not found ({FETCH_HINT}, or set ORT_DYLIB_PATH)",
+            p.display()
+        ))),
+        None => Err(OcrError::EngineInit(format!(
+            "ONNX Runtime library not found in {} ({FETCH_HINT}, or set ORT_DYLIB_PATH)",
+            models_dir.join("onnxruntime").display()
+        ))),
+    }
+}
+
 impl OcrEngine for PpOcrEngine {
     fn name(&self) -> &str {
         "ppocr"

@@ -148,3 +148,46 @@ fn missing_models_give_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains("fetch-ocr-models.sh"), "{msg}");
 }
+
+/// The `auto` pool as the service builds it: Tesseract first, PP-OCRv5 for pages Tesseract
+/// reads with confidence under 0.80. The handwriting-style page goes to PP-OCR and is read
+/// well; the engine used is reported per page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_pool_sends_handwriting_to_ppocr() {
+    use crate::ocr::{tesseract_factory, Engines, OcrPool, PoolConfig};
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: tesseract_factory("eng", None, true),
+        fallback: Some(super::ppocr_factory(models_dir(), None)),
+    };
+    let pool = tokio::task::spawn_blocking(move || OcrPool::with_fallback(config, engines))
+        .await
+        .expect("join")
+        .expect("pool starts");
+    let png = include_bytes!("testdata/handwritten-answer.png");
+    let page = pool
+        .recognize(bytes::Bytes::from_static(png))
+        .await
+        .expect("page read");
+    assert_eq!(
+        page.engine, "ppocr",
+        "Tesseract read it with high confidence?"
+    );
+    let e = cer(PAGE_TEXT, &page.text);
+    assert!(e <= 0.05, "CER {e:.3} above 5%; read:\n{}", page.text);
+}
+
+#[test]
+fn check_files_names_what_is_missing() {
+    let dir = std::env::temp_dir().join("ppocr-check-files-nothing-here");
+    let msg = super::check_files(&dir, None).unwrap_err().to_string();
+    assert!(
+        msg.contains("ppocrv5_det.onnx") && msg.contains("fetch-ocr-models.sh"),
+        "{msg}"
+    );
+    super::check_files(&models_dir(), None).expect("make models installed everything");
+}

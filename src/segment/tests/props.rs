@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use super::super::number::{Num, Sub};
-use super::super::{assemble, find_boundaries, segment, QuestionNumber};
+use super::super::{assemble, find_boundaries, page_starts, segment, QuestionNumber};
 
 fn non_space_chars(s: &str) -> usize {
     s.chars().filter(|c| !c.is_whitespace()).count()
@@ -23,8 +23,14 @@ fn check_conservation(
 ) -> Result<(), TestCaseError> {
     let text = pages.join("\n");
     let boundaries = find_boundaries(&text, known);
-    let seg = assemble(&text, &boundaries);
+    let seg = assemble(&text, &boundaries, &page_starts(pages));
     prop_assert_eq!(&seg, &segment(pages, known));
+    for pair in &seg.pairs {
+        // Every answer came from at least one page, listed once, in page order.
+        prop_assert!(!pair.pages.is_empty());
+        prop_assert!(pair.pages.windows(2).all(|w| w[0] < w[1]));
+        prop_assert!(pair.pages.iter().all(|&p| p < pages.len()));
+    }
 
     let mut previous_end = 0;
     let mut marker_chars = 0;
