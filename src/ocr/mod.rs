@@ -23,6 +23,7 @@ pub mod pool;
 pub mod preprocess;
 pub mod quality;
 pub mod tesseract;
+pub mod vision;
 
 #[cfg(test)]
 mod testpages;
