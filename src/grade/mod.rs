@@ -30,6 +30,7 @@ pub use cache::{MemoryReplyCache, NoCache};
 pub use client::{check_backend, BackendCheck};
 pub use process::LlmGrader;
 pub use prompts::{detect_injection, INJECTION_FLAG, PROMPT_VERSION};
+pub(crate) use replies::extract_json;
 pub use settings::{LlmBackendSettings, LlmSettings};
 
 /// One question of one script to be marked.

@@ -27,6 +27,7 @@ pub mod ppocr;
 pub mod preprocess;
 pub mod quality;
 pub mod tesseract;
+pub mod vision;
 
 #[cfg(test)]
 pub(crate) mod testpages;
