@@ -345,7 +345,16 @@ pub fn start_ocr(
             );
             Ok((Arc::new(pool), key))
         }
-        OcrEngineChoice::Vision => Err(crate::ocr::OcrError::EngineInit("TEMP".into())),
+        OcrEngineChoice::Vision => {
+            let reader =
+                crate::ocr::vision::VisionOcr::new(&settings.vision, decode_limits(settings))?;
+            // The server decides what a model name means; its address is part of the key.
+            let key = format!(
+                "vision:{}:{}:{OCR_PIPELINE_VERSION}",
+                settings.vision.base_url, settings.vision.model
+            );
+            Ok((Arc::new(reader), key))
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //! ([`preprocess`]), the two local engines behind the [`OcrEngine`] trait
 //! (Tesseract, [`tesseract`], for print; PP-OCRv5, [`ppocr`], for
 //! handwriting), the bounded pool of blocking worker threads that
-//! keeps all of that CPU work off the async executor ([`OcrPool`]), and
-//! CER/WER measures ([`quality`]). Self-contained: depends only on external
-//! crates, never on other modules of the crate.
+//! keeps all of that CPU work off the async executor ([`OcrPool`]),
+//! CER/WER measures ([`quality`]) and the vision-LLM backend ([`vision`]),
+//! which reads pages over the network instead of on the pool. Depends only on
+//! external crates, except the vision backend, which reuses the LLM backend
+//! settings and JSON extraction of [`crate::grade`].
 //!
 //! Pipeline per page, all on a pool thread: sniff + decode (caps checked from
 //! the header, EXIF orientation applied) → grayscale → rescale text to a
@@ -53,6 +55,13 @@ pub trait PageReader: Send + Sync {
 impl PageReader for OcrPool {
     async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError> {
         self.recognize(image_bytes).await
+    }
+}
+
+#[async_trait::async_trait]
+impl PageReader for vision::VisionOcr {
+    async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError> {
+        vision::VisionOcr::read(self, image_bytes).await
     }
 }
 

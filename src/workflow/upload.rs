@@ -53,7 +53,8 @@ impl From<PageText> for CachedPage {
     fn from(page: PageText) -> Self {
         Self {
             text: page.text,
-            confidence: f64::from(page.confidence),
+            // Engines report f32; widened as is it would print as 0.6200000047683716.
+            confidence: (f64::from(page.confidence) * 1e4).round() / 1e4,
             engine: page.engine,
             width: page.width,
             height: page.height,

@@ -437,3 +437,84 @@ async fn deeply_nested_json_is_refused_without_harm() {
     assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(submission_count(&app).await, 0);
 }
+
+/// `ocr.engine = "vision"`: pages go to a vision LLM over the chat-completions API (here a real
+/// HTTP server in the test process) as base64 image parts, and its verbatim transcription is
+/// segmented and stored like any other, with its engine and confidence on every pair.
+#[tokio::test]
+async fn the_vision_backend_reads_pages_through_the_chat_api() {
+    use crate::fake_llm::{FakeLlm, Reply};
+    let vision = FakeLlm::start(|_, _| {
+        Reply::Json(json!({
+            "text": "Name: Ravi Kumar\n1.a Going concern means the business continues.\n1.b Assets = Liabilities + Capital",
+            "confidence": 0.62
+        }))
+    })
+    .await;
+    let base_url = vision.base_url();
+    let app = spawn_app_with(move |s| {
+        s.ocr.engine = examiner::config::OcrEngineChoice::Vision;
+        s.ocr.vision.base_url = base_url;
+        s.ocr.vision.model = "fake-vision".into();
+        s.ocr.vision.max_retries = 1;
+    })
+    .await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let page = png(PAGE_ONE);
+    let url = images.add("p1.png", "image/png", page.clone());
+
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let found = pairs(&body);
+    assert_eq!(
+        found,
+        vec![
+            (
+                "1.a".to_string(),
+                "Going concern means the business continues.".to_string()
+            ),
+            (
+                "1.b".to_string(),
+                "Assets = Liabilities + Capital".to_string()
+            ),
+        ]
+    );
+    for pair in body["qa_pairs"].as_array().unwrap() {
+        assert_eq!(pair["ocr_engine"], "vision:fake-vision", "{pair}");
+        assert_eq!(pair["ocr_confidence"], 0.62, "{pair}");
+        // 0.62 is under the default threshold of 0.80.
+        assert_eq!(pair["low_ocr_confidence"], true, "{pair}");
+    }
+
+    // The page itself was sent, as a data URL in an image part.
+    let requests = vision.requests();
+    assert_eq!(requests.len(), 1);
+    let content = requests[0].1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|part| part["type"] == "image_url")
+        .cloned()
+        .expect("an image part");
+    let data_url = content["image_url"]["url"].as_str().unwrap();
+    let encoded = data_url
+        .strip_prefix("data:image/png;base64,")
+        .expect("a PNG data URL");
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    assert_eq!(sent, page);
+
+    // An image that is not one never reaches the model.
+    let html = images.add("page.html", "text/html", b"<html>nope</html>".to_vec());
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &html)]))
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_eq!(vision.requests().len(), 1);
+}
