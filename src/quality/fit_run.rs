@@ -265,9 +265,14 @@ async fn fit_shipped_calibration() {
 
     if let Ok(dump) = std::env::var("FEATURES_DUMP") {
         let mut out = String::new();
-        for (name, item, f) in &all {
+        for ((name, item, f), neg) in all
+            .iter()
+            .map(|x| (x, false))
+            .chain(negatives.iter().map(|x| (x, true)))
+        {
             let v = serde_json::json!({"set": name, "q": item.question_id, "max": item.max_marks,
-                "target": item.target(), "human": item.human_marks, "f": f});
+                "target": item.target(), "human": item.human_marks, "f": f, "neg": neg,
+                "non_answer": is_non_answer(&item.student_answer)});
             out.push_str(&v.to_string());
             out.push('\n');
         }

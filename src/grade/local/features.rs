@@ -20,6 +20,8 @@ pub struct Tok {
     pub start: usize,
     /// Part of a content word that is not in the question (counts for recall/precision).
     pub content: bool,
+    /// Part of a content word (question words included).
+    pub word: bool,
 }
 
 /// Keep alphanumeric word pieces and mark which belong to content words outside the question.
@@ -46,11 +48,13 @@ pub fn prepare_tokens(
                 .find(|c: char| !is_word(c))
                 .map_or(text.len(), |i| t.end + i);
             let word = text[ws..we].to_lowercase();
-            let content = !is_stop_word(&word) && !question_words.contains(&stem(&word));
+            let is_word = !is_stop_word(&word);
+            let content = is_word && !question_words.contains(&stem(&word));
             Tok {
                 vector: t.vector,
                 start: t.start,
                 content,
+                word: is_word,
             }
         })
         .collect()
@@ -84,6 +88,10 @@ pub struct Reference {
     pub question_sim: f64,
     /// Byte range of each key point in the standard answer (same order as `key_points`).
     pub key_point_spans: Vec<(usize, usize)>,
+    /// All content words of the standard answer (question words included).
+    pub all_words: HashSet<String>,
+    /// Adjacent content-word pairs of the standard answer (see `text::content_bigrams`).
+    pub bigrams: HashSet<(String, String)>,
 }
 
 /// The student's answer after embedding: pieces with their vectors, and the whole.
@@ -93,6 +101,7 @@ pub struct Student {
     pub whole: Vec<f32>,
     pub words: HashSet<String>,
     pub tokens: Vec<Tok>,
+    pub bigrams: HashSet<(String, String)>,
 }
 
 /// A key point counts as covered (for feedback) at this best-match cosine similarity.
@@ -142,6 +151,30 @@ pub struct Features {
     pub kp_tok_min: f64,
     /// Mean token recall over the key points.
     pub kp_tok_mean: f64,
+    /// Share of the answer's content words that are question words (restating the question).
+    #[serde(default)]
+    pub q_restate: f64,
+    /// Share of all the standard answer's content words (question words included) in the answer.
+    #[serde(default)]
+    pub lex_recall_all: f64,
+    /// Share of the standard answer's adjacent content-word pairs found in the answer.
+    #[serde(default)]
+    pub bigram_recall: f64,
+    /// Token alignment recall over all the standard answer's content word pieces (no question
+    /// demotion).
+    #[serde(default)]
+    pub tok_recall_all: f64,
+    /// Soft key-point coverage by tokens: mean over key points of
+    /// clamp((token recall − 0.55) / 0.35, 0, 1).
+    #[serde(default)]
+    pub kp_tok_soft: f64,
+    /// Key-point alignment relative to the question: mean over key points of
+    /// (best − sim(kp, question)) / (1 − sim(kp, question)), clamped to [−1, 1].
+    #[serde(default)]
+    pub kp_rel: f64,
+    /// ln(1 + the answer's content words), clamped to [0, 6].
+    #[serde(default)]
+    pub len_log: f64,
 }
 
 impl Features {
@@ -165,12 +198,19 @@ impl Features {
             "tok_hit" => self.tok_hit,
             "kp_tok_min" => self.kp_tok_min,
             "kp_tok_mean" => self.kp_tok_mean,
+            "q_restate" => self.q_restate,
+            "lex_recall_all" => self.lex_recall_all,
+            "bigram_recall" => self.bigram_recall,
+            "tok_recall_all" => self.tok_recall_all,
+            "kp_tok_soft" => self.kp_tok_soft,
+            "kp_rel" => self.kp_rel,
+            "len_log" => self.len_log,
             _ => return None,
         })
     }
 
     /// All feature names, in a stable order.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 24] = [
         "sim_whole",
         "align_recall",
         "align_min",
@@ -188,6 +228,13 @@ impl Features {
         "tok_hit",
         "kp_tok_min",
         "kp_tok_mean",
+        "q_restate",
+        "lex_recall_all",
+        "bigram_recall",
+        "tok_recall_all",
+        "kp_tok_soft",
+        "kp_rel",
+        "len_log",
     ];
 }
 
@@ -337,6 +384,56 @@ pub fn compute(r: &Reference, s: &Student) -> (Features, Vec<KeyPointMatch>) {
         f.kp_tok_min = f.tok_recall;
         f.kp_tok_mean = f.tok_recall;
     }
+    f.kp_tok_soft = if kp_recalls.is_empty() {
+        ((f.tok_recall - 0.55) / 0.35).clamp(0.0, 1.0)
+    } else {
+        kp_recalls
+            .iter()
+            .map(|x| ((x - 0.55) / 0.35).clamp(0.0, 1.0))
+            .sum::<f64>()
+            / kp_recalls.len() as f64
+    };
+    f.tok_recall_all = {
+        let (sum, n) = best
+            .iter()
+            .zip(&r.tokens)
+            .filter(|(_, t)| t.word)
+            .fold((0.0, 0usize), |(a, n), (b, _)| (a + b.2, n + 1));
+        if n == 0 {
+            f.tok_recall
+        } else {
+            sum / n as f64
+        }
+    };
+    f.q_restate = if s.words.is_empty() {
+        0.0
+    } else {
+        s.words.intersection(&r.question_words).count() as f64 / s.words.len() as f64
+    };
+    f.lex_recall_all = if r.all_words.is_empty() {
+        0.0
+    } else {
+        r.all_words.intersection(&s.words).count() as f64 / r.all_words.len() as f64
+    };
+    f.bigram_recall = if r.bigrams.is_empty() {
+        f.lex_recall
+    } else {
+        r.bigrams.intersection(&s.bigrams).count() as f64 / r.bigrams.len() as f64
+    };
+    f.kp_rel = match (&r.question, matches.is_empty()) {
+        (Some(q), false) => {
+            matches
+                .iter()
+                .map(|m| {
+                    let qs = cosine(&r.key_points[m.index].embedding, q) as f64;
+                    ((m.best_sim - qs) / (1.0 - qs).max(0.05)).clamp(-1.0, 1.0)
+                })
+                .sum::<f64>()
+                / matches.len() as f64
+        }
+        _ => f.align_recall,
+    };
+    f.len_log = (1.0 + s.words.len() as f64).ln().clamp(0.0, 6.0);
     f.sim_rel = (f.sim_whole - r.question_sim) / (1.0 - r.question_sim).max(0.05);
     f.len_ratio = ((1.0 + answer_words.len() as f64) / (1.0 + r.words.len() as f64))
         .ln()

@@ -28,7 +28,7 @@ pub use features::Features;
 use features::{
     compute, prepare_tokens, reference_words, KeyPoint, KeyPointMatch, Reference, Student,
 };
-use text::{content_words, shorten, split_pieces};
+use text::{content_bigrams, content_words, shorten, split_pieces};
 
 /// Recorded as the stage's model.
 pub const MODEL_NAME: &str = "local:all-minilm-l6-v2";
@@ -150,6 +150,8 @@ impl LocalGrader {
             .map_or(0.0, |q| cosine(q, &standard.whole) as f64);
         let tokens = prepare_tokens(&task.standard_answer, standard.tokens, &question_words);
         let r = Arc::new(Reference {
+            all_words: content_words(&task.standard_answer),
+            bigrams: content_bigrams(&task.standard_answer),
             key_points,
             whole: standard.whole,
             question: q,
@@ -170,6 +172,7 @@ impl LocalGrader {
     ) -> Result<Student, EmbedError> {
         let pieces = split_pieces(answer);
         let words = content_words(answer);
+        let bigrams = content_bigrams(answer);
         match self.pooling {
             Pooling::Spans => {
                 let spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.start, p.end)).collect();
@@ -199,6 +202,7 @@ impl LocalGrader {
                     whole: r.whole,
                     words,
                     tokens: prepare_tokens(answer, r.tokens, question_words),
+                    bigrams,
                 })
             }
             Pooling::Separate => {
@@ -211,6 +215,7 @@ impl LocalGrader {
                     whole: whole.whole,
                     words,
                     tokens: prepare_tokens(answer, whole.tokens, question_words),
+                    bigrams,
                 })
             }
         }
@@ -583,6 +588,8 @@ mod tests {
             tokens: vec![],
             question_sim: 0.0,
             key_point_spans: vec![],
+            all_words: Default::default(),
+            bigrams: Default::default(),
         });
         for i in 0..REFERENCE_CACHE {
             c.put(format!("k{i}"), r.clone());

@@ -118,6 +118,19 @@ pub fn content_words(s: &str) -> HashSet<String> {
         .collect()
 }
 
+/// Adjacent pairs of content words (stop words dropped, stemmed), in reading order: a cheap
+/// signal that words are used together as in the standard answer, not just present.
+pub fn content_bigrams(s: &str) -> HashSet<(String, String)> {
+    let seq: Vec<String> = tokens(s)
+        .filter(|t| !is_stop_word(t))
+        .map(|t| stem(&t))
+        .filter(|t| !t.is_empty())
+        .collect();
+    seq.windows(2)
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect()
+}
+
 /// A very light English suffix stripper: enough to match "stacks"/"stack", "inserted"/"insert",
 /// "pointing"/"point" without a dictionary. Words of other languages pass mostly unchanged.
 pub fn stem(w: &str) -> String {
@@ -221,6 +234,14 @@ mod tests {
             .collect();
         assert_eq!(w, want);
         assert_eq!(stem("queries"), "query");
+    }
+
+    #[test]
+    fn bigrams_skip_stop_words_and_stem() {
+        let b = content_bigrams("The stacks are pushed onto a list.");
+        assert!(b.contains(&("stack".to_string(), "push".to_string())));
+        assert!(b.contains(&("push".to_string(), "onto".to_string())) || b.len() == 2);
+        assert!(content_bigrams("stack").is_empty());
     }
 
     #[test]
