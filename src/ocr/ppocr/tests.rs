@@ -191,3 +191,17 @@ fn check_files_names_what_is_missing() {
     );
     super::check_files(&models_dir(), None).expect("make models installed everything");
 }
+
+#[test]
+fn pages_turned_a_quarter_or_half_way_are_read_upright() {
+    let mut engine = PpOcrEngine::new(&models_dir(), None).expect("engine starts");
+    for turned in [
+        image::imageops::rotate90(&test_page()),
+        image::imageops::rotate180(&test_page()),
+    ] {
+        let r = engine.recognize(&turned, None).expect("recognised");
+        let e = cer(PAGE_TEXT, &r.text);
+        assert!(e <= 0.05, "CER {e:.3} above 5%; read:\n{}", r.text);
+        assert!(engine.lines()[0].text.starts_with("Question"), "{}", r.text);
+    }
+}
