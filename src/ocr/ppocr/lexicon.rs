@@ -4,14 +4,16 @@
 //! candidate against the recogniser's own frame probabilities.
 //!
 //! Promises: only words the recogniser emitted are touched, one for one:
-//! a word is replaced only when it is not in the lexicon, its least sure
-//! letter is below a confidence bound, and a lexicon word within a small
-//! edit distance explains the same frames better once word frequency is
-//! taken into account (`ln P_ctc(candidate) + λ·ln freq` beats the same
-//! score of the recognised word, which gets a floor frequency). Spaces,
-//! punctuation around words, numbers and the number of words never change,
-//! so no word the page does not show can appear. Case follows the
-//! recognised word. No panics on any input.
+//! a word is replaced only when its least sure letter is below a
+//! confidence bound and a lexicon word within a small edit distance
+//! explains the same frames better once word frequency is taken into
+//! account (`ln P_ctc(candidate) + λ·ln freq` beats the same score of the
+//! recognised word: with a floor frequency when it is not in the lexicon,
+//! with its own frequency plus a margin when it is, so "mo" read unsure
+//! becomes "no" but a lexicon word the frames support stays). Spaces,
+//! punctuation around words, tokens with digits and the number of words
+//! never change, so no word the page does not show can appear. Case
+//! follows the recognised word. No panics on any input.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +35,12 @@ pub struct CorrectionParams {
     pub oov_cb: u16,
     /// Edit-distance budget: 1 for words of up to 4 letters, else this.
     pub max_edits: usize,
+    /// Words that are in the lexicon are reconsidered when their least
+    /// sure letter is below this probability (0 turns this off)...
+    pub known_max_letter_prob: f32,
+    /// ...and a candidate replaces them only when its score beats theirs
+    /// (with their own frequency) by this many nats.
+    pub known_margin: f32,
 }
 
 impl Default for CorrectionParams {
@@ -43,6 +51,8 @@ impl Default for CorrectionParams {
             prior_weight: 1.0,
             oov_cb: 800,
             max_edits: 2,
+            known_max_letter_prob: 0.95,
+            known_margin: 2.0,
         }
     }
 }
@@ -301,7 +311,9 @@ pub fn correct_line(
             out.push_str(sym(k));
         }
         let core: String = (a..b).map(sym).collect();
-        let replacement = if b - a >= 2 {
+        // Tokens with digits ("1960s", "6th") are numbers: never touched.
+        let has_digit = (start..i).any(|k| sym(k).chars().any(|c| c.is_numeric()));
+        let replacement = if b - a >= 2 && !has_digit {
             try_correct(
                 &core, a, b, decoded, probs, frames, classes, letters, lexicon, params, ln10,
             )
@@ -337,11 +349,16 @@ fn try_correct(
     ln10: f64,
 ) -> Option<String> {
     let chars = &decoded.chars;
-    if !core.chars().all(|c| c.is_alphabetic() || c == '\'') || lexicon.get(core).is_some() {
+    if !core.chars().all(|c| c.is_alphabetic() || c == '\'') {
         return None;
     }
+    let known = lexicon.get(core);
+    let gate = match known {
+        Some(_) => params.known_max_letter_prob,
+        None => params.max_letter_prob,
+    };
     let least = chars[a..b].iter().map(|c| c.prob).fold(f32::MAX, f32::min);
-    if least >= params.max_letter_prob {
+    if least >= gate {
         return None;
     }
     // The word's frames: everything between the neighbouring emitted
@@ -354,7 +371,10 @@ fn try_correct(
     let lower: Vec<char> = core.to_lowercase().chars().collect();
     let lambda = params.prior_weight as f64;
     let own = ctc_log_likelihood(probs, classes, first..end, &lower, letters)?;
-    let own_score = own - lambda * ln10 * params.oov_cb as f64 / 100.0;
+    let own_score = match known {
+        Some(cb) => own - lambda * ln10 * cb as f64 / 100.0 + params.known_margin as f64,
+        None => own - lambda * ln10 * params.oov_cb as f64 / 100.0,
+    };
     let budget = if lower.len() <= 4 {
         1
     } else {
@@ -362,6 +382,9 @@ fn try_correct(
     };
     let mut best: Option<(f64, &[char])> = None;
     for (cand, cb) in lexicon.candidates(&lower, budget) {
+        if cand == lower.as_slice() {
+            continue;
+        }
         let Some(ll) = ctc_log_likelihood(probs, classes, first..end, cand, letters) else {
             continue;
         };
@@ -397,7 +420,7 @@ mod tests {
     use super::*;
     use crate::ocr::ppocr::rec::ctc_greedy;
 
-    const KEYS: &str = "blank\na\nb\nc\nd\ne\nh\nt\nT\n.\n \n";
+    const KEYS: &str = "blank\na\nb\nc\nd\ne\nh\nt\nT\n.\n,\n6\n \n";
 
     fn lexicon() -> Lexicon {
         Lexicon::from_entries(
@@ -408,6 +431,8 @@ mod tests {
                 ("a", 150),
                 ("zzz9", 100),
                 ("rare", 900),
+                ("tha", 600),
+                ("bet", 650),
             ],
             700,
         )
@@ -457,7 +482,7 @@ mod tests {
         assert_eq!(lex.get("The"), Some(127));
         assert_eq!(lex.get("zzz9"), None);
         assert_eq!(lex.get("rare"), None);
-        assert_eq!(lex.len(), 4);
+        assert_eq!(lex.len(), 6);
     }
 
     #[test]
@@ -479,9 +504,39 @@ mod tests {
         // All letters sure: kept although out of lexicon.
         let (text, changed, _) = run(&[('b', 0.99, 'a'), ('c', 0.99, 'a'), ('d', 0.99, 'a')]);
         assert_eq!((text.as_str(), changed), ("bcd", 0));
-        // In the lexicon: kept although unsure.
+        // In the lexicon and unsure, but no candidate is more frequent
+        // ("bead", "bet" are rarer): kept.
         let (text, changed, _) = run(&[('b', 0.6, 'a'), ('e', 0.6, 'a'), ('d', 0.6, 'a')]);
         assert_eq!((text.as_str(), changed), ("bed", 0));
+    }
+
+    #[test]
+    fn unsure_lexicon_word_yields_to_a_much_more_frequent_one() {
+        // "tha" is a (rare) lexicon word; its unsure 'a' has 'e' as the
+        // runner-up and "the" is far more frequent: replaced.
+        let (text, changed, raw) = run(&[('t', 0.99, 'a'), ('h', 0.99, 'a'), ('a', 0.6, 'e')]);
+        assert_eq!(raw, "tha");
+        assert_eq!((text.as_str(), changed), ("the", 1));
+        // Sure letters: a lexicon word is trusted as read.
+        let (text, changed, _) = run(&[('t', 0.99, 'a'), ('h', 0.99, 'a'), ('a', 0.96, 'e')]);
+        assert_eq!((text.as_str(), changed), ("tha", 0));
+        // Unsure, but the frames barely support the frequent word ('e' at
+        // 0.1%): the margin keeps the word as read.
+        let (text, changed, _) = run(&[('b', 0.9, 'a'), ('e', 0.9, 'a'), ('t', 0.999, 'd')]);
+        assert_eq!((text.as_str(), changed), ("bet", 0));
+    }
+
+    #[test]
+    fn tokens_with_digits_are_never_touched() {
+        // "6thc" would be "6the" if its letters were corrected.
+        let (text, changed, raw) = run(&[
+            ('6', 0.99, 'a'),
+            ('t', 0.99, 'a'),
+            ('h', 0.98, 'a'),
+            ('c', 0.55, 'e'),
+        ]);
+        assert_eq!(raw, "6thc");
+        assert_eq!((text.as_str(), changed), ("6thc", 0));
     }
 
     #[test]
@@ -492,6 +547,13 @@ mod tests {
             ('d', 0.6, 'c'),
             ('d', 0.6, 'c'),
             (' ', 0.99, 'a'),
+            ('t', 0.99, 'a'),
+            ('h', 0.99, 'a'),
+            ('a', 0.6, 'e'),
+            (',', 0.99, 'a'),
+            (' ', 0.99, 'a'),
+            ('6', 0.6, 'b'),
+            (' ', 0.99, 'a'),
             ('a', 0.6, 'b'),
             (' ', 0.99, 'a'),
             ('t', 0.6, 'h'),
@@ -501,9 +563,9 @@ mod tests {
             ('.', 0.99, 'a'),
         ];
         let (text, changed, raw) = run(&spec);
-        assert_eq!(raw, "dd a thc .");
-        assert_eq!(text, "dd a the .");
-        assert_eq!(changed, 1);
+        assert_eq!(raw, "dd tha, 6 a thc .");
+        assert_eq!(text, "dd the, 6 a the .");
+        assert_eq!(changed, 2);
         assert_eq!(
             text.split_whitespace().count(),
             raw.split_whitespace().count()
