@@ -564,7 +564,9 @@ fn rejects_format(status: u16, body: &str) -> bool {
 
 /// Extracts content, usage and model from a chat-completion body, tolerating the variations of
 /// compatible servers (content as parts, legacy `text`, missing usage).
-fn parse_completion(bytes: &[u8]) -> Result<(Completion, Option<u64>, Option<u64>), String> {
+pub(crate) fn parse_completion(
+    bytes: &[u8],
+) -> Result<(Completion, Option<u64>, Option<u64>), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "body is not JSON ({e}): {}",
@@ -647,7 +649,7 @@ pub(crate) fn backoff_delay(step: u32, retry_after: Option<Duration>) -> Duratio
 }
 
 /// Whitespace-collapsed, length-capped text for error messages.
-fn snippet(text: &str) -> String {
+pub(crate) fn snippet(text: &str) -> String {
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if collapsed.chars().count() <= SNIPPET_CHARS {
         return collapsed;

@@ -103,6 +103,21 @@ pub enum OcrError {
 }
 
 impl OcrError {
+    /// A short stable label, the `kind` of `examiner_ocr_errors_total`: the same for every
+    /// engine, so one dashboard covers them all.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnsupportedFormat => "unsupported_format",
+            Self::TooManyPixels { .. } | Self::SideTooLong { .. } => "too_large",
+            Self::Corrupt(_) => "corrupt",
+            Self::EngineInit(_) => "engine_init",
+            Self::Engine(_) => "engine",
+            Self::EnginePanicked(_) => "engine_panic",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
     /// True when the image itself is at fault (the client should get a 4xx,
     /// and retrying the same bytes cannot help).
     pub fn is_bad_input(&self) -> bool {

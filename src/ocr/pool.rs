@@ -386,8 +386,7 @@ impl Worker {
             let _entered = span.enter();
             let result = self.handle(&mut engine, &mut fallback, &job.bytes);
             if let Err(e) = &result {
-                metrics::counter!("examiner_ocr_errors_total", "kind" => error_kind(e))
-                    .increment(1);
+                metrics::counter!("examiner_ocr_errors_total", "kind" => e.kind()).increment(1);
                 tracing::debug!(error = %e, "OCR page failed");
             }
             let _ = job.reply.send(result);
@@ -583,18 +582,5 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    }
-}
-
-fn error_kind(e: &OcrError) -> &'static str {
-    match e {
-        OcrError::UnsupportedFormat => "unsupported_format",
-        OcrError::TooManyPixels { .. } | OcrError::SideTooLong { .. } => "too_large",
-        OcrError::Corrupt(_) => "corrupt",
-        OcrError::EngineInit(_) => "engine_init",
-        OcrError::Engine(_) => "engine",
-        OcrError::EnginePanicked(_) => "engine_panic",
-        OcrError::Overloaded => "overloaded",
-        OcrError::ShuttingDown => "shutting_down",
     }
 }

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use image::{DynamicImage, ImageFormat};
-use rand::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -48,19 +47,17 @@ use tracing::Instrument;
 use super::decode::{decode, sniff, DecodeLimits};
 use super::pool::PageText;
 use super::OcrError;
-use crate::grade::{extract_json, LlmBackendSettings};
+use crate::grade::{
+    backoff_delay, extract_json, parse_completion, parse_retry_after, snippet, Completion,
+    LlmBackendSettings,
+};
 
 /// Largest response body read; a transcription is a page of text, so anything
 /// near this is not a real reply.
 const MAX_BODY_BYTES: usize = 4 << 20;
-/// First backoff ceiling; doubled per retry up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// A server asking for a longer pause is still retried after this long, so
 /// one page cannot be parked for minutes.
-const RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
 /// Server text is quoted in error messages up to this many characters.
-const SNIPPET_CHARS: usize = 300;
 /// Used when the model leaves confidence out: neither trusted nor condemned.
 const DEFAULT_CONFIDENCE: f32 = 0.5;
 const SCHEMA_NAME: &str = "page_transcription";
@@ -201,13 +198,6 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// The useful part of a chat completion.
-struct Completion {
-    content: String,
-    finish_reason: Option<String>,
-    refusal: Option<String>,
-}
-
 /// A validated transcription.
 #[derive(Debug, PartialEq)]
 struct Transcription {
@@ -286,8 +276,7 @@ impl VisionOcr {
                 );
             }
             Err(e) => {
-                metrics::counter!("examiner_ocr_errors_total", "kind" => error_kind(e))
-                    .increment(1);
+                metrics::counter!("examiner_ocr_errors_total", "kind" => e.kind()).increment(1);
                 tracing::debug!(error = %e, "vision OCR page failed");
             }
         });
@@ -435,7 +424,9 @@ impl VisionOcr {
                 retry_after,
             });
         }
-        parse_completion(&bytes).map_err(RequestError::Malformed)
+        parse_completion(&bytes)
+            .map(|(completion, _, _)| completion)
+            .map_err(RequestError::Malformed)
     }
 
     fn request_body<'a>(&'a self, page: &'a Prepared, mode: OutputMode) -> ChatRequest<'a> {
@@ -634,49 +625,6 @@ fn rejects_format(status: u16, body: &str) -> bool {
     .any(|m| lower.contains(m))
 }
 
-/// Content, finish reason and refusal from a chat-completion body, tolerating
-/// the variations of compatible servers (content as parts, legacy `text`).
-fn parse_completion(bytes: &[u8]) -> Result<Completion, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "body is not JSON ({e}): {}",
-            snippet(&String::from_utf8_lossy(bytes))
-        )
-    })?;
-    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-        return Err(format!(
-            "server reported an error: {}",
-            snippet(&error.to_string())
-        ));
-    }
-    let choice = value
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|choices| choices.first())
-        .ok_or_else(|| "no choices in the response".to_string())?;
-    let message = choice.get("message");
-    let mut content = match message.and_then(|m| m.get("content")) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    };
-    if content.is_empty() {
-        if let Some(text) = choice.get("text").and_then(Value::as_str) {
-            content = text.to_string();
-        }
-    }
-    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-    Ok(Completion {
-        content,
-        finish_reason: text_of(choice.get("finish_reason")),
-        refusal: text_of(message.and_then(|m| m.get("refusal"))),
-    })
-}
-
 async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, RequestError> {
     let mut buf = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
@@ -709,56 +657,6 @@ fn transport_error(e: reqwest::Error) -> RequestError {
         RequestError::Connect(detail)
     } else {
         RequestError::Transport(detail)
-    }
-}
-
-/// `Retry-After` in seconds (the form rate limiters use); HTTP dates are
-/// left to the backoff.
-fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
-}
-
-/// Exponential backoff with full jitter (spreads retries of many pages hitting
-/// the same overloaded server), unless the server said how long to wait.
-fn backoff_delay(step: u32, retry_after: Option<Duration>) -> Duration {
-    if let Some(wait) = retry_after {
-        return wait.min(RETRY_AFTER_CAP);
-    }
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << step.min(16))
-        .min(BACKOFF_MAX);
-    Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64))
-}
-
-/// Whitespace-collapsed, length-capped text for error messages.
-fn snippet(text: &str) -> String {
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.chars().count() <= SNIPPET_CHARS {
-        return collapsed;
-    }
-    let mut cut: String = collapsed.chars().take(SNIPPET_CHARS).collect();
-    cut.push('…');
-    cut
-}
-
-/// Same labels as the pool's, so one error dashboard covers every engine.
-fn error_kind(e: &OcrError) -> &'static str {
-    match e {
-        OcrError::UnsupportedFormat => "unsupported_format",
-        OcrError::TooManyPixels { .. } | OcrError::SideTooLong { .. } => "too_large",
-        OcrError::Corrupt(_) => "corrupt",
-        OcrError::EngineInit(_) => "engine_init",
-        OcrError::Engine(_) => "engine",
-        OcrError::EnginePanicked(_) => "engine_panic",
-        OcrError::Overloaded => "overloaded",
-        OcrError::ShuttingDown => "shutting_down",
     }
 }
 
@@ -1191,7 +1089,7 @@ mod tests {
             b"{\"error\": {\"message\": \"boom\"}}",
             b"\xff\xfe garbage",
         ] {
-            if let Ok(completion) = parse_completion(body) {
+            if let Ok((completion, _, _)) = parse_completion(body) {
                 assert!(validate_reply(&completion).is_err());
             }
         }
@@ -1199,6 +1097,7 @@ mod tests {
             content: r#"{"text": "t", "confidence": 1e400}"#.into(),
             finish_reason: None,
             refusal: None,
+            served_model: None,
         };
         // serde_json reads 1e400 as an error or infinity; either way no panic.
         let _ = validate_reply(&nan_like);
