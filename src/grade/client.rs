@@ -85,14 +85,14 @@ pub(crate) enum OutputMode {
 }
 
 impl OutputMode {
-    fn from_u8(v: u8) -> Self {
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => OutputMode::JsonSchema,
             1 => OutputMode::JsonObject,
             _ => OutputMode::Text,
         }
     }
-    fn next(self) -> Option<Self> {
+    pub(crate) fn next(self) -> Option<Self> {
         match self {
             OutputMode::JsonSchema => Some(OutputMode::JsonObject),
             OutputMode::JsonObject => Some(OutputMode::Text),
@@ -242,7 +242,7 @@ pub(crate) fn build_http_client() -> Result<reqwest::Client, GradeError> {
 }
 
 /// The key is held here only; `Debug` shows whether it is set, never its value.
-struct ApiKey(Option<String>);
+pub(crate) struct ApiKey(pub(crate) Option<String>);
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -48,8 +48,8 @@ use super::decode::{decode, sniff, DecodeLimits};
 use super::pool::PageText;
 use super::OcrError;
 use crate::grade::{
-    backoff_delay, extract_json, parse_completion, parse_retry_after, snippet, Completion,
-    LlmBackendSettings,
+    backoff_delay, extract_json, parse_completion, parse_retry_after, snippet, ApiKey, Completion,
+    LlmBackendSettings, OutputMode,
 };
 
 /// Largest response body read; a transcription is a page of text, so anything
@@ -74,50 +74,6 @@ Reply with only a JSON object: {\"text\": \"<the transcription>\", \"confidence\
 
 const USER_PROMPT: &str = "Transcribe this answer-script page verbatim as instructed. \
 Reply with only the JSON object {\"text\": ..., \"confidence\": ...}.";
-
-/// How structured output is requested, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum OutputMode {
-    JsonSchema = 0,
-    JsonObject = 1,
-    Text = 2,
-}
-
-impl OutputMode {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => OutputMode::JsonSchema,
-            1 => OutputMode::JsonObject,
-            _ => OutputMode::Text,
-        }
-    }
-
-    fn next(self) -> Option<Self> {
-        match self {
-            OutputMode::JsonSchema => Some(OutputMode::JsonObject),
-            OutputMode::JsonObject => Some(OutputMode::Text),
-            OutputMode::Text => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            OutputMode::JsonSchema => "json_schema",
-            OutputMode::JsonObject => "json_object",
-            OutputMode::Text => "text",
-        }
-    }
-}
-
-/// The key is held here only; `Debug` shows whether it is set, never its value.
-struct ApiKey(Option<String>);
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "<set>" } else { "<unset>" })
-    }
-}
 
 /// A vision-LLM OCR backend. Cheap to share behind an `Arc`; holds one pooled
 /// HTTP client, so build one per backend, not per page.
