@@ -2,7 +2,6 @@
 //! the HTTP server until a shutdown signal, letting in-flight requests finish.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::config::{GradingMode, OcrSettings};
 use crate::fetch::{HttpFetcher, ImageSource};
-use crate::grade::{Grader, LlmGrader, MemoryReplyCache, ReplyCache};
+use crate::grade::{Grader, LlmGrader, ReplyCache, StoreReplyCache};
 use crate::ocr::{DecodeLimits, Engines, OcrPool, PageReader, PoolConfig};
 use crate::store::Store;
 
@@ -40,6 +39,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Per-key token buckets.
     pub rate_limiter: Arc<crate::http::auth::RateLimiter>,
+    /// API keys verified in the last few seconds.
+    pub api_keys: Arc<crate::http::auth::KeyMemo>,
     /// Caps workflow requests in progress (`auth.max_in_flight`); taken without waiting.
     pub work_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -63,116 +64,6 @@ fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Replies kept in memory in front of the store (under 1 KiB each).
-const RECENT_REPLIES: usize = 10_000;
-/// Replies waiting to be written; when full, `put` waits for room (backpressure, no loss).
-const PENDING_WRITES: usize = 8_192;
-
-/// Replies queued for the store by every [`StoreReplyCache`] of the process, so that
-/// shutdown can wait for them.
-static PENDING_REPLY_WRITES: AtomicUsize = AtomicUsize::new(0);
-/// How long shutdown waits for queued replies to be written.
-const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(5);
-
-/// Waits until the queued replies are written, or `limit` has passed.
-async fn flush_reply_writes(limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while PENDING_REPLY_WRITES.load(Ordering::Acquire) > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                pending = PENDING_REPLY_WRITES.load(Ordering::Acquire),
-                "LLM cache writes still queued at shutdown; they are dropped"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// LLM replies memoised in the store, so identical answers cost no second call even
-/// across restarts.
-///
-/// Two measures keep the store off the grading critical path (BENCHMARKS.md, "Evaluate:
-/// three-stage grading under load"): a bounded in-memory front answers repeats without a
-/// query, and one background task writes the replies instead of every stage awaiting its
-/// own INSERT. Under load those INSERTs queued on SQLite's single write lock while holding
-/// pool connections (the busy handler sleeps with its connection held), delaying every other
-/// query. A reply is visible to this process as soon as `put` returns and reaches the store
-/// moments later; [`serve`] waits for the queue on shutdown (up to [`REPLY_FLUSH_LIMIT`]).
-struct StoreReplyCache {
-    store: Arc<dyn Store>,
-    recent: MemoryReplyCache,
-    /// `None` outside a Tokio runtime: then writes are made inline.
-    writes: Option<tokio::sync::mpsc::Sender<(String, String)>>,
-}
-
-impl StoreReplyCache {
-    fn new(store: Arc<dyn Store>) -> Self {
-        let writes = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            let (sender, mut queue) =
-                tokio::sync::mpsc::channel::<(String, String)>(PENDING_WRITES);
-            let store = store.clone();
-            runtime.spawn(async move {
-                while let Some((key, text)) = queue.recv().await {
-                    write_reply(store.as_ref(), &key, &text).await;
-                    PENDING_REPLY_WRITES.fetch_sub(1, Ordering::AcqRel);
-                }
-            });
-            sender
-        });
-        StoreReplyCache {
-            store,
-            recent: MemoryReplyCache::with_capacity(RECENT_REPLIES),
-            writes,
-        }
-    }
-}
-
-async fn write_reply(store: &dyn Store, key: &str, text: &str) {
-    if let Err(e) = store.cache_put("llm", key, text).await {
-        tracing::warn!(error = %e, "LLM cache write failed");
-    }
-}
-
-#[async_trait]
-impl ReplyCache for StoreReplyCache {
-    async fn get(&self, key: &str) -> Option<serde_json::Value> {
-        if let Some(value) = self.recent.get(key).await {
-            return Some(value);
-        }
-        match self.store.cache_get("llm", key).await {
-            Ok(Some(text)) => {
-                let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-                self.recent.put(key, &value).await;
-                Some(value)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "LLM cache read failed");
-                None
-            }
-        }
-    }
-
-    async fn put(&self, key: &str, value: &serde_json::Value) {
-        self.recent.put(key, value).await;
-        let text = value.to_string();
-        match &self.writes {
-            // Reserving first keeps the count exact even if this future is dropped while
-            // waiting for room.
-            Some(writes) => match writes.reserve().await {
-                Ok(slot) => {
-                    PENDING_REPLY_WRITES.fetch_add(1, Ordering::AcqRel);
-                    slot.send((key.to_string(), text));
-                }
-                // The writer is gone (the runtime is shutting down): write inline.
-                Err(_) => write_reply(self.store.as_ref(), key, &text).await,
-            },
-            None => write_reply(self.store.as_ref(), key, &text).await,
-        }
-    }
 }
 
 /// Stands in when the configured grader cannot work (its model files are missing), so
@@ -281,6 +172,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
         second_opinion,
         metrics: metrics_handle(),
         rate_limiter: Arc::default(),
+        api_keys: Arc::default(),
     })
 }
 
@@ -426,9 +318,12 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
         }
     }
-    flush_reply_writes(REPLY_FLUSH_LIMIT).await;
+    crate::grade::flush_reply_writes(REPLY_FLUSH_LIMIT).await;
     Ok(())
 }
+
+/// How long shutdown waits for queued LLM replies to reach the store.
+const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

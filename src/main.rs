@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use examiner::cli::{CatalogCommand, Cli, Command, ConfigCommand, LlmCommand};
 
+/// Grading allocates and frees many small buffers per LLM call (prompts, JSON, HTTP
+/// frames) from several threads; mimalloc cut that cost (BENCHMARKS.md, "Evaluate").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     ensure_single_threaded_openmp();
     let cli = Cli::parse();

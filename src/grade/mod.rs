@@ -26,7 +26,7 @@ use std::task::Poll;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use cache::{MemoryReplyCache, NoCache};
+pub use cache::{flush_reply_writes, MemoryReplyCache, NoCache, StoreReplyCache};
 pub use client::{check_backend, BackendCheck};
 pub use process::LlmGrader;
 pub use prompts::{detect_injection, INJECTION_FLAG, PROMPT_VERSION};

@@ -302,7 +302,7 @@ impl LlmGrader {
                     record.marks = Some(clamp(reply.marks()));
                     record.reply = Some(value);
                     count(role, "ok");
-                    tracing::info!(marks = ?record.marks, attempts = record.attempts, latency_ms = record.latency_ms, "stage done");
+                    tracing::debug!(marks = ?record.marks, attempts = record.attempts, latency_ms = record.latency_ms, "stage done");
                     (record, Some(reply))
                 }
                 Err((error, label)) => {
@@ -336,7 +336,7 @@ fn count(role: StageRole, outcome: &'static str) {
 }
 
 fn finish(outcome: GradeOutcome, started: Instant) -> GradeOutcome {
-    tracing::info!(
+    tracing::debug!(
         marks = ?outcome.marks_awarded,
         final_stage = ?outcome.final_stage,
         flags = ?outcome.flags,

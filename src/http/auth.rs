@@ -7,10 +7,14 @@
 //! the catalog and every student's results; admins also manage keys. Reading another
 //! user's resource answers 404 (ids cannot be probed); acting for another user, 403.
 //! Every key is rate limited by a token bucket configured per role.
+//!
+//! A verified key is remembered for [`KEY_MEMO_TTL`], so a busy client's requests do not
+//! each cost a database query: a key revoked through this server stops working at once,
+//! one revoked elsewhere (`examiner keys revoke`, another node) within that time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -201,6 +205,60 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
+/// How long a verified key is trusted without asking the store again.
+pub const KEY_MEMO_TTL: Duration = Duration::from_secs(5);
+/// Most keys remembered at once; beyond it, expired entries are dropped first.
+const KEY_MEMO_CAPACITY: usize = 10_000;
+
+/// Keys recently verified against the store, by secret hash. Unknown keys are never
+/// remembered, so a key created a moment ago works at once.
+#[derive(Default)]
+pub struct KeyMemo {
+    entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
+}
+
+impl KeyMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKey, Instant)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, key_hash: &str) -> Option<ApiKey> {
+        let entries = self.lock();
+        let (key, verified) = entries.get(key_hash)?;
+        (verified.elapsed() < KEY_MEMO_TTL).then(|| key.clone())
+    }
+
+    fn remember(&self, key_hash: String, key: ApiKey) {
+        let mut entries = self.lock();
+        if entries.len() >= KEY_MEMO_CAPACITY {
+            entries.retain(|_, (_, verified)| verified.elapsed() < KEY_MEMO_TTL);
+            if entries.len() >= KEY_MEMO_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key_hash, (key, Instant::now()));
+    }
+
+    /// Stops trusting a key at once (it was revoked).
+    pub fn forget(&self, key_id: &str) {
+        self.lock().retain(|_, (key, _)| key.key_id != key_id);
+    }
+
+    /// The active key with this secret hash, from memory when verified recently.
+    async fn find(&self, store: &dyn Store, key_hash: String) -> Result<Option<ApiKey>, ApiError> {
+        if let Some(key) = self.get(&key_hash) {
+            return Ok(Some(key));
+        }
+        let found = store.find_api_key(&key_hash).await?;
+        if let Some(key) = &found {
+            self.remember(key_hash, key.clone());
+        }
+        Ok(found)
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -210,8 +268,8 @@ impl FromRequestParts<AppState> for Caller {
         }
         let secret = bearer(&parts.headers)?;
         let key = state
-            .store
-            .find_api_key(&hash_secret(secret))
+            .api_keys
+            .find(state.store.as_ref(), hash_secret(secret))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("the API key is unknown or revoked".into()))?;
         let auth = &state.settings.auth;
@@ -272,6 +330,32 @@ mod tests {
         assert!(a.starts_with("exm_") && a.len() > 30);
         assert_eq!(hash_secret(&a), hash_a);
         assert_ne!(hash_a, a);
+    }
+
+    fn key(key_id: &str) -> ApiKey {
+        ApiKey {
+            key_id: key_id.into(),
+            role: Role::Examiner,
+            user_id: None,
+            label: None,
+            created_at: Utc::now(),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn remembered_keys_expire_and_can_be_forgotten() {
+        let memo = KeyMemo::default();
+        memo.remember("hash-a".into(), key("a"));
+        memo.remember("hash-b".into(), key("b"));
+        assert_eq!(memo.get("hash-a").map(|k| k.key_id), Some("a".into()));
+        memo.forget("a");
+        assert_eq!(memo.get("hash-a"), None);
+        assert!(memo.get("hash-b").is_some());
+
+        let long_ago = Instant::now().checked_sub(KEY_MEMO_TTL).unwrap();
+        memo.lock().insert("hash-c".into(), (key("c"), long_ago));
+        assert_eq!(memo.get("hash-c"), None, "an expired entry is asked of the store again");
     }
 
     #[test]

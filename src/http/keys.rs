@@ -71,6 +71,7 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     if state.store.revoke_api_key(&key_id).await? {
+        state.api_keys.forget(&key_id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

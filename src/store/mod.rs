@@ -121,6 +121,20 @@ pub trait Store: Send + Sync {
     /// A memoised value by content address (OCR results, LLM replies).
     async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError>;
     async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Stores many memoised values at once, atomically: a write-behind queue drains into one
+    /// transaction instead of one write (and one wait for the write lock) per value.
+    async fn cache_put_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError>;
+    /// Every key of a namespace, or `None` when there are more than `limit`: lets a
+    /// process answer misses without asking the database.
+    async fn cache_keys(
+        &self,
+        namespace: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError>;
 
     /// Stores a new API key by the hash of its secret.
     async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError>;

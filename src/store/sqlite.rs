@@ -51,6 +51,13 @@ impl SqliteStore {
     }
 }
 
+/// Rows per multi-row INSERT of memoised values: 4 bound values each keeps a statement well
+/// under SQLite's limit of 32,766 variables.
+const CACHE_ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Rows per multi-row INSERT of evaluation items (14 bound values each).
+const ITEM_ROWS_PER_STATEMENT: usize = 500;
+
 fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -806,6 +813,48 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn cache_put_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let created_at = now();
+        let mut tx = self.pool.begin().await?;
+        for chunk in entries.chunks(CACHE_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO cache_entries (namespace, key, value, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (key, value)| {
+                row.push_bind(namespace)
+                    .push_bind(key)
+                    .push_bind(value)
+                    .push_bind(&created_at);
+            });
+            insert.push(" ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value");
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cache_keys(
+        &self,
+        namespace: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM cache_entries WHERE namespace = $1 LIMIT $2")
+                .bind(namespace)
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((keys.len() <= limit).then_some(keys))
+    }
+
     async fn find_submission_by_images(
         &self,
         user_id: &str,
@@ -1018,10 +1067,11 @@ impl SqliteStore {
         .await?;
         // The version is computed inside the INSERT so the transaction's first statement is
         // a write (see the module docs).
-        sqlx::query(&format!(
+        let version: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO evaluations ({EVALUATION_COLUMNS})
              SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
-             FROM evaluations WHERE user_id = $2 AND question_paper_code = $5"
+             FROM evaluations WHERE user_id = $2 AND question_paper_code = $5
+             RETURNING version"
         ))
         .bind(evaluation_id)
         .bind(&e.user_id)
@@ -1034,40 +1084,41 @@ impl SqliteStore {
         .bind(e.final_score)
         .bind(&e.status)
         .bind(created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT version FROM evaluations WHERE evaluation_id = $1")
-                .bind(evaluation_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let mut rows = Vec::with_capacity(e.items.len());
         for (position, item) in e.items.iter().enumerate() {
             let flags = serde_json::to_string(&item.flags)
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
             let stages = serde_json::to_string(&item.stages)
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            sqlx::query(
+            rows.push((position as i64, item, flags, stages));
+        }
+        // One statement for a script's items rather than one each: every statement is a
+        // round trip to the connection's thread while the write lock is held.
+        for chunk in rows.chunks(ITEM_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO evaluation_items (evaluation_id, position, question_number,
                      student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
-                     reasoning, status, error, flags, final_stage, stages)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            )
-            .bind(evaluation_id)
-            .bind(position as i64)
-            .bind(item.question_number.as_str())
-            .bind(&item.student_answer)
-            .bind(&item.standard_answer)
-            .bind(item.total_marks)
-            .bind(item.marks_awarded)
-            .bind(&item.llm_evaluation)
-            .bind(&item.reasoning)
-            .bind(status_text(item.status))
-            .bind(&item.error)
-            .bind(flags)
-            .bind(&item.final_stage)
-            .bind(stages)
-            .execute(&mut *tx)
-            .await?;
+                     reasoning, status, error, flags, final_stage, stages) ",
+            );
+            insert.push_values(chunk, |mut row, (position, item, flags, stages)| {
+                row.push_bind(evaluation_id)
+                    .push_bind(*position)
+                    .push_bind(item.question_number.as_str())
+                    .push_bind(&item.student_answer)
+                    .push_bind(&item.standard_answer)
+                    .push_bind(item.total_marks)
+                    .push_bind(item.marks_awarded)
+                    .push_bind(&item.llm_evaluation)
+                    .push_bind(&item.reasoning)
+                    .push_bind(status_text(item.status))
+                    .push_bind(&item.error)
+                    .push_bind(flags)
+                    .push_bind(&item.final_stage)
+                    .push_bind(stages);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(version)

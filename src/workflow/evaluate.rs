@@ -473,6 +473,17 @@ async fn store_evaluation(
     };
     let record = state.store.insert_evaluation(&evaluation).await?;
     metrics::counter!("examiner_evaluations_total", "status" => record.status.clone()).increment(1);
+    // One line per evaluation at `info`; the stages and questions log at `debug`, as a busy
+    // server grades thousands of questions a second.
+    tracing::info!(
+        evaluation_id = %record.evaluation_id,
+        version = record.version,
+        status = %record.status,
+        questions = record.items.len(),
+        failed,
+        final_score = record.final_score,
+        "evaluation stored"
+    );
     Ok(EvaluationResult { record, message })
 }
 
