@@ -821,6 +821,13 @@ fn run_scenario(
         / metric_delta("examiner_llm_seconds_count", "").max(1.0);
     let http_mean = metric_delta("examiner_http_request_seconds_sum", "evaluate-answers")
         / metric_delta("examiner_http_request_seconds_count", "evaluate-answers").max(1.0);
+    let mean_of = |name: &str, filter: &str| {
+        metric_delta(&format!("{name}_sum"), filter)
+            / metric_delta(&format!("{name}_count"), filter).max(1.0)
+    };
+    let grading_mean = mean_of("examiner_grading_seconds", "");
+    let read_mean = mean_of("examiner_store_seconds", "read_paper");
+    let insert_mean = mean_of("examiner_store_seconds", "insert_evaluation");
     let examiner_threads = threads_delta(&before.examiner_threads, &after.examiner_threads);
     let log_bytes = std::fs::metadata(&examiner.log).map_or(0, |m| m.len());
     let db_bytes: u64 = ["", "-wal"]
@@ -858,10 +865,13 @@ fn run_scenario(
         sc.concurrency as f64 / sc.ideal().as_secs_f64()
     );
     println!(
-        "  Examiner saw: mean LLM stage {:.1} ms (D = {} ms), mean /evaluate-answers {:.1} ms",
+        "  Examiner saw: mean LLM stage {:.1} ms (D = {} ms), mean /evaluate-answers {:.1} ms = paper read {:.1} + grading {:.1} + evaluation insert {:.1} + the rest",
         stage_mean * 1e3,
         sc.delay.as_millis(),
-        http_mean * 1e3
+        http_mean * 1e3,
+        read_mean * 1e3,
+        grading_mean * 1e3,
+        insert_mean * 1e3
     );
     println!(
         "  Examiner CPU {:.2} s = {:.1}% of one core = {:.1} µs per LLM call; by thread: {}",

@@ -20,10 +20,31 @@ use crate::store::Store;
 
 /// Hex SHA-256 over (role, model, [`PROMPT_VERSION`], the full rendered messages). The parts
 /// are serialised as one JSON array, so no two different inputs share an encoding.
+///
+/// The parts stream straight into the hash: a tuple serialises as the same JSON array as
+/// `json!([...])` did (a message's fields are declared in sorted order), so keys are unchanged
+/// but each stage no longer copies its whole prompt into a `Value` and a buffer first.
 pub(crate) fn cache_key(role: StageRole, model: &str, messages: &[ChatMessage]) -> String {
-    let material = serde_json::json!([role.as_str(), model, PROMPT_VERSION, messages]);
-    let bytes = serde_json::to_vec(&material).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    let mut hasher = HashWriter(Sha256::new());
+    // Writing into a hasher cannot fail, and these types always serialise.
+    let _ = serde_json::to_writer(
+        &mut hasher,
+        &(role.as_str(), model, PROMPT_VERSION, messages),
+    );
+    hex::encode(hasher.0.finalize())
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Process-local cache; oldest entries are evicted first once `capacity` is reached.
@@ -315,7 +336,12 @@ mod tests {
         // Other tests share the process-wide count of queued writes, so wait on the store.
         let mut stored = 0;
         for _ in 0..1_000 {
-            stored = store.cache_keys(NAMESPACE, 10_000).await.unwrap().unwrap().len();
+            stored = store
+                .cache_keys(NAMESPACE, 10_000)
+                .await
+                .unwrap()
+                .unwrap()
+                .len();
             if stored == 1_200 {
                 break;
             }
@@ -353,19 +379,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache.get(&key(2)).await, None);
-        assert_eq!(cache.get(&key(1)).await, Some(serde_json::json!({ "n": 1 })));
+        assert_eq!(
+            cache.get(&key(1)).await,
+            Some(serde_json::json!({ "n": 1 }))
+        );
     }
 
     #[tokio::test]
     async fn a_memo_too_large_to_hold_is_read_through() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(&dir).await;
-        let entries: Vec<(String, String)> =
-            (0..3).map(|n| (key(n), format!(r#"{{"n":{n}}}"#))).collect();
+        let entries: Vec<(String, String)> = (0..3)
+            .map(|n| (key(n), format!(r#"{{"n":{n}}}"#)))
+            .collect();
         store.cache_put_many(NAMESPACE, &entries).await.unwrap();
         assert_eq!(store.cache_keys(NAMESPACE, 2).await.unwrap(), None);
-        assert_eq!(store.cache_keys(NAMESPACE, 3).await.unwrap().map(|k| k.len()), Some(3));
+        assert_eq!(
+            store
+                .cache_keys(NAMESPACE, 3)
+                .await
+                .unwrap()
+                .map(|k| k.len()),
+            Some(3)
+        );
         assert_eq!(store.cache_keys("other", 3).await.unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn keys_are_those_of_the_json_array_encoding() {
+        let messages = vec![
+            ChatMessage::system("Grade. \"Quotes\", ünïcode, <<<delimiters>>>"),
+            ChatMessage::user("line one\nline two"),
+        ];
+        let material = serde_json::json!([
+            StageRole::Verifier.as_str(),
+            "model-x",
+            PROMPT_VERSION,
+            messages
+        ]);
+        let expected = hex::encode(Sha256::digest(serde_json::to_vec(&material).unwrap()));
+        assert_eq!(
+            cache_key(StageRole::Verifier, "model-x", &messages),
+            expected
+        );
+        assert_ne!(
+            cache_key(StageRole::Evaluator, "model-x", &messages),
+            expected
+        );
     }
 
     #[test]

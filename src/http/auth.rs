@@ -355,7 +355,11 @@ mod tests {
 
         let long_ago = Instant::now().checked_sub(KEY_MEMO_TTL).unwrap();
         memo.lock().insert("hash-c".into(), (key("c"), long_ago));
-        assert_eq!(memo.get("hash-c"), None, "an expired entry is asked of the store again");
+        assert_eq!(
+            memo.get("hash-c"),
+            None,
+            "an expired entry is asked of the store again"
+        );
     }
 
     #[test]

@@ -106,10 +106,13 @@ pub async fn evaluate(
     input: EvaluateInput,
 ) -> Result<EvaluationResult, ApiError> {
     let store = &state.store;
+    let started = std::time::Instant::now();
     let (exam, paper) = tokio::try_join!(
         store.get_exam(&input.exam_code),
         store.get_question_paper(&input.question_paper_code),
     )?;
+    metrics::histogram!("examiner_store_seconds", "op" => "read_paper")
+        .record(started.elapsed().as_secs_f64());
     if let Some(paper) = &paper {
         if paper.exam_code != input.exam_code {
             return Err(ApiError::Conflict(format!(
@@ -349,7 +352,9 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Opti
             None => None,
         }
     };
+    let started = std::time::Instant::now();
     let (outcomes, seconds) = tokio::join!(primary, second);
+    metrics::histogram!("examiner_grading_seconds").record(started.elapsed().as_secs_f64());
     match seconds {
         Some(seconds) => outcomes
             .into_iter()
@@ -471,7 +476,10 @@ async fn store_evaluation(
         ),
         _ => "No question could be graded because the grading backend failed; nothing was marked. Retry with POST /evaluations/{evaluation_id}/retry.".to_string(),
     };
+    let started = std::time::Instant::now();
     let record = state.store.insert_evaluation(&evaluation).await?;
+    metrics::histogram!("examiner_store_seconds", "op" => "insert_evaluation")
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!("examiner_evaluations_total", "status" => record.status.clone()).increment(1);
     // One line per evaluation at `info`; the stages and questions log at `debug`, as a busy
     // server grades thousands of questions a second.
