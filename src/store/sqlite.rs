@@ -53,7 +53,8 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             // Reads map the file instead of copying pages in with read(2).
-            .pragma("mmap_size", MMAP_BYTES.to_string());
+            .pragma("mmap_size", MMAP_BYTES.to_string())
+            .pragma("journal_size_limit", WAL_RESTART_BYTES.to_string());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Checkpoints run beside the writer (see `checkpoint_in_background`), not inside
@@ -67,7 +68,11 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let wal = std::path::PathBuf::from(format!("{path}-wal"));
-        let checkpointer = AbortOnDrop(tokio::spawn(checkpoint_in_background(pool.clone(), wal)));
+        let checkpointer = AbortOnDrop(tokio::spawn(checkpoint_in_background(
+            pool.clone(),
+            writer.clone(),
+            wal,
+        )));
         Ok(Self {
             pool,
             writer,
@@ -78,12 +83,22 @@ impl SqliteStore {
 
 /// How often the write-ahead log is looked at for new writes to copy into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Past this size the log is made to start over (see `checkpoint_in_background`); a log
+/// that started over is also cut back to this size.
+const WAL_RESTART_BYTES: u64 = 32 << 20;
 
-/// Copies committed writes from the write-ahead log into the database file. A passive
-/// checkpoint never waits for the writer or readers, so writes go on meanwhile; it runs only
-/// when the log changed (one `stat` a tick otherwise, so an idle server stays idle).
-async fn checkpoint_in_background(pool: SqlitePool, wal: std::path::PathBuf) {
-    let modified = |wal: &std::path::Path| std::fs::metadata(wal).and_then(|m| m.modified()).ok();
+/// Copies committed writes from the write-ahead log into the database file, off the writer's
+/// path: a passive checkpoint on a reading connection never waits for the writer, so writes
+/// go on meanwhile. It runs only when the log changed (one `stat` a tick otherwise, so an
+/// idle server stays idle).
+///
+/// SQLite starts the log over only after a checkpoint that copied all of it, which a
+/// checkpoint racing a steady writer never does: the log grew by gigabytes under load. So
+/// once it passes [`WAL_RESTART_BYTES`], one more passive checkpoint runs on the writer
+/// connection, where no write can slip in; most frames are already copied, so it is short,
+/// and the next write starts the log over.
+async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std::path::PathBuf) {
+    let stat = |wal: &std::path::Path| std::fs::metadata(wal).ok();
     let mut checkpointed = None;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,12 +107,18 @@ async fn checkpoint_in_background(pool: SqlitePool, wal: std::path::PathBuf) {
         if pool.is_closed() {
             return;
         }
-        let seen = modified(&wal);
-        if seen.is_none() || seen == checkpointed {
+        let Some(meta) = stat(&wal) else { continue };
+        let seen = meta.modified().ok();
+        if seen == checkpointed {
             continue;
         }
+        let on = if meta.len() > WAL_RESTART_BYTES {
+            &writer
+        } else {
+            &pool
+        };
         match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+            .execute(on)
             .await
         {
             Ok(_) => checkpointed = seen,
