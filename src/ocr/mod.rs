@@ -24,6 +24,7 @@
 
 pub mod decode;
 pub mod engine;
+pub mod enhance;
 pub mod pool;
 pub mod ppocr;
 pub mod preprocess;
@@ -39,7 +40,7 @@ mod tests;
 pub use decode::{decode, sniff, DecodeLimits};
 pub use engine::{OcrEngine, Orientation, Recognized};
 pub use pool::{tesseract_factory, EngineFactory, Engines, OcrPool, PageText, PoolConfig};
-pub use preprocess::{Prepared, PreprocessOptions};
+pub use preprocess::{EnhanceSteps, Prepared, PreprocessOptions};
 pub use quality::{cer, wer};
 pub use tesseract::{PageSegMode, TesseractEngine};
 

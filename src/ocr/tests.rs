@@ -308,6 +308,65 @@ fn prepare_scales_small_and_huge_text_and_leaves_normal_text() {
 }
 
 #[test]
+fn enhancement_leaves_clean_pages_alone_and_straightens_tilted_ones() {
+    let font = font();
+    let (page, _) = testpages::render(&testpages::page_text(2, 4), &font, Layout::a4(150.0));
+    let all = EnhanceSteps {
+        perspective: true,
+        lighting: true,
+        deskew: true,
+        denoise: true,
+    };
+    let opts = PreprocessOptions {
+        enhance: all,
+        ..PreprocessOptions::default()
+    };
+    let clean = prepare(DynamicImage::ImageLuma8(page.clone()), &opts);
+    assert!(!clean.enhanced.warped, "a flat page is never warped");
+    assert_eq!(clean.enhanced.deskewed_degrees, None);
+    assert!(clean.enhanced.lighting && clean.enhanced.denoised);
+    assert_eq!(clean.image.dimensions(), page.dimensions());
+
+    let tilted = enhance::rotate(&page, 3.0);
+    let straightened = prepare(DynamicImage::ImageLuma8(tilted), &opts);
+    let degrees = straightened.enhanced.deskewed_degrees.expect("tilt found");
+    assert!((degrees - 3.0).abs() < 0.3, "{degrees}");
+
+    // With every step off nothing runs and nothing is reported.
+    let off = EnhanceSteps {
+        perspective: false,
+        lighting: false,
+        deskew: false,
+        denoise: false,
+    };
+    let plain = prepare(
+        DynamicImage::ImageLuma8(page.clone()),
+        &PreprocessOptions {
+            enhance: off,
+            ..PreprocessOptions::default()
+        },
+    );
+    assert_eq!(plain.enhanced, preprocess::Enhanced::default());
+    assert_eq!(plain.image, page);
+
+    // A straightened page is larger than the tilted one, but never beyond the pixel cap.
+    let (small, _) = testpages::render(&testpages::page_text(3, 4), &font, Layout::a4(100.0));
+    let cap = u64::from(small.width()) * u64::from(small.height());
+    let capped = prepare(
+        DynamicImage::ImageLuma8(enhance::rotate(&small, -4.0)),
+        &PreprocessOptions {
+            enhance: all,
+            max_output_pixels: cap,
+            rescale: false,
+            ..PreprocessOptions::default()
+        },
+    );
+    assert!(capped.enhanced.deskewed_degrees.is_some());
+    let (w, h) = capped.image.dimensions();
+    assert!(u64::from(w) * u64::from(h) <= cap, "{w}x{h}");
+}
+
+#[test]
 fn resample_keeps_flat_areas_and_sizes() {
     let flat = GrayImage::from_pixel(97, 41, Luma([200]));
     for (w, h) in [(300, 120), (33, 14), (97, 41), (1, 1)] {
@@ -882,6 +941,28 @@ async fn poorly_read_pages_go_to_the_fallback_engine() {
         assert!((page.confidence - 0.97).abs() < 1e-6);
     }
     assert_eq!(fallback_pages.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_empty_reading_goes_to_the_fallback_engine_whatever_its_confidence() {
+    let (primary_pages, fallback_pages) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: fixed("print", " \n", 0.95, &primary_pages),
+        fallback: Some(fixed("hand", "handwritten text", 0.97, &fallback_pages)),
+    };
+    let pool = OcrPool::with_fallback(config, engines).expect("pool");
+    let page = pool.recognize(small_png(30, 10)).await.expect("page");
+    assert_eq!(
+        (page.text.as_str(), page.engine.as_str()),
+        ("handwritten text", "hand")
+    );
+    assert_eq!(fallback_pages.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
