@@ -38,7 +38,7 @@ pub(crate) mod testpages;
 mod tests;
 
 pub use decode::{decode, sniff, DecodeLimits};
-pub use engine::{OcrEngine, Orientation, Recognized};
+pub use engine::{OcrEngine, Orientation, Recognized, Vocabulary};
 pub use pool::{tesseract_factory, EngineFactory, Engines, OcrPool, PageText, PoolConfig};
 pub use preprocess::{EnhanceSteps, Prepared, PreprocessOptions};
 pub use quality::{cer, wer};
@@ -50,12 +50,30 @@ pub use tesseract::{PageSegMode, TesseractEngine};
 pub trait PageReader: Send + Sync {
     /// Decodes (with the safety caps) and reads one image.
     async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError>;
+
+    /// Like [`PageReader::read`], offering the words the page is likely to contain (see
+    /// [`Vocabulary`]) to readers that can use them; the others just read.
+    async fn read_with(
+        &self,
+        image_bytes: bytes::Bytes,
+        _vocabulary: Option<std::sync::Arc<Vocabulary>>,
+    ) -> Result<PageText, OcrError> {
+        self.read(image_bytes).await
+    }
 }
 
 #[async_trait::async_trait]
 impl PageReader for OcrPool {
     async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError> {
         self.recognize(image_bytes).await
+    }
+
+    async fn read_with(
+        &self,
+        image_bytes: bytes::Bytes,
+        vocabulary: Option<std::sync::Arc<Vocabulary>>,
+    ) -> Result<PageText, OcrError> {
+        self.recognize_with(image_bytes, vocabulary).await
     }
 }
 

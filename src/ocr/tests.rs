@@ -788,7 +788,7 @@ fn worker_enters_the_callers_span() {
         tracing::info_span!("grade_script", script = 42)
     });
     let span_id = span.id().expect("enabled span").into_u64();
-    rt.block_on(pool.recognize_in(small_png(22, 10), span, true))
+    rt.block_on(pool.recognize_in(small_png(22, 10), span, true, None))
         .expect("page");
     let entered = log.entered.lock().expect("log");
     assert!(
@@ -850,6 +850,56 @@ fn preprocess_measurements() {
             t.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Reads the vocabulary it was given for the page as the page's text.
+struct VocabularyEngine {
+    words: Option<Arc<Vocabulary>>,
+}
+
+impl OcrEngine for VocabularyEngine {
+    fn name(&self) -> &str {
+        "vocabulary"
+    }
+    fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
+        Ok(Recognized {
+            text: self
+                .words
+                .as_ref()
+                .map(|w| w.words().join(" "))
+                .unwrap_or_default(),
+            confidence: 1.0,
+        })
+    }
+    fn set_vocabulary(&mut self, words: Option<Arc<Vocabulary>>) {
+        self.words = words;
+    }
+}
+
+#[test]
+fn each_page_reaches_the_engine_with_its_own_vocabulary() {
+    let factory: EngineFactory =
+        Arc::new(|| Ok(Box::new(VocabularyEngine { words: None }) as Box<dyn OcrEngine>));
+    let config = PoolConfig {
+        threads: 1,
+        ..PoolConfig::default()
+    };
+    let pool = OcrPool::new(config, factory).expect("pool");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let words = Arc::new(Vocabulary::from_texts([
+        "Debit the cash account.",
+        "Credit: sales (2024); the a",
+    ]));
+    let page = rt
+        .block_on(pool.read_with(small_png(30, 10), Some(words)))
+        .unwrap();
+    assert_eq!(page.text, "account cash credit debit sales the");
+    // The next page of another upload gets none of them.
+    let page = rt.block_on(pool.read(small_png(30, 10))).unwrap();
+    assert_eq!(page.text, "");
 }
 
 /// An engine that always reads the same text with the same confidence, counting its pages.
