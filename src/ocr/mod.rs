@@ -10,12 +10,16 @@
 //! settings and JSON extraction of [`crate::grade`].
 //!
 //! Pipeline per page, all on a pool thread: sniff + decode (caps checked from
-//! the header, EXIF orientation applied) → grayscale → rescale text to a
+//! the header, EXIF orientation applied) → grayscale → page enhancement
+//! ([`enhance`]: by default a photographed sheet is flattened and a tilted
+//! page straightened) → rescale text to a
 //! 16 px median glyph height (11 pt at 200 dpi) when it is far from it →
 //! Tesseract; pages read with low confidence get Tesseract's orientation
 //! detection and, if turned, a second read; in `auto` mode, pages Tesseract
 //! still reads with confidence under 0.80 (handwriting: 0.29-0.67, print:
-//! 0.96, OCR.md) are read again by PP-OCRv5, whose text is used.
+//! 0.96, OCR.md), or that it reads as nothing at all, are read again by
+//! PP-OCRv5, whose text is used; an upload to a stored paper offers the
+//! paper's words to PP-OCR's word correction ([`Vocabulary`]).
 //!
 //! Deployment note: Debian's libtesseract uses OpenMP, which spawns threads
 //! per page that fight the pool (measured 5.35 s/page instead of 0.49 s)
