@@ -192,12 +192,18 @@ pub fn start_ocr(
         threads: settings.worker_threads(),
         queue_capacity: settings.queue_capacity,
         decode: decode_limits(settings),
+        preprocess: crate::ocr::PreprocessOptions {
+            enhance: settings.preprocess,
+            ..crate::ocr::PreprocessOptions::default()
+        },
         ..PoolConfig::default()
     };
     let models_dir = settings.models_dir();
     let ort = settings.ort_dylib.clone();
-    let tesseract_key = format!("tesseract:{}:{OCR_PIPELINE_VERSION}", settings.languages);
-    let ppocr_key = format!("ppocr:v5:{OCR_PIPELINE_VERSION}");
+    // Enhancement changes the page the engines read, so it is part of the key.
+    let version = format!("{OCR_PIPELINE_VERSION}:{}", settings.preprocess.key());
+    let tesseract_key = format!("tesseract:{}:{version}", settings.languages);
+    let ppocr_key = format!("ppocr:v5:{version}");
     match settings.engine {
         OcrEngineChoice::Tesseract => {
             let pool =
@@ -232,7 +238,7 @@ pub fn start_ocr(
             };
             let pool = OcrPool::with_fallback(config, engines)?;
             let key = format!(
-                "auto:{}:{}:{OCR_PIPELINE_VERSION}",
+                "auto:{}:{}:{version}",
                 settings.languages, settings.auto_fallback_below
             );
             Ok((Arc::new(pool), key))

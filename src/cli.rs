@@ -360,9 +360,10 @@ pub async fn eval_ocr(
             .await?
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", choice.as_str()))?;
         eprintln!(
-            "eval-ocr: {} on {} pages ...",
+            "eval-ocr: {} on {} pages, preprocessing {} ...",
             choice.as_str(),
-            samples.len()
+            samples.len(),
+            settings.ocr.preprocess.key()
         );
         let report = crate::quality::ocr_eval::evaluate(
             reader.as_ref(),

@@ -169,6 +169,10 @@ pub struct OcrSettings {
     pub max_pixels: u64,
     /// Tesseract's tessdata directory; empty means the system default.
     pub tessdata_dir: Option<PathBuf>,
+    /// Page enhancement before the engines read (`ocr.preprocess.perspective`, `lighting`,
+    /// `deskew`, `denoise`; environment `EXAMINER_OCR__PREPROCESS__DESKEW=true` and so on).
+    /// Defaults are the measured choice in OCR.md ("Page enhancement").
+    pub preprocess: crate::ocr::EnhanceSteps,
 }
 
 impl Default for OcrSettings {
@@ -185,6 +189,7 @@ impl Default for OcrSettings {
             queue_capacity: 0,
             max_pixels: 40_000_000,
             tessdata_dir: None,
+            preprocess: crate::ocr::EnhanceSteps::default(),
         }
     }
 }
@@ -780,5 +785,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("limits.max_images"));
+    }
+
+    #[test]
+    fn preprocessing_steps_come_from_file_and_environment() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.ocr.preprocess, crate::ocr::EnhanceSteps::default());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("examiner.toml");
+        std::fs::write(
+            &file,
+            "[ocr.preprocess]\ndeskew = false\nlighting = true\nperspective = true\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("EXAMINER_OCR__PREPROCESS__PERSPECTIVE", "false"),
+            ("EXAMINER_OCR__PREPROCESS__DENOISE", "on"),
+        ]);
+        let s = Settings::load_from(Some(&file), &vars, &Overrides::default()).unwrap();
+        let steps = s.ocr.preprocess;
+        assert!(!steps.deskew && steps.lighting && !steps.perspective && steps.denoise);
+        assert_ne!(steps, defaults.ocr.preprocess);
+
+        std::fs::write(&file, "[ocr.preprocess]\ndeskw = true\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[], &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("deskw"), "{err}");
     }
 }

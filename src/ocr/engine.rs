@@ -4,9 +4,55 @@
 //! *inside* its worker thread and never moves it; the trait therefore does not
 //! require `Send`. Tests substitute fake engines through the same trait.
 
+use std::sync::Arc;
+
 use image::GrayImage;
+use sha2::{Digest, Sha256};
 
 use super::OcrError;
+
+/// Words a page is likely to contain: the question paper's questions and standard answers,
+/// for an upload to a stored paper. Engines that correct words with a lexicon may use them as
+/// extra lexicon words; they never add a word to a page (PP-OCR only chooses among spellings
+/// of a word it read unsure, one for one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vocabulary {
+    words: Vec<String>,
+}
+
+impl Vocabulary {
+    /// The distinct lower-case words (letters and inner apostrophes, two letters or more)
+    /// of `texts`, sorted.
+    pub fn from_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut words: Vec<String> = texts
+            .into_iter()
+            .flat_map(|t| t.split(|c: char| !(c.is_alphabetic() || c == '\'')))
+            .map(|w| w.trim_matches('\'').to_lowercase())
+            .filter(|w| w.chars().count() >= 2)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        Self { words }
+    }
+
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// A short hash of the words, for cache keys (a different vocabulary may read differently).
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for w in &self.words {
+            hasher.update(w.as_bytes());
+            hasher.update(b"\n");
+        }
+        hex::encode(&hasher.finalize()[..8])
+    }
+}
 
 /// Text recognised on one page.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +98,10 @@ pub trait OcrEngine {
     ) -> Result<Option<Orientation>, OcrError> {
         Ok(None)
     }
+
+    /// Words the next pages are likely to contain (`None`: none known). Set before every
+    /// page; engines without word correction ignore it.
+    fn set_vocabulary(&mut self, _words: Option<Arc<Vocabulary>>) {}
 }
 
 impl<E: OcrEngine + ?Sized> OcrEngine for Box<E> {
@@ -67,5 +117,8 @@ impl<E: OcrEngine + ?Sized> OcrEngine for Box<E> {
         ppi: Option<u32>,
     ) -> Result<Option<Orientation>, OcrError> {
         (**self).detect_orientation(page, ppi)
+    }
+    fn set_vocabulary(&mut self, words: Option<Arc<Vocabulary>>) {
+        (**self).set_vocabulary(words)
     }
 }

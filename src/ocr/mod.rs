@@ -10,12 +10,16 @@
 //! settings and JSON extraction of [`crate::grade`].
 //!
 //! Pipeline per page, all on a pool thread: sniff + decode (caps checked from
-//! the header, EXIF orientation applied) → grayscale → rescale text to a
+//! the header, EXIF orientation applied) → grayscale → page enhancement
+//! ([`enhance`]: by default a photographed sheet is flattened and a tilted
+//! page straightened) → rescale text to a
 //! 16 px median glyph height (11 pt at 200 dpi) when it is far from it →
 //! Tesseract; pages read with low confidence get Tesseract's orientation
 //! detection and, if turned, a second read; in `auto` mode, pages Tesseract
 //! still reads with confidence under 0.80 (handwriting: 0.29-0.67, print:
-//! 0.96, OCR.md) are read again by PP-OCRv5, whose text is used.
+//! 0.96, OCR.md), or that it reads as nothing at all, are read again by
+//! PP-OCRv5, whose text is used; an upload to a stored paper offers the
+//! paper's words to PP-OCR's word correction ([`Vocabulary`]).
 //!
 //! Deployment note: Debian's libtesseract uses OpenMP, which spawns threads
 //! per page that fight the pool (measured 5.35 s/page instead of 0.49 s)
@@ -24,6 +28,7 @@
 
 pub mod decode;
 pub mod engine;
+pub mod enhance;
 pub mod pool;
 pub mod ppocr;
 pub mod preprocess;
@@ -37,9 +42,9 @@ pub(crate) mod testpages;
 mod tests;
 
 pub use decode::{decode, sniff, DecodeLimits};
-pub use engine::{OcrEngine, Orientation, Recognized};
+pub use engine::{OcrEngine, Orientation, Recognized, Vocabulary};
 pub use pool::{tesseract_factory, EngineFactory, Engines, OcrPool, PageText, PoolConfig};
-pub use preprocess::{Prepared, PreprocessOptions};
+pub use preprocess::{EnhanceSteps, Prepared, PreprocessOptions};
 pub use quality::{cer, wer};
 pub use tesseract::{PageSegMode, TesseractEngine};
 
@@ -49,12 +54,30 @@ pub use tesseract::{PageSegMode, TesseractEngine};
 pub trait PageReader: Send + Sync {
     /// Decodes (with the safety caps) and reads one image.
     async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError>;
+
+    /// Like [`PageReader::read`], offering the words the page is likely to contain (see
+    /// [`Vocabulary`]) to readers that can use them; the others just read.
+    async fn read_with(
+        &self,
+        image_bytes: bytes::Bytes,
+        _vocabulary: Option<std::sync::Arc<Vocabulary>>,
+    ) -> Result<PageText, OcrError> {
+        self.read(image_bytes).await
+    }
 }
 
 #[async_trait::async_trait]
 impl PageReader for OcrPool {
     async fn read(&self, image_bytes: bytes::Bytes) -> Result<PageText, OcrError> {
         self.recognize(image_bytes).await
+    }
+
+    async fn read_with(
+        &self,
+        image_bytes: bytes::Bytes,
+        vocabulary: Option<std::sync::Arc<Vocabulary>>,
+    ) -> Result<PageText, OcrError> {
+        self.recognize_with(image_bytes, vocabulary).await
     }
 }
 

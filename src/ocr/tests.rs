@@ -308,6 +308,65 @@ fn prepare_scales_small_and_huge_text_and_leaves_normal_text() {
 }
 
 #[test]
+fn enhancement_leaves_clean_pages_alone_and_straightens_tilted_ones() {
+    let font = font();
+    let (page, _) = testpages::render(&testpages::page_text(2, 4), &font, Layout::a4(150.0));
+    let all = EnhanceSteps {
+        perspective: true,
+        lighting: true,
+        deskew: true,
+        denoise: true,
+    };
+    let opts = PreprocessOptions {
+        enhance: all,
+        ..PreprocessOptions::default()
+    };
+    let clean = prepare(DynamicImage::ImageLuma8(page.clone()), &opts);
+    assert!(!clean.enhanced.warped, "a flat page is never warped");
+    assert_eq!(clean.enhanced.deskewed_degrees, None);
+    assert!(clean.enhanced.lighting && clean.enhanced.denoised);
+    assert_eq!(clean.image.dimensions(), page.dimensions());
+
+    let tilted = enhance::rotate(&page, 3.0);
+    let straightened = prepare(DynamicImage::ImageLuma8(tilted), &opts);
+    let degrees = straightened.enhanced.deskewed_degrees.expect("tilt found");
+    assert!((degrees - 3.0).abs() < 0.3, "{degrees}");
+
+    // With every step off nothing runs and nothing is reported.
+    let off = EnhanceSteps {
+        perspective: false,
+        lighting: false,
+        deskew: false,
+        denoise: false,
+    };
+    let plain = prepare(
+        DynamicImage::ImageLuma8(page.clone()),
+        &PreprocessOptions {
+            enhance: off,
+            ..PreprocessOptions::default()
+        },
+    );
+    assert_eq!(plain.enhanced, preprocess::Enhanced::default());
+    assert_eq!(plain.image, page);
+
+    // A straightened page is larger than the tilted one, but never beyond the pixel cap.
+    let (small, _) = testpages::render(&testpages::page_text(3, 4), &font, Layout::a4(100.0));
+    let cap = u64::from(small.width()) * u64::from(small.height());
+    let capped = prepare(
+        DynamicImage::ImageLuma8(enhance::rotate(&small, -4.0)),
+        &PreprocessOptions {
+            enhance: all,
+            max_output_pixels: cap,
+            rescale: false,
+            ..PreprocessOptions::default()
+        },
+    );
+    assert!(capped.enhanced.deskewed_degrees.is_some());
+    let (w, h) = capped.image.dimensions();
+    assert!(u64::from(w) * u64::from(h) <= cap, "{w}x{h}");
+}
+
+#[test]
 fn resample_keeps_flat_areas_and_sizes() {
     let flat = GrayImage::from_pixel(97, 41, Luma([200]));
     for (w, h) in [(300, 120), (33, 14), (97, 41), (1, 1)] {
@@ -729,7 +788,7 @@ fn worker_enters_the_callers_span() {
         tracing::info_span!("grade_script", script = 42)
     });
     let span_id = span.id().expect("enabled span").into_u64();
-    rt.block_on(pool.recognize_in(small_png(22, 10), span, true))
+    rt.block_on(pool.recognize_in(small_png(22, 10), span, true, None))
         .expect("page");
     let entered = log.entered.lock().expect("log");
     assert!(
@@ -791,6 +850,56 @@ fn preprocess_measurements() {
             t.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Reads the vocabulary it was given for the page as the page's text.
+struct VocabularyEngine {
+    words: Option<Arc<Vocabulary>>,
+}
+
+impl OcrEngine for VocabularyEngine {
+    fn name(&self) -> &str {
+        "vocabulary"
+    }
+    fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
+        Ok(Recognized {
+            text: self
+                .words
+                .as_ref()
+                .map(|w| w.words().join(" "))
+                .unwrap_or_default(),
+            confidence: 1.0,
+        })
+    }
+    fn set_vocabulary(&mut self, words: Option<Arc<Vocabulary>>) {
+        self.words = words;
+    }
+}
+
+#[test]
+fn each_page_reaches_the_engine_with_its_own_vocabulary() {
+    let factory: EngineFactory =
+        Arc::new(|| Ok(Box::new(VocabularyEngine { words: None }) as Box<dyn OcrEngine>));
+    let config = PoolConfig {
+        threads: 1,
+        ..PoolConfig::default()
+    };
+    let pool = OcrPool::new(config, factory).expect("pool");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let words = Arc::new(Vocabulary::from_texts([
+        "Debit the cash account.",
+        "Credit: sales (2024); the a",
+    ]));
+    let page = rt
+        .block_on(pool.read_with(small_png(30, 10), Some(words)))
+        .unwrap();
+    assert_eq!(page.text, "account cash credit debit sales the");
+    // The next page of another upload gets none of them.
+    let page = rt.block_on(pool.read(small_png(30, 10))).unwrap();
+    assert_eq!(page.text, "");
 }
 
 /// An engine that always reads the same text with the same confidence, counting its pages.
@@ -882,6 +991,28 @@ async fn poorly_read_pages_go_to_the_fallback_engine() {
         assert!((page.confidence - 0.97).abs() < 1e-6);
     }
     assert_eq!(fallback_pages.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_empty_reading_goes_to_the_fallback_engine_whatever_its_confidence() {
+    let (primary_pages, fallback_pages) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: fixed("print", " \n", 0.95, &primary_pages),
+        fallback: Some(fixed("hand", "handwritten text", 0.97, &fallback_pages)),
+    };
+    let pool = OcrPool::with_fallback(config, engines).expect("pool");
+    let page = pool.recognize(small_png(30, 10)).await.expect("page");
+    assert_eq!(
+        (page.text.as_str(), page.engine.as_str()),
+        ("handwritten text", "hand")
+    );
+    assert_eq!(fallback_pages.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

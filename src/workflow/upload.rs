@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::fetch::{FetchedImage, RequestBudget};
 use crate::http::ApiError;
 use crate::model::{QuestionPaper, StoredQaPair, Submission, SubmissionImage};
-use crate::ocr::PageText;
+use crate::ocr::{PageText, Vocabulary};
 use crate::segment::segment;
 
 /// One image reference of an upload.
@@ -133,9 +133,11 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
     )
     .await?;
 
+    let vocabulary = Arc::new(paper_vocabulary(&paper));
     let budget = Arc::new(RequestBudget::new(state.settings.fetch.max_request_bytes));
     let pages = try_join_all(input.images.iter().enumerate().map(|(index, image)| {
         let budget = budget.clone();
+        let vocabulary = &vocabulary;
         let span = tracing::info_span!("page", index, image_id = %image.image_id);
         async move {
             let fetched = state
@@ -147,7 +149,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            let page = recognise(state, &fetched)
+            let page = recognise(state, &fetched, vocabulary)
                 .await
                 .map_err(|error| ApiError::Ocr {
                     image_id: image.image_id.clone(),
@@ -258,12 +260,35 @@ fn pair_confidence(
     (confidence, engine)
 }
 
-/// OCR of one fetched image, memoised by its content hash and the engine configuration.
+/// The words of a paper's questions and standard answers: PP-OCR's word correction may choose
+/// them for words it read unsure (never adding any), so a student's "depreciatoin" read
+/// unsure becomes the paper's "depreciation".
+pub fn paper_vocabulary(paper: &QuestionPaper) -> Vocabulary {
+    Vocabulary::from_texts(paper.questions.iter().flat_map(|q| {
+        q.question_text
+            .as_deref()
+            .into_iter()
+            .chain([q.standard_answer.as_str()])
+    }))
+}
+
+/// OCR of one fetched image, memoised by its content hash, the engine configuration and the
+/// paper's vocabulary (which can change what is read).
 async fn recognise(
     state: &AppState,
     fetched: &FetchedImage,
+    vocabulary: &Arc<Vocabulary>,
 ) -> Result<CachedPage, crate::ocr::OcrError> {
-    let key = format!("{}:{}", state.ocr_cache_key, fetched.sha256);
+    let key = if vocabulary.is_empty() {
+        format!("{}:{}", state.ocr_cache_key, fetched.sha256)
+    } else {
+        format!(
+            "{}:w{}:{}",
+            state.ocr_cache_key,
+            vocabulary.digest(),
+            fetched.sha256
+        )
+    };
     match state.store.cache_get("ocr", &key).await {
         Ok(Some(json)) => match serde_json::from_str::<CachedPage>(&json) {
             Ok(page) => {
@@ -278,7 +303,10 @@ async fn recognise(
     }
     let page: CachedPage = state
         .ocr
-        .read(fetched.bytes.clone())
+        .read_with(
+            fetched.bytes.clone(),
+            (!vocabulary.is_empty()).then(|| Arc::clone(vocabulary)),
+        )
         .instrument(tracing::info_span!("ocr"))
         .await?
         .into();

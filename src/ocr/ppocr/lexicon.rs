@@ -41,6 +41,12 @@ pub struct CorrectionParams {
     /// ...and a candidate replaces them only when its score beats theirs
     /// (with their own frequency) by this many nats.
     pub known_margin: f32,
+    /// Frequency (centibels) given to the question paper's own words
+    /// (questions and standard answers) that are rarer or missing in the
+    /// lexicon: 500 (10⁻⁵), a little more frequent than accounting words
+    /// such as "debit" (538) or "ledger" (551).
+    /// A prior, not measured: no dev page answers a stored paper.
+    pub paper_cb: u16,
 }
 
 impl Default for CorrectionParams {
@@ -53,6 +59,7 @@ impl Default for CorrectionParams {
             max_edits: 2,
             known_max_letter_prob: 0.95,
             known_margin: 2.0,
+            paper_cb: 500,
         }
     }
 }
@@ -121,6 +128,18 @@ impl Lexicon {
     /// Frequency (centibels) of a word, case-insensitively.
     pub fn get(&self, word: &str) -> Option<u16> {
         self.words.get(&word.to_lowercase()).copied()
+    }
+
+    /// The words of a text (a question paper's questions and standard answers), each given
+    /// the frequency `cb`: words of letters with inner apostrophes, two letters or more,
+    /// split at everything else ("ledger's" stays whole, "cash-flow" gives "cash", "flow").
+    pub fn from_text(text: &str, cb: u16) -> Self {
+        let words: Vec<&str> = text
+            .split(|c: char| !(c.is_alphabetic() || c == '\''))
+            .map(|w| w.trim_matches('\''))
+            .filter(|w| w.chars().count() >= 2)
+            .collect();
+        Self::from_entries(words.into_iter().map(|w| (w, cb)), cb)
     }
 
     /// Lexicon words within `max_dist` edits of `word` (lower-case chars).
@@ -265,7 +284,9 @@ pub fn ctc_log_likelihood(
 
 /// Corrects the words of one decoded line (see the module doc). `probs` are
 /// the line's frame probabilities (`frames × classes`) that `decoded` came
-/// from. Returns the corrected text and how many words changed.
+/// from; `extra` holds more words (the question paper's) that count as
+/// lexicon words, at the more frequent of their two frequencies. Returns the
+/// corrected text and how many words changed.
 #[allow(clippy::too_many_arguments)]
 pub fn correct_line(
     decoded: &CtcDecoded,
@@ -275,6 +296,7 @@ pub fn correct_line(
     charset: &Charset,
     letters: &LetterClasses,
     lexicon: &Lexicon,
+    extra: Option<&Lexicon>,
     params: &CorrectionParams,
 ) -> (String, usize) {
     let chars = &decoded.chars;
@@ -315,7 +337,7 @@ pub fn correct_line(
         let has_digit = (start..i).any(|k| sym(k).chars().any(|c| c.is_numeric()));
         let replacement = if b - a >= 2 && !has_digit {
             try_correct(
-                &core, a, b, decoded, probs, frames, classes, letters, lexicon, params, ln10,
+                &core, a, b, decoded, probs, frames, classes, letters, lexicon, extra, params, ln10,
             )
         } else {
             None
@@ -345,6 +367,7 @@ fn try_correct(
     classes: usize,
     letters: &LetterClasses,
     lexicon: &Lexicon,
+    extra: Option<&Lexicon>,
     params: &CorrectionParams,
     ln10: f64,
 ) -> Option<String> {
@@ -352,7 +375,10 @@ fn try_correct(
     if !core.chars().all(|c| c.is_alphabetic() || c == '\'') {
         return None;
     }
-    let known = lexicon.get(core);
+    let known = match (lexicon.get(core), extra.and_then(|x| x.get(core))) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let gate = match known {
         Some(_) => params.known_max_letter_prob,
         None => params.max_letter_prob,
@@ -380,8 +406,19 @@ fn try_correct(
     } else {
         params.max_edits
     };
+    let mut candidates = lexicon.candidates(&lower, budget);
+    if let Some(extra) = extra {
+        // A word in both competes once, at its more frequent entry: scoring it twice would
+        // change nothing but the time.
+        for (w, cb) in extra.candidates(&lower, budget) {
+            match candidates.iter_mut().find(|(c, _)| *c == w) {
+                Some(entry) => entry.1 = entry.1.min(cb),
+                None => candidates.push((w, cb)),
+            }
+        }
+    }
     let mut best: Option<(f64, &[char])> = None;
-    for (cand, cb) in lexicon.candidates(&lower, budget) {
+    for (cand, cb) in candidates {
         if cand == lower.as_slice() {
             continue;
         }
@@ -471,6 +508,28 @@ mod tests {
             &cs,
             &letters,
             &lexicon(),
+            None,
+            &CorrectionParams::default(),
+        );
+        (text, changed, d.text)
+    }
+
+    /// Like [`run`], with the words of `paper` as question-paper vocabulary.
+    fn run_with_paper(spec: &[(char, f32, char)], paper: &str) -> (String, usize, String) {
+        let cs = Charset::from_keys(KEYS);
+        let letters = LetterClasses::new(&cs);
+        let (probs, n) = frames_for(&cs, spec);
+        let d = ctc_greedy(&probs, n, cs.len(), &cs);
+        let paper = Lexicon::from_text(paper, CorrectionParams::default().paper_cb);
+        let (text, changed) = correct_line(
+            &d,
+            &probs,
+            n,
+            cs.len(),
+            &cs,
+            &letters,
+            &lexicon(),
+            Some(&paper),
             &CorrectionParams::default(),
         );
         (text, changed, d.text)
@@ -570,6 +629,68 @@ mod tests {
             text.split_whitespace().count(),
             raw.split_whitespace().count()
         );
+    }
+
+    #[test]
+    fn paper_words_are_read_from_question_and_answer_text() {
+        let lex = Lexicon::from_text(
+            "Debit the cash-book; the ledger's total (2024) is £5 a",
+            500,
+        );
+        for w in ["debit", "the", "cash", "book", "ledger's"] {
+            assert_eq!(lex.get(w), Some(500), "{w}");
+        }
+        assert_eq!(lex.get("2024"), None);
+        assert_eq!(lex.get("a"), None, "single letters are not vocabulary");
+        assert_eq!(lex.len(), 7);
+    }
+
+    #[test]
+    fn paper_vocabulary_fixes_only_unsure_words_the_frames_support() {
+        // "dcb", its 'c' unsure with 'a' as runner-up: no general word is close, but the
+        // paper's "dab" is, and the frames support it.
+        let unsure = [('d', 0.99, 'a'), ('c', 0.55, 'a'), ('b', 0.99, 'a')];
+        assert_eq!(run(&unsure).0, "dcb");
+        let (text, changed, _) = run_with_paper(&unsure, "Explain why a dab is used.");
+        assert_eq!((text.as_str(), changed), ("dab", 1));
+        // The same word read with sure letters is what the student wrote: kept.
+        let sure = [('d', 0.99, 'a'), ('c', 0.99, 'a'), ('b', 0.99, 'a')];
+        let (text, changed, _) = run_with_paper(&sure, "Explain why a dab is used.");
+        assert_eq!((text.as_str(), changed), ("dcb", 0));
+    }
+
+    #[test]
+    fn paper_vocabulary_never_puts_words_on_the_page() {
+        // Unsure words next to paper words one edit away ("add", "bead", "ahead"), but the
+        // frames give no probability to the letter the paper word needs: nothing changes,
+        // no word is added, removed or swapped for one the page does not show.
+        let spec = [
+            ('d', 0.6, 'c'),
+            ('d', 0.6, 'c'),
+            (' ', 0.99, 'a'),
+            ('b', 0.6, 'c'),
+            ('e', 0.6, 'c'),
+            ('d', 0.6, 'c'),
+            (' ', 0.99, 'a'),
+            ('6', 0.6, 'b'),
+            (' ', 0.99, 'a'),
+            ('h', 0.6, 'c'),
+            ('e', 0.6, 'c'),
+            ('a', 0.6, 'c'),
+            ('d', 0.6, 'c'),
+            ('.', 0.99, 'a'),
+        ];
+        let paper = "Add the bead ahead of 6 beads; ahead, add 66 the theta.";
+        let (text, changed, raw) = run_with_paper(&spec, paper);
+        assert_eq!(raw, "dd bed 6 head.");
+        assert_eq!((text.as_str(), changed), ("dd bed 6 head.", 0));
+        let paper_only: Vec<&str> = paper
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !raw.split([' ', '.']).any(|r| r.eq_ignore_ascii_case(w)))
+            .collect();
+        for w in text.split([' ', '.']).filter(|w| !w.is_empty()) {
+            assert!(!paper_only.contains(&w), "{w} came from the paper");
+        }
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct PpOcrEngine {
     charset: Charset,
     letters: LetterClasses,
     lexicon: Option<Arc<Lexicon>>,
+    /// The question paper's words for the pages being read, and the lexicon made of them.
+    paper: Option<(Arc<super::Vocabulary>, Lexicon)>,
     opts: PpOcrOptions,
     lines: Vec<PpLine>,
     timings: PpTimings,
@@ -313,6 +315,7 @@ impl PpOcrEngine {
             charset,
             letters,
             lexicon,
+            paper: None,
             opts,
             lines: Vec::new(),
             timings: PpTimings::default(),
@@ -562,6 +565,7 @@ impl PpOcrEngine {
                         &self.charset,
                         &self.letters,
                         lex,
+                        self.paper.as_ref().map(|(_, paper)| paper),
                         &self.opts.correction,
                     ),
                     None => (d.text.clone(), 0),
@@ -631,6 +635,22 @@ pub fn check_files(models_dir: &Path, ort_dylib: Option<&Path>) -> Result<(), Oc
 impl OcrEngine for PpOcrEngine {
     fn name(&self) -> &str {
         "ppocr"
+    }
+
+    fn set_vocabulary(&mut self, words: Option<Arc<super::Vocabulary>>) {
+        let same = match (&self.paper, &words) {
+            (Some((current, _)), Some(new)) => Arc::ptr_eq(current, new) || **current == **new,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let cb = self.opts.correction.paper_cb;
+        self.paper = words.filter(|w| !w.is_empty()).map(|w| {
+            let lexicon = Lexicon::from_entries(w.words().iter().map(|s| (s.as_str(), cb)), cb);
+            (w, lexicon)
+        });
     }
 
     fn recognize(&mut self, page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
