@@ -135,8 +135,9 @@ const PENDING_WRITES: usize = 8_192;
 /// Most replies written in one transaction.
 const WRITE_BATCH: usize = 512;
 /// Up to this many stored keys are held in memory (8 bytes each) to answer misses without a
-/// query; a larger memo is read through on every miss.
-const KNOWN_KEYS_LIMIT: usize = 4_000_000;
+/// query; a larger memo is read through on every miss. Loading reads the full hex keys first,
+/// about 90 MB at this limit, once at start.
+const KNOWN_KEYS_LIMIT: usize = 1_000_000;
 /// The namespace of LLM replies among the store's memoised values.
 const NAMESPACE: &str = "llm";
 
