@@ -536,13 +536,7 @@ impl Worker {
         };
         let mut engine_name = engine.name().to_owned();
         let mut recognized = recognized;
-        // Tesseract reads some shadowed handwritten pages as nothing at all, yet reports a
-        // confidence of 0.95 (measured on the shadowed dev pages, OCR.md): an empty reading
-        // is no reading, whatever its confidence.
-        let unread = recognized.text.trim().is_empty();
-        if (recognized.confidence < self.config.fallback_below || unread)
-            && self.config.fallback_below > 0.0
-        {
+        if recognized.confidence < self.config.fallback_below {
             if let Some(fallback) = self.fallback_engine(fallback_slot) {
                 let read = catch_unwind(AssertUnwindSafe(|| {
                     fallback.set_vocabulary(vocabulary.clone());

@@ -355,10 +355,16 @@ impl OcrEngine for TesseractEngine {
         // the existing results (0 when there are no words).
         let conf = unsafe { ffi::TessBaseAPIMeanTextConf(api) };
         drop(guard);
-        Ok(Recognized {
-            text: text.trim_end().to_owned(),
-            confidence: conf.clamp(0, 100) as f32 / 100.0,
-        })
+        let text = text.trim_end().to_owned();
+        // Tesseract reports a high mean confidence (0.95) for some shadowed handwritten pages
+        // it reads as nothing at all (OCR.md, "Page enhancement"); no text is no reading, and
+        // saying so here lets `auto`'s confidence rule send such pages to PP-OCR.
+        let confidence = if text.trim().is_empty() {
+            0.0
+        } else {
+            conf.clamp(0, 100) as f32 / 100.0
+        };
+        Ok(Recognized { text, confidence })
     }
 
     fn detect_orientation(
