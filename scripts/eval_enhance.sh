@@ -7,7 +7,9 @@
 #   python3 scripts/eval_enhance_table.py /tmp/hw-eval
 #
 # STEPS (environment) lists the step sets to try, space-separated, each a `+`-joined list of
-# perspective, lighting, deskew, denoise, or `none`; ENGINES the engines (default ppocr,auto).
+# perspective, lighting, deskew, denoise, or `none`; lighting and denoise may be written
+# `lighting:auto`, `denoise:auto` (on only for pages that measure as needing them).
+# ENGINES the engines (default ppocr,auto).
 # Needs the PP-OCR models (EXAMINER_MODELS_DIR) and OMP_THREAD_LIMIT=1 for Tesseract.
 set -euo pipefail
 bin=$1 dev=$2 degraded=$3 out=$4
@@ -25,7 +27,9 @@ for entry in "${sets[@]}"; do
         if [[ -s $report ]]; then continue; fi
         vars=()
         for step in perspective lighting deskew denoise; do
-            if [[ "+$s+" == *"+$step+"* ]]; then on=true; else on=false; fi
+            if [[ "+$s+" == *"+$step:auto+"* ]]; then on=auto
+            elif [[ "+$s+" == *"+$step+"* ]]; then on=true
+            else on=false; fi
             vars+=("EXAMINER_OCR__PREPROCESS__${step^^}=$on")
         done
         echo "== $name $s" >&2

@@ -206,9 +206,13 @@ pub fn start_ocr(
     let ppocr_key = format!("ppocr:v5:{version}");
     match settings.engine {
         OcrEngineChoice::Tesseract => {
-            let pool =
-                OcrPool::tesseract(config, &settings.languages, settings.tessdata_dir.clone())?;
-            Ok((Arc::new(pool), tesseract_key))
+            let factory = crate::ocr::tesseract_factory(
+                &settings.languages,
+                settings.tessdata_dir.clone(),
+                config.preprocess.fix_orientation,
+                settings.tesseract_time_limit(),
+            );
+            Ok((Arc::new(OcrPool::new(config, factory)?), tesseract_key))
         }
         OcrEngineChoice::Ppocr => {
             ppocr::check_files(&models_dir, ort.as_deref())?;
@@ -220,6 +224,7 @@ pub fn start_ocr(
                 &settings.languages,
                 settings.tessdata_dir.clone(),
                 config.preprocess.fix_orientation,
+                settings.tesseract_time_limit(),
             );
             if let Err(e) = ppocr::check_files(&models_dir, ort.as_deref()) {
                 tracing::warn!(

@@ -169,6 +169,9 @@ pub struct OcrSettings {
     pub max_pixels: u64,
     /// Tesseract's tessdata directory; empty means the system default.
     pub tessdata_dir: Option<PathBuf>,
+    /// Seconds Tesseract may spend reading one page (0: no limit). Default 30. In `auto` a
+    /// page it gives up on goes to PP-OCR; with `engine = "tesseract"` it is refused (422).
+    pub tesseract_time_limit_secs: f64,
     /// Page enhancement before the engines read (`ocr.preprocess.perspective`, `lighting`,
     /// `deskew`, `denoise`; environment `EXAMINER_OCR__PREPROCESS__DESKEW=true` and so on).
     /// Defaults are the measured choice in OCR.md ("Page enhancement").
@@ -189,12 +192,19 @@ impl Default for OcrSettings {
             queue_capacity: 0,
             max_pixels: 40_000_000,
             tessdata_dir: None,
+            tesseract_time_limit_secs: crate::ocr::tesseract::DEFAULT_TIME_LIMIT.as_secs_f64(),
             preprocess: crate::ocr::EnhanceSteps::default(),
         }
     }
 }
 
 impl OcrSettings {
+    /// Tesseract's time limit per page (`None`: unlimited).
+    pub fn tesseract_time_limit(&self) -> Option<std::time::Duration> {
+        (self.tesseract_time_limit_secs > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.tesseract_time_limit_secs))
+    }
+
     /// Where PP-OCR's files are looked for.
     pub fn models_dir(&self) -> PathBuf {
         self.models_dir
@@ -537,6 +547,12 @@ impl Settings {
                 "ocr.engine = \"vision\" needs a backend: set ocr.vision.base_url and ocr.vision.model (EXAMINER_VISION_BASE_URL, EXAMINER_VISION_MODEL)".into(),
             ));
         }
+        let limit = self.ocr.tesseract_time_limit_secs;
+        if !(limit.is_finite() && (0.0..=86_400.0).contains(&limit)) {
+            return Err(ConfigError::Invalid(format!(
+                "ocr.tesseract_time_limit_secs must be between 0 (no limit) and 86400 seconds, not {limit}"
+            )));
+        }
         if self.ocr.languages.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "ocr.languages must name at least one language".into(),
@@ -748,6 +764,32 @@ mod tests {
     }
 
     #[test]
+    fn tesseract_time_limit() {
+        let limit = |value: &str| {
+            let vars = env(&[("EXAMINER_OCR__TESSERACT_TIME_LIMIT_SECS", value)]);
+            Settings::load_from(None, &vars, &Overrides::default())
+                .map(|s| s.ocr.tesseract_time_limit())
+        };
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(
+            defaults.ocr.tesseract_time_limit(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            limit("2.5").unwrap(),
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(limit("0").unwrap(), None);
+        for bad in ["-1", "NaN", "1e9"] {
+            let err = limit(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("ocr.tesseract_time_limit_secs"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn auth_none_only_on_loopback() {
         let vars = env(&[("EXAMINER_AUTH_MODE", "none")]);
         let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
@@ -804,7 +846,15 @@ mod tests {
         ]);
         let s = Settings::load_from(Some(&file), &vars, &Overrides::default()).unwrap();
         let steps = s.ocr.preprocess;
-        assert!(!steps.deskew && steps.lighting && !steps.perspective && steps.denoise);
+        assert!(!steps.deskew && !steps.perspective);
+        use crate::ocr::StepMode;
+        assert_eq!(
+            (steps.lighting, steps.denoise),
+            (StepMode::On, StepMode::On)
+        );
+        let vars = env(&[("EXAMINER_OCR__PREPROCESS__LIGHTING", "auto")]);
+        let s = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(s.ocr.preprocess.lighting, StepMode::Auto);
         assert_ne!(steps, defaults.ocr.preprocess);
 
         std::fs::write(&file, "[ocr.preprocess]\ndeskw = true\n").unwrap();

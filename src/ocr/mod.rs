@@ -44,7 +44,7 @@ mod tests;
 pub use decode::{decode, sniff, DecodeLimits};
 pub use engine::{OcrEngine, Orientation, Recognized, Vocabulary};
 pub use pool::{tesseract_factory, EngineFactory, Engines, OcrPool, PageText, PoolConfig};
-pub use preprocess::{EnhanceSteps, Prepared, PreprocessOptions};
+pub use preprocess::{EnhanceSteps, Prepared, PreprocessOptions, StepMode};
 pub use quality::{cer, wer};
 pub use tesseract::{PageSegMode, TesseractEngine};
 
@@ -117,6 +117,13 @@ pub enum OcrError {
     /// The engine panicked on this page; the pool replaced it.
     #[error("OCR engine panicked: {0}")]
     EnginePanicked(String),
+    /// The engine gave up on the page at its time limit (Tesseract on a page of noise can
+    /// otherwise spend minutes on it). Retrying the same bytes takes as long again.
+    #[error(
+        "reading the page took {engine} longer than its limit of {limit_secs} s \
+         (ocr.tesseract_time_limit_secs); a sharper, evenly lit scan or photo reads faster"
+    )]
+    TimedOut { engine: String, limit_secs: f64 },
     /// The pool's queue is full (from [`OcrPool::try_recognize`]); retry later.
     #[error("OCR queue is full")]
     Overloaded,
@@ -136,6 +143,7 @@ impl OcrError {
             Self::EngineInit(_) => "engine_init",
             Self::Engine(_) => "engine",
             Self::EnginePanicked(_) => "engine_panic",
+            Self::TimedOut { .. } => "timed_out",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
         }
@@ -150,6 +158,7 @@ impl OcrError {
                 | Self::TooManyPixels { .. }
                 | Self::SideTooLong { .. }
                 | Self::Corrupt(_)
+                | Self::TimedOut { .. }
         )
     }
 }

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -220,7 +220,12 @@ impl OcrPool {
         languages: &str,
         datapath: Option<PathBuf>,
     ) -> Result<Self, OcrError> {
-        let factory = tesseract_factory(languages, datapath, config.preprocess.fix_orientation);
+        let factory = tesseract_factory(
+            languages,
+            datapath,
+            config.preprocess.fix_orientation,
+            Some(super::tesseract::DEFAULT_TIME_LIMIT),
+        );
         Self::new(config, factory)
     }
 
@@ -334,12 +339,19 @@ impl Drop for OcrPool {
 
 /// Makes [`TesseractEngine`]s for `languages` (e.g. `"eng"`), with orientation
 /// detection when `osd` and `osd.traineddata` is installed (otherwise a
-/// warning, once, and rotated pages are read as they are).
-pub fn tesseract_factory(languages: &str, datapath: Option<PathBuf>, osd: bool) -> EngineFactory {
+/// warning, once, and rotated pages are read as they are), giving up on a page
+/// after `time_limit` ([`TesseractEngine::set_time_limit`]).
+pub fn tesseract_factory(
+    languages: &str,
+    datapath: Option<PathBuf>,
+    osd: bool,
+    time_limit: Option<Duration>,
+) -> EngineFactory {
     let languages = languages.to_owned();
     let warned = Arc::new(AtomicBool::new(false));
     Arc::new(move || {
         let mut engine = TesseractEngine::new(&languages, datapath.as_deref())?;
+        engine.set_time_limit(time_limit);
         if osd {
             if let Err(e) = engine.enable_orientation_detection(datapath.as_deref()) {
                 if !warned.swap(true, Ordering::SeqCst) {
@@ -484,11 +496,25 @@ impl Worker {
         };
         let t = Instant::now();
         let ppi = prepared.ppi;
+        // A page the primary engine gave up on (time limit) is the fallback engine's to read,
+        // when there is one; the error stands only if that engine cannot read it either.
+        let may_fall_back = self.fallback_factory.is_some() && self.config.fallback_below > 0.0;
+        let mut primary_timed_out = None;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let page = prepared.image;
             // Set for every page, so one upload's paper never leaks into the next page.
             engine.set_vocabulary(vocabulary.clone());
-            let first = engine.recognize(&page, ppi)?;
+            let first = match engine.recognize(&page, ppi) {
+                Err(e @ OcrError::TimedOut { .. }) if may_fall_back => {
+                    primary_timed_out = Some(e);
+                    let nothing = super::engine::Recognized {
+                        text: String::new(),
+                        confidence: 0.0,
+                    };
+                    return Ok((nothing, 0, 0.0, page));
+                }
+                other => other?,
+            };
             // Orientation check only for poorly read pages: upright pages
             // (confidence ~0.94) pay nothing, upside-down ones read ~0.41.
             if !opts.fix_orientation || first.confidence >= opts.orientation_check_below {
@@ -538,12 +564,18 @@ impl Worker {
         let mut recognized = recognized;
         if recognized.confidence < self.config.fallback_below {
             if let Some(fallback) = self.fallback_engine(fallback_slot) {
+                // Whatever the fallback engine makes of the page, it is no longer the primary
+                // engine's timeout that decides it...
+                let timed_out = primary_timed_out.take();
                 let read = catch_unwind(AssertUnwindSafe(|| {
                     fallback.set_vocabulary(vocabulary.clone());
                     fallback.recognize(&page, ppi)
                 }));
                 match read {
                     Ok(Ok(better)) => {
+                        if let Some(e) = &timed_out {
+                            tracing::info!(error = %e, "page read by the fallback engine instead");
+                        }
                         tracing::debug!(
                             primary_confidence = recognized.confidence,
                             fallback_confidence = better.confidence,
@@ -554,16 +586,22 @@ impl Worker {
                     }
                     // The primary engine's reading is still a reading: keep it.
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "fallback OCR engine failed on a page")
+                        tracing::warn!(error = %e, "fallback OCR engine failed on a page");
+                        // ...unless there was none.
+                        primary_timed_out = timed_out;
                     }
                     Err(panic) => {
                         tracing::error!(panic = %panic_message(&*panic), "fallback OCR engine panicked; replacing it");
                         metrics::counter!("examiner_ocr_engine_restarts_total").increment(1);
                         let old = fallback_slot.take();
                         let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+                        primary_timed_out = timed_out;
                     }
                 }
             }
+        }
+        if let Some(e) = primary_timed_out {
+            return Err(e);
         }
         let ocr_ms = ms(t) - rotate_ms;
         preprocess_ms += rotate_ms;
@@ -580,6 +618,10 @@ impl Worker {
             scale = prepared.scale,
             warped = prepared.enhanced.warped,
             deskewed_degrees = prepared.enhanced.deskewed_degrees,
+            lighting = prepared.enhanced.lighting,
+            lighting_spread = prepared.enhanced.lighting_spread,
+            denoised = prepared.enhanced.denoised,
+            noise_level = prepared.enhanced.noise_level,
             rotated_degrees,
             confidence = recognized.confidence,
             "OCR page done"

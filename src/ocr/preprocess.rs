@@ -84,42 +84,110 @@ pub struct PreprocessOptions {
 pub struct EnhanceSteps {
     /// Find a sheet photographed on a darker surface and warp it to a rectangle.
     pub perspective: bool,
-    /// Divide out uneven lighting (shadows) and stretch the contrast.
-    pub lighting: bool,
+    /// Divide out uneven lighting (shadows) and stretch the contrast; `auto`: on pages whose
+    /// paper brightness varies by at least [`LIGHTING_SPREAD_MIN`] grey levels.
+    pub lighting: StepMode,
     /// Straighten pages tilted by 0.5°–15°.
     pub deskew: bool,
-    /// 3×3 median filter.
-    pub denoise: bool,
+    /// 3×3 median filter; `auto`: on pages whose [`enhance::noise_level`] is at least
+    /// [`NOISE_LEVEL_MIN`].
+    pub denoise: StepMode,
 }
+
+/// Whether an enhancement step runs: never, always, or on the pages that measure as needing it.
+/// Written `"off"`, `"on"` or `"auto"` (`true` and `false` are taken too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMode {
+    Off,
+    On,
+    Auto,
+}
+
+impl StepMode {
+    fn name(self) -> &'static str {
+        match self {
+            StepMode::Off => "off",
+            StepMode::On => "on",
+            StepMode::Auto => "auto",
+        }
+    }
+}
+
+impl serde::Serialize for StepMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StepMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StepMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"off\", \"on\" or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<StepMode, E> {
+                Ok(if on { StepMode::On } else { StepMode::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StepMode, E> {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "off" | "false" | "no" | "0" => Ok(StepMode::Off),
+                    "on" | "true" | "yes" | "1" => Ok(StepMode::On),
+                    "auto" => Ok(StepMode::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `lighting = "auto"` flattens pages whose paper brightness spreads over at least this many
+/// grey levels ([`enhance::Background::spread`]): between flatbed scans (0–11) and shadowed
+/// pages (67–132), measured in OCR.md.
+pub const LIGHTING_SPREAD_MIN: f32 = 32.0;
+
+/// `denoise = "auto"` filters pages at least this noisy ([`enhance::noise_level`]): between
+/// flatbed scans (0.4–1.0) and pages with sensor noise (9.9–13.2), measured in OCR.md.
+pub const NOISE_LEVEL_MIN: f32 = 4.0;
 
 /// Measured on the handwriting dev set and degraded copies (OCR.md, "Page enhancement"),
 /// PP-OCR: deskew took tilted pages from CER 10.6% to 9.4%; perspective correction took
 /// simulated phone photos from 15.3% to 13.2% (but cost evenly lit slanted sheets 0.7 points of
-/// CER while saving 1.6 of WER); both gave identical figures on the 40 flat pages. Lighting (shadowed pages 12.0% → 10.1%) and denoising (noisy pages 11.7% → 10.3%)
-/// each cost clean scans 0.5–0.7 points, so they stay off until they learn to tell when a page
-/// needs them.
+/// CER while saving 1.6 of WER); both gave identical figures on the 40 flat pages. Lighting
+/// (shadowed pages 12.0% → 10.1%) and denoising (noisy pages 11.7% → 10.3%) each cost clean
+/// scans 0.5–0.7 points when always on.
 impl Default for EnhanceSteps {
     fn default() -> Self {
         Self {
             perspective: true,
-            lighting: false,
+            lighting: StepMode::Off,
             deskew: true,
-            denoise: false,
+            denoise: StepMode::Off,
         }
     }
 }
 
 impl EnhanceSteps {
-    /// A short stable name of the enabled steps ("none", "lighting+deskew"), for cache keys
-    /// and reports.
+    /// A short stable name of the enabled steps ("none", "lighting+deskew",
+    /// "perspective+lighting:auto"), for cache keys and reports.
     pub fn key(&self) -> String {
-        let names = [
-            (self.perspective, "perspective"),
-            (self.lighting, "lighting"),
-            (self.deskew, "deskew"),
-            (self.denoise, "denoise"),
-        ];
-        let on: Vec<&str> = names.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        let flag = |on: bool, name: &str| on.then(|| name.to_owned());
+        let step = |step: StepMode, name: &str| match step {
+            StepMode::Off => None,
+            StepMode::On => Some(name.to_owned()),
+            StepMode::Auto => Some(format!("{name}:auto")),
+        };
+        let on: Vec<String> = [
+            flag(self.perspective, "perspective"),
+            step(self.lighting, "lighting"),
+            flag(self.deskew, "deskew"),
+            step(self.denoise, "denoise"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if on.is_empty() {
             "none".into()
         } else {
@@ -135,6 +203,10 @@ pub struct Enhanced {
     pub warped: bool,
     /// Lighting was flattened.
     pub lighting: bool,
+    /// The measured [`enhance::Background::spread`], when the lighting step looked.
+    pub lighting_spread: Option<f32>,
+    /// The measured [`enhance::noise_level`], when the denoising step looked.
+    pub noise_level: Option<f32>,
     /// The page was turned back by this many degrees (counter-clockwise tilt undone).
     pub deskewed_degrees: Option<f32>,
     pub denoised: bool,
@@ -151,9 +223,15 @@ pub fn enhance_page(mut page: GrayImage, steps: &EnhanceSteps) -> (GrayImage, En
             done.warped = true;
         }
     }
-    if steps.lighting {
-        page = enhance::flatten_lighting(&page);
-        done.lighting = true;
+    if steps.lighting != StepMode::Off {
+        if let Some(bg) = enhance::Background::estimate(&page) {
+            let spread = bg.spread();
+            done.lighting_spread = Some(spread);
+            if steps.lighting == StepMode::On || spread >= LIGHTING_SPREAD_MIN {
+                page = enhance::flatten_lighting_with(&page, &bg);
+                done.lighting = true;
+            }
+        }
     }
     if steps.deskew {
         if let Some((straight, skew)) = enhance::deskew(&page, &enhance::DeskewParams::default()) {
@@ -161,9 +239,13 @@ pub fn enhance_page(mut page: GrayImage, steps: &EnhanceSteps) -> (GrayImage, En
             done.deskewed_degrees = Some(skew.degrees);
         }
     }
-    if steps.denoise {
-        page = enhance::median3(&page);
-        done.denoised = true;
+    if steps.denoise != StepMode::Off {
+        let noise = enhance::noise_level(&page);
+        done.noise_level = Some(noise);
+        if steps.denoise == StepMode::On || noise >= NOISE_LEVEL_MIN {
+            page = enhance::median3(&page);
+            done.denoised = true;
+        }
     }
     (page, done)
 }

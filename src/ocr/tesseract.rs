@@ -14,6 +14,7 @@ use std::ffi::{c_char, c_float, c_int, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use image::GrayImage;
 
@@ -29,6 +30,12 @@ mod ffi {
     /// Opaque `TessBaseAPI`.
     #[repr(C)]
     pub struct TessBaseAPI {
+        _private: [u8; 0],
+    }
+
+    /// Opaque `ETEXT_DESC`: Tesseract's progress monitor, which carries a deadline.
+    #[repr(C)]
+    pub struct EtextDesc {
         _private: [u8; 0],
     }
 
@@ -63,7 +70,11 @@ mod ffi {
             bytes_per_line: c_int,
         );
         pub fn TessBaseAPISetSourceResolution(handle: *mut TessBaseAPI, ppi: c_int);
+        pub fn TessBaseAPIRecognize(handle: *mut TessBaseAPI, monitor: *mut EtextDesc) -> c_int;
         pub fn TessBaseAPIGetUTF8Text(handle: *mut TessBaseAPI) -> *mut c_char;
+        pub fn TessMonitorCreate() -> *mut EtextDesc;
+        pub fn TessMonitorDelete(monitor: *mut EtextDesc);
+        pub fn TessMonitorSetDeadlineMSecs(monitor: *mut EtextDesc, deadline: c_int);
         pub fn TessBaseAPIMeanTextConf(handle: *mut TessBaseAPI) -> c_int;
         pub fn TessBaseAPIClear(handle: *mut TessBaseAPI);
         pub fn TessBaseAPIDetectOrientationScript(
@@ -95,6 +106,11 @@ pub enum PageSegMode {
 const MIN_PPI: u32 = 70;
 const MAX_PPI: u32 = 2400;
 
+/// How long one page may take by default. Tesseract reads a page in 0.5–3 s here, but on
+/// some photos full of shadow and noise it spent minutes (194 s on one simulated phone
+/// photo, OCR.md) taking specks for letters.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30);
+
 /// Tesseract's engine construction reads and writes process-global parameters
 /// (and `debug_file` below is one), so engines are created one at a time.
 static INIT_LOCK: Mutex<()> = Mutex::new(());
@@ -117,6 +133,7 @@ pub struct TesseractEngine {
     api: Handle,
     osd: Option<Handle>,
     name: String,
+    time_limit: Option<Duration>,
 }
 
 /// Owns one `TessBaseAPI*`; deleting it on drop. `NonNull` keeps it `!Send`.
@@ -234,6 +251,7 @@ impl TesseractEngine {
             api,
             osd: None,
             name: format!("tesseract:{languages}"),
+            time_limit: Some(DEFAULT_TIME_LIMIT),
         })
     }
 
@@ -276,6 +294,15 @@ impl TesseractEngine {
     /// engines run.
     pub fn set_variable(&mut self, name: &str, value: &str) -> Result<(), OcrError> {
         self.api.set_variable(name, value)
+    }
+
+    /// How long recognising one page may take before Tesseract stops and
+    /// [`OcrEngine::recognize`] fails with [`OcrError::TimedOut`]; `None`: no limit.
+    /// Default [`DEFAULT_TIME_LIMIT`]. Tesseract checks it between words, so a page
+    /// overruns by at most one word's work; layout analysis before the first word is
+    /// not covered (it is a fraction of the time on every page measured).
+    pub fn set_time_limit(&mut self, limit: Option<Duration>) {
+        self.time_limit = limit;
     }
 
     /// Chooses Tesseract's page segmentation mode (default [`PageSegMode::Auto`]).
@@ -336,8 +363,10 @@ impl OcrEngine for TesseractEngine {
         }
         let guard = self.api.set_page(page, ppi)?;
         let api = guard.0.ptr();
-        // SAFETY: handle is live with an image set. GetUTF8Text runs
-        // recognition and returns a new[]-allocated C string or null on failure.
+        recognize_within(api, self.time_limit, &self.name)?;
+        // SAFETY: handle is live with an image set and recognition done, so
+        // GetUTF8Text only collects the results into a new[]-allocated C
+        // string (null on failure).
         let raw = unsafe { ffi::TessBaseAPIGetUTF8Text(api) };
         if raw.is_null() {
             return Err(OcrError::Engine(
@@ -406,6 +435,60 @@ impl OcrEngine for TesseractEngine {
             degrees,
             confidence: conf,
         }))
+    }
+}
+
+/// Runs recognition on the page set on `api`, stopping at `limit`.
+fn recognize_within(
+    api: *mut ffi::TessBaseAPI,
+    limit: Option<Duration>,
+    engine: &str,
+) -> Result<(), OcrError> {
+    let monitor = Monitor::create()?;
+    if let Some(limit) = limit {
+        // At least 1 ms: Tesseract treats 0 as "no deadline".
+        let msecs = c_int::try_from(limit.as_millis().max(1)).unwrap_or(c_int::MAX);
+        // SAFETY: the monitor is live and owned by us; this only stores an end time.
+        unsafe { ffi::TessMonitorSetDeadlineMSecs(monitor.0.as_ptr(), msecs) };
+    }
+    let started = Instant::now();
+    // SAFETY: `api` is a live, initialised handle with an image set (the
+    // caller holds its PageGuard); the monitor outlives the call and is only
+    // read by Tesseract on this thread.
+    let rc = unsafe { ffi::TessBaseAPIRecognize(api, monitor.0.as_ptr()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    match limit {
+        // Tesseract reports a deadline like any other failure; the clock tells them apart.
+        Some(limit) if started.elapsed() >= limit => Err(OcrError::TimedOut {
+            engine: engine.to_owned(),
+            limit_secs: limit.as_secs_f64(),
+        }),
+        _ => Err(OcrError::Engine(
+            "Tesseract could not recognise the page (layout analysis or recognition failed)".into(),
+        )),
+    }
+}
+
+/// Owns one `ETEXT_DESC*`, deleted on drop.
+struct Monitor(NonNull<ffi::EtextDesc>);
+
+impl Monitor {
+    fn create() -> Result<Self, OcrError> {
+        // SAFETY: TessMonitorCreate has no preconditions and returns a fresh
+        // heap object (null only on allocation failure, checked here).
+        let raw = unsafe { ffi::TessMonitorCreate() };
+        NonNull::new(raw)
+            .map(Monitor)
+            .ok_or_else(|| OcrError::Engine("TessMonitorCreate returned null".into()))
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        // SAFETY: we own the pointer, created by TessMonitorCreate and not yet deleted.
+        unsafe { ffi::TessMonitorDelete(self.0.as_ptr()) };
     }
 }
 

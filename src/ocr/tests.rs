@@ -308,14 +308,76 @@ fn prepare_scales_small_and_huge_text_and_leaves_normal_text() {
 }
 
 #[test]
+fn automatic_lighting_and_denoising_run_only_on_pages_that_need_them() {
+    let (page, _) = testpages::render(&testpages::page_text(2, 4), &font(), Layout::a4(150.0));
+    let auto = PreprocessOptions {
+        enhance: EnhanceSteps {
+            perspective: false,
+            lighting: StepMode::Auto,
+            deskew: false,
+            denoise: StepMode::Auto,
+        },
+        ..PreprocessOptions::default()
+    };
+    let clean = prepare(DynamicImage::ImageLuma8(page.clone()), &auto);
+    assert!(!clean.enhanced.lighting && !clean.enhanced.denoised);
+    assert!(clean.enhanced.lighting_spread.expect("measured") < 12.0);
+    assert!(clean.enhanced.noise_level.expect("measured") < 2.0);
+    assert_eq!(clean.image, page, "a clean page is left as it is");
+
+    // Lit from the left: the paper falls to 40% brightness at the right edge.
+    let width = page.width() as f32;
+    let shadowed = GrayImage::from_fn(page.width(), page.height(), |x, y| {
+        let light = 1.0 - 0.6 * x as f32 / width;
+        Luma([(f32::from(page.get_pixel(x, y).0[0]) * light) as u8])
+    });
+    let lit = prepare(DynamicImage::ImageLuma8(shadowed), &auto);
+    assert!(lit.enhanced.lighting, "{:?}", lit.enhanced);
+    assert!(!lit.enhanced.denoised, "{:?}", lit.enhanced);
+
+    // Sensor noise: every pixel off by up to ±40 levels (a fixed pseudo-random sequence).
+    let mut state = 0x2545_f491_u32;
+    let noisy = GrayImage::from_fn(page.width(), page.height(), |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let offset = (state % 81) as i32 - 40;
+        Luma([(i32::from(page.get_pixel(x, y).0[0]) + offset).clamp(0, 255) as u8])
+    });
+    let filtered = prepare(DynamicImage::ImageLuma8(noisy), &auto);
+    assert!(filtered.enhanced.denoised, "{:?}", filtered.enhanced);
+    assert!(!filtered.enhanced.lighting, "{:?}", filtered.enhanced);
+}
+
+#[test]
+fn enhancement_steps_are_written_off_on_or_auto() {
+    let steps: EnhanceSteps =
+        serde_json::from_str(r#"{"lighting": "auto", "denoise": true, "deskew": false}"#)
+            .expect("parses");
+    assert_eq!(
+        (steps.lighting, steps.denoise),
+        (StepMode::Auto, StepMode::On)
+    );
+    assert_eq!(steps.key(), "perspective+lighting:auto+denoise");
+    let steps: EnhanceSteps = serde_json::from_str(r#"{"lighting": "OFF"}"#).expect("parses");
+    assert_eq!(steps.lighting, StepMode::Off);
+    let err = serde_json::from_str::<EnhanceSteps>(r#"{"lighting": "sometimes"}"#).unwrap_err();
+    assert!(err.to_string().contains("auto"), "{err}");
+    assert_eq!(
+        serde_json::to_value(EnhanceSteps::default()).unwrap()["lighting"],
+        "off"
+    );
+}
+
+#[test]
 fn enhancement_leaves_clean_pages_alone_and_straightens_tilted_ones() {
     let font = font();
     let (page, _) = testpages::render(&testpages::page_text(2, 4), &font, Layout::a4(150.0));
     let all = EnhanceSteps {
         perspective: true,
-        lighting: true,
+        lighting: StepMode::On,
         deskew: true,
-        denoise: true,
+        denoise: StepMode::On,
     };
     let opts = PreprocessOptions {
         enhance: all,
@@ -335,9 +397,9 @@ fn enhancement_leaves_clean_pages_alone_and_straightens_tilted_ones() {
     // With every step off nothing runs and nothing is reported.
     let off = EnhanceSteps {
         perspective: false,
-        lighting: false,
+        lighting: StepMode::Off,
         deskew: false,
-        denoise: false,
+        denoise: StepMode::Off,
     };
     let plain = prepare(
         DynamicImage::ImageLuma8(page.clone()),
@@ -1005,4 +1067,113 @@ async fn a_fallback_that_cannot_start_leaves_the_primary_reading() {
         assert_eq!(page.engine, "print");
     }
     assert_eq!(primary_pages.load(Ordering::SeqCst), 2);
+}
+
+// ------------------------------------------------------------- time limit
+
+#[test]
+fn tesseract_gives_up_on_a_page_at_its_time_limit_and_reads_the_next() {
+    let (page, reference) =
+        testpages::render(&testpages::page_text(0, 6), &font(), Layout::a4(200.0));
+    let mut engine = TesseractEngine::new("eng", None).expect("eng");
+    engine.set_time_limit(Some(Duration::from_millis(1)));
+    let err = engine
+        .recognize(&page, Some(200))
+        .expect_err("a page of text takes Tesseract longer than 1 ms");
+    assert!(matches!(err, OcrError::TimedOut { .. }), "{err}");
+    assert!(err.is_bad_input(), "the same page would time out again");
+    assert!(
+        err.to_string().contains("ocr.tesseract_time_limit_secs"),
+        "{err}"
+    );
+    engine.set_time_limit(Some(tesseract::DEFAULT_TIME_LIMIT));
+    let read = engine
+        .recognize(&page, Some(200))
+        .expect("within the limit");
+    assert_cer(&reference, &read.text, 0.02, "the page after a timeout");
+}
+
+/// An engine that always gives up at its time limit, counting its pages.
+struct GivesUpEngine {
+    pages: Arc<AtomicUsize>,
+}
+
+impl OcrEngine for GivesUpEngine {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
+        self.pages.fetch_add(1, Ordering::SeqCst);
+        Err(OcrError::TimedOut {
+            engine: "slow".into(),
+            limit_secs: 0.5,
+        })
+    }
+}
+
+fn gives_up(pages: &Arc<AtomicUsize>) -> EngineFactory {
+    let pages = Arc::clone(pages);
+    Arc::new(move || {
+        Ok(Box::new(GivesUpEngine {
+            pages: Arc::clone(&pages),
+        }) as Box<dyn OcrEngine>)
+    })
+}
+
+fn gives_up_pool(fallback: Option<EngineFactory>) -> (OcrPool, Arc<AtomicUsize>) {
+    let pages = Arc::new(AtomicUsize::new(0));
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: gives_up(&pages),
+        fallback,
+    };
+    (
+        OcrPool::with_fallback(config, engines).expect("pool"),
+        pages,
+    )
+}
+
+#[tokio::test]
+async fn a_page_the_primary_engine_gave_up_on_is_read_by_the_fallback() {
+    let fallback_pages = Arc::new(AtomicUsize::new(0));
+    let (pool, primary_pages) = gives_up_pool(Some(fixed(
+        "hand",
+        "handwritten text",
+        0.97,
+        &fallback_pages,
+    )));
+    let page = pool.recognize(small_png(30, 10)).await.expect("page");
+    assert_eq!(
+        (page.text.as_str(), page.engine.as_str()),
+        ("handwritten text", "hand")
+    );
+    // Read once: no orientation check or second try on a page the engine gave up on.
+    assert_eq!(primary_pages.load(Ordering::SeqCst), 1);
+    assert_eq!(fallback_pages.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_page_no_engine_could_read_in_time_is_an_error_not_an_empty_page() {
+    let (pool, _) = gives_up_pool(None);
+    let err = pool.recognize(small_png(30, 10)).await.unwrap_err();
+    assert!(matches!(err, OcrError::TimedOut { .. }), "{err}");
+
+    let cannot_start: EngineFactory =
+        Arc::new(|| Err(OcrError::EngineInit("models missing".into())));
+    let (pool, _) = gives_up_pool(Some(cannot_start));
+    let err = pool.recognize(small_png(30, 10)).await.unwrap_err();
+    assert!(matches!(err, OcrError::TimedOut { .. }), "{err}");
+
+    let fails: EngineFactory = Arc::new(|| {
+        Ok(Box::new(GivesUpEngine {
+            pages: Arc::new(AtomicUsize::new(0)),
+        }) as Box<dyn OcrEngine>)
+    });
+    let (pool, _) = gives_up_pool(Some(fails));
+    let err = pool.recognize(small_png(30, 10)).await.unwrap_err();
+    assert!(matches!(err, OcrError::TimedOut { .. }), "{err}");
 }

@@ -40,6 +40,10 @@ pub struct PageScore {
     pub confidence: f64,
     /// The engine whose text was used (in `auto`, Tesseract or PP-OCR).
     pub engine: String,
+    /// Why the page has no reading: the engine gave up at its time limit. Such a page is
+    /// scored as read empty (every character an error), never left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The figures for one engine over a data set.
@@ -93,6 +97,14 @@ pub fn edits(reference: &str, hypothesis: &str) -> (usize, usize, usize, usize) 
     )
 }
 
+/// What an engine made of one page.
+struct Reading {
+    text: String,
+    confidence: f32,
+    engine: String,
+    error: Option<String>,
+}
+
 fn rate(edits: usize, total: usize) -> f64 {
     if total == 0 {
         0.0
@@ -103,6 +115,8 @@ fn rate(edits: usize, total: usize) -> f64 {
 
 /// Reads every sample with `reader` and scores it. `engine` names the configuration in the
 /// report. A page that cannot be read fails the run: a silent gap would flatter the engine.
+/// A page the engine gave up on at its time limit is the engine's failure, so it counts as
+/// read empty, with the reason in its [`PageScore::error`].
 pub async fn evaluate(
     reader: &dyn PageReader,
     engine: &str,
@@ -118,14 +132,25 @@ pub async fn evaluate(
         images.push((path, bytes::Bytes::from(bytes)));
     }
     let run_started = Instant::now();
-    let pages: Vec<(crate::ocr::PageText, f64)> = stream::iter(images)
+    let pages: Vec<(Reading, f64)> = stream::iter(images)
         .map(|(path, bytes)| async move {
             let started = Instant::now();
-            let page = reader
-                .read(bytes)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok::<_, String>((page, started.elapsed().as_secs_f64()))
+            let reading = match reader.read(bytes).await {
+                Ok(page) => Reading {
+                    text: page.text,
+                    confidence: page.confidence,
+                    engine: page.engine,
+                    error: None,
+                },
+                Err(e @ crate::ocr::OcrError::TimedOut { .. }) => Reading {
+                    text: String::new(),
+                    confidence: 0.0,
+                    engine: engine.to_string(),
+                    error: Some(e.to_string()),
+                },
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            Ok::<_, String>((reading, started.elapsed().as_secs_f64()))
         })
         .buffered(concurrency)
         .try_collect()
@@ -149,6 +174,7 @@ pub async fn evaluate(
             seconds: elapsed,
             confidence: f64::from(page.confidence),
             engine: page.engine,
+            error: page.error,
         });
     }
     Ok(OcrReport {
@@ -176,6 +202,67 @@ mod tests {
         assert_eq!(edits("a  b\nc", "a b c"), (0, 5, 0, 3));
         assert_eq!(edits("end.", "end"), (1, 4, 1, 1));
         assert_eq!(edits("", ""), (0, 0, 0, 0));
+    }
+
+    /// Reads a page's bytes as its text, and gives up on pages that say `slow`.
+    struct BytesAsText;
+
+    #[async_trait::async_trait]
+    impl PageReader for BytesAsText {
+        async fn read(
+            &self,
+            image_bytes: bytes::Bytes,
+        ) -> Result<crate::ocr::PageText, crate::ocr::OcrError> {
+            let text = String::from_utf8_lossy(&image_bytes).into_owned();
+            if text == "slow" {
+                return Err(crate::ocr::OcrError::TimedOut {
+                    engine: "bytes".into(),
+                    limit_secs: 30.0,
+                });
+            }
+            Ok(crate::ocr::PageText {
+                text,
+                confidence: 1.0,
+                engine: "bytes".into(),
+                width: 1,
+                height: 1,
+                decode_ms: 0.0,
+                preprocess_ms: 0.0,
+                ocr_ms: 0.0,
+                rotated_degrees: 0,
+                scale: 1.0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_the_engine_gave_up_on_counts_as_read_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one two").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "slow").unwrap();
+        let samples = vec![
+            OcrSample {
+                id: "a".into(),
+                image: "a.txt".into(),
+                text: "one two".into(),
+            },
+            OcrSample {
+                id: "b".into(),
+                image: "b.txt".into(),
+                text: "three four".into(),
+            },
+        ];
+        let report = evaluate(&BytesAsText, "bytes", dir.path(), &samples, 2)
+            .await
+            .expect("a timeout is a result, not a failed run");
+        assert_eq!(report.pages, 2);
+        // "one two" read exactly; "three four" (10 characters, 2 words) read as nothing.
+        assert!((report.cer - 10.0 / 17.0).abs() < 1e-9, "{}", report.cer);
+        assert!((report.wer - 0.5).abs() < 1e-9, "{}", report.wer);
+        assert_eq!(report.per_page[0].error, None);
+        let slow = &report.per_page[1];
+        assert_eq!((slow.cer, slow.wer, slow.confidence), (1.0, 1.0, 0.0));
+        assert!(slow.error.as_deref().unwrap().contains("limit"), "{slow:?}");
     }
 
     #[test]

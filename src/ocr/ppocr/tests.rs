@@ -161,7 +161,7 @@ async fn auto_pool_sends_handwriting_to_ppocr() {
         ..PoolConfig::default()
     };
     let engines = Engines {
-        primary: tesseract_factory("eng", None, true),
+        primary: tesseract_factory("eng", None, true, None),
         fallback: Some(super::ppocr_factory(models_dir(), None)),
     };
     let pool = tokio::task::spawn_blocking(move || OcrPool::with_fallback(config, engines))
@@ -204,4 +204,35 @@ fn pages_turned_a_quarter_or_half_way_are_read_upright() {
         assert!(e <= 0.05, "CER {e:.3} above 5%; read:\n{}", r.text);
         assert!(engine.lines()[0].text.starts_with("Question"), "{}", r.text);
     }
+}
+
+/// A page Tesseract gives up on (here: a printed page it would read well, under a 1 ms
+/// limit) is PP-OCR's in `auto`, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_pool_reads_a_page_tesseract_gave_up_on_with_ppocr() {
+    use crate::ocr::testpages::{self, Layout};
+    use crate::ocr::{tesseract_factory, Engines, OcrPool, PoolConfig};
+    let config = PoolConfig {
+        threads: 1,
+        fallback_below: 0.80,
+        ..PoolConfig::default()
+    };
+    let engines = Engines {
+        primary: tesseract_factory("eng", None, true, Some(std::time::Duration::from_millis(1))),
+        fallback: Some(super::ppocr_factory(models_dir(), None)),
+    };
+    let pool = tokio::task::spawn_blocking(move || OcrPool::with_fallback(config, engines))
+        .await
+        .expect("join")
+        .expect("pool starts");
+    let font = testpages::load_font(testpages::FONT_SANS);
+    let (page, reference) =
+        testpages::render(&testpages::page_text(0, 2), &font, Layout::a4(200.0));
+    let page = pool
+        .recognize(bytes::Bytes::from(testpages::png(&page)))
+        .await
+        .expect("page read");
+    assert_eq!(page.engine, "ppocr");
+    let e = cer(&reference, &page.text);
+    assert!(e <= 0.05, "CER {e:.3} above 5%; read:\n{}", page.text);
 }
