@@ -365,7 +365,7 @@ fn enhancement_steps_are_written_off_on_or_auto() {
     assert!(err.to_string().contains("auto"), "{err}");
     assert_eq!(
         serde_json::to_value(EnhanceSteps::default()).unwrap()["lighting"],
-        "off"
+        "auto"
     );
 }
 
@@ -1176,4 +1176,40 @@ async fn a_page_no_engine_could_read_in_time_is_an_error_not_an_empty_page() {
     let (pool, _) = gives_up_pool(Some(fails));
     let err = pool.recognize(small_png(30, 10)).await.unwrap_err();
     assert!(matches!(err, OcrError::TimedOut { .. }), "{err}");
+}
+
+/// Prints what `lighting = "auto"` and `denoise = "auto"` measure on every page of the data
+/// folders named in `ENHANCE_SIGNAL_DIRS` (space-separated, `transcripts.jsonl` format), after
+/// the default perspective step, as the service measures them. Quoted in OCR.md:
+/// `ENHANCE_SIGNAL_DIRS="…" cargo test --release --lib -- --ignored enhancement_signals --nocapture`
+#[test]
+#[ignore = "measurement, run by hand"]
+fn enhancement_signals() {
+    let dirs = std::env::var("ENHANCE_SIGNAL_DIRS").expect("ENHANCE_SIGNAL_DIRS");
+    let steps = EnhanceSteps {
+        lighting: StepMode::Auto,
+        denoise: StepMode::Auto,
+        ..EnhanceSteps::default()
+    };
+    for dir in dirs.split_whitespace() {
+        let dir = std::path::Path::new(dir);
+        let list = std::fs::read_to_string(dir.join("transcripts.jsonl")).expect("transcripts");
+        let mut rows = Vec::new();
+        for line in list.lines().filter(|l| !l.trim().is_empty()) {
+            let record: serde_json::Value = serde_json::from_str(line).expect("json");
+            let bytes = std::fs::read(dir.join(record["image"].as_str().expect("image")))
+                .expect("image file");
+            let image = decode::decode(&bytes, &decode::DecodeLimits::default()).expect("decode");
+            let (_, done) = preprocess::enhance_page(image.into_luma8(), &steps);
+            rows.push(format!(
+                "{} spread {:.0}{} noise {:.1}{}",
+                record["id"].as_str().unwrap_or("?"),
+                done.lighting_spread.unwrap_or(f32::NAN),
+                if done.lighting { "*" } else { "" },
+                done.noise_level.unwrap_or(f32::NAN),
+                if done.denoised { "*" } else { "" },
+            ));
+        }
+        println!("{}: {}", dir.display(), rows.join(", "));
+    }
 }
