@@ -529,7 +529,15 @@ impl Worker {
             let t = Instant::now();
             let upright = rotate_upright(page, turn);
             let rotate_ms = ms(t);
-            let second = engine.recognize(&upright, ppi)?;
+            let second = match engine.recognize(&upright, ppi) {
+                Ok(second) => second,
+                // The first reading stands: a turn that cannot be read in time is no better.
+                Err(OcrError::TimedOut { .. }) => {
+                    let page = rotate_upright(upright, (360 - turn) % 360);
+                    return Ok((first, 0, rotate_ms, page));
+                }
+                Err(e) => return Err(e),
+            };
             // Trust the turn only if it actually reads better.
             if second.confidence > first.confidence {
                 Ok::<_, OcrError>((second, turn, rotate_ms, upright))

@@ -1213,3 +1213,58 @@ fn enhancement_signals() {
         println!("{}: {}", dir.display(), rows.join(", "));
     }
 }
+
+/// Reads poorly, says the page is upside down, then gives up on the turned page.
+struct TurnedThenSlowEngine {
+    reads: Arc<AtomicUsize>,
+}
+
+impl OcrEngine for TurnedThenSlowEngine {
+    fn name(&self) -> &str {
+        "turned-then-slow"
+    }
+    fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            return Ok(Recognized {
+                text: "first reading".into(),
+                confidence: 0.3,
+            });
+        }
+        Err(OcrError::TimedOut {
+            engine: "turned-then-slow".into(),
+            limit_secs: 0.5,
+        })
+    }
+    fn detect_orientation(
+        &mut self,
+        _page: &GrayImage,
+        _ppi: Option<u32>,
+    ) -> Result<Option<Orientation>, OcrError> {
+        Ok(Some(Orientation {
+            degrees: 180,
+            confidence: 10.0,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_turned_page_that_cannot_be_read_in_time_keeps_the_first_reading() {
+    let config = PoolConfig {
+        threads: 1,
+        ..PoolConfig::default()
+    };
+    let reads = Arc::new(AtomicUsize::new(0));
+    let factory: EngineFactory = {
+        let reads = Arc::clone(&reads);
+        Arc::new(move || {
+            Ok(Box::new(TurnedThenSlowEngine {
+                reads: Arc::clone(&reads),
+            }) as Box<dyn OcrEngine>)
+        })
+    };
+    let pool = OcrPool::new(config, factory).expect("pool");
+    let page = pool.recognize(small_png(30, 10)).await.expect("a reading");
+    assert_eq!(reads.load(Ordering::SeqCst), 2, "the turned page was tried");
+    assert_eq!(page.text, "first reading");
+    assert_eq!(page.rotated_degrees, 0);
+}
