@@ -1224,7 +1224,7 @@ impl OcrEngine for TurnedThenSlowEngine {
         "turned-then-slow"
     }
     fn recognize(&mut self, _page: &GrayImage, _ppi: Option<u32>) -> Result<Recognized, OcrError> {
-        if self.reads.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.reads.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             return Ok(Recognized {
                 text: "first reading".into(),
                 confidence: 0.3,
