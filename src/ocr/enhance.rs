@@ -296,42 +296,38 @@ pub fn background(gray: &GrayImage) -> GrayImage {
 
 /// Separable sliding maximum over a `(2r+1)²` window of a `w × h` grid.
 fn max_filter(grid: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
-    let mut tmp = vec![0f32; grid.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let (lo, hi) = (x.saturating_sub(r), (x + r).min(w - 1));
-            tmp[y * w + x] = grid[y * w + lo..=y * w + hi]
-                .iter()
-                .copied()
-                .fold(f32::MIN, f32::max);
-        }
-    }
-    let mut out = vec![0f32; grid.len()];
-    for y in 0..h {
-        let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
-        for x in 0..w {
-            out[y * w + x] = (lo..=hi).map(|yy| tmp[yy * w + x]).fold(f32::MIN, f32::max);
-        }
-    }
-    out
+    separable(grid, w, h, r, |window, _| window.fold(f32::MIN, f32::max))
 }
 
 /// Separable mean over a `(2r+1)²` window (clipped at the edges) of a `w × h` grid.
 fn box_filter(grid: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
-    let mut tmp = vec![0f32; grid.len()];
+    separable(grid, w, h, r, |window, n| window.sum::<f32>() / n as f32)
+}
+
+/// Applies `combine` (given a window's values and their count) over each row's windows of
+/// `2r+1` values (clipped at the edges), then over each column's windows of the result.
+fn separable<T: Copy + Default>(
+    grid: &[T],
+    w: usize,
+    h: usize,
+    r: usize,
+    combine: impl Fn(&mut dyn Iterator<Item = T>, usize) -> T,
+) -> Vec<T> {
+    let mut tmp = vec![T::default(); grid.len()];
     for y in 0..h {
         for x in 0..w {
             let (lo, hi) = (x.saturating_sub(r), (x + r).min(w - 1));
-            let row = &grid[y * w + lo..=y * w + hi];
-            tmp[y * w + x] = row.iter().sum::<f32>() / row.len() as f32;
+            tmp[y * w + x] = combine(
+                &mut grid[y * w + lo..=y * w + hi].iter().copied(),
+                hi - lo + 1,
+            );
         }
     }
-    let mut out = vec![0f32; grid.len()];
+    let mut out = vec![T::default(); grid.len()];
     for y in 0..h {
         let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
         for x in 0..w {
-            out[y * w + x] =
-                (lo..=hi).map(|yy| tmp[yy * w + x]).sum::<f32>() / (hi - lo + 1) as f32;
+            out[y * w + x] = combine(&mut (lo..=hi).map(|yy| tmp[yy * w + x]), hi - lo + 1);
         }
     }
     out
@@ -633,25 +629,9 @@ fn min_filter_u8(img: &GrayImage, r: usize) -> GrayImage {
 /// Separable square-window filter with `op` (max: dilate bright, min: erode bright).
 fn morph(img: &GrayImage, r: usize, op: fn(u8, u8) -> u8) -> GrayImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let raw = img.as_raw();
-    let mut tmp = vec![0u8; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let (lo, hi) = (x.saturating_sub(r), (x + r).min(w - 1));
-            tmp[y * w + x] = raw[y * w + lo..=y * w + hi]
-                .iter()
-                .copied()
-                .reduce(op)
-                .unwrap_or(0);
-        }
-    }
-    let mut out = vec![0u8; w * h];
-    for y in 0..h {
-        let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
-        for x in 0..w {
-            out[y * w + x] = (lo..=hi).map(|yy| tmp[yy * w + x]).reduce(op).unwrap_or(0);
-        }
-    }
+    let out = separable(img.as_raw(), w, h, r, |window, _| {
+        window.reduce(op).unwrap_or(0)
+    });
     GrayImage::from_raw(w as u32, h as u32, out).unwrap_or_else(|| img.clone())
 }
 
