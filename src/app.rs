@@ -216,6 +216,10 @@ pub fn start_ocr(
         }
         OcrEngineChoice::Ppocr => {
             ppocr::check_files(&models_dir, ort.as_deref())?;
+            let config = PoolConfig {
+                uses_vocabulary: true,
+                ..config
+            };
             let pool = OcrPool::new(config, ppocr::ppocr_factory(models_dir, ort))?;
             Ok((Arc::new(pool), ppocr_key))
         }
@@ -235,6 +239,7 @@ pub fn start_ocr(
             }
             let config = PoolConfig {
                 fallback_below: settings.auto_fallback_below as f32,
+                uses_vocabulary: true,
                 ..config
             };
             let engines = Engines {
@@ -358,5 +363,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OcrEngineChoice;
+
+    #[test]
+    fn only_readers_that_correct_words_ask_for_the_papers_vocabulary() {
+        let mut settings = OcrSettings {
+            threads: 1,
+            engine: OcrEngineChoice::Tesseract,
+            ..OcrSettings::default()
+        };
+        let (reader, key) = start_ocr(&settings).expect("Tesseract starts");
+        assert!(key.starts_with("tesseract:"));
+        assert!(
+            !reader.uses_vocabulary(),
+            "Tesseract ignores the vocabulary"
+        );
+
+        // `make test` installs PP-OCR's models first; the default engine falls back to it.
+        settings.engine = OcrEngineChoice::Auto;
+        let (reader, key) = start_ocr(&settings).expect("auto starts");
+        assert!(key.starts_with("auto:"), "PP-OCR models missing? key {key}");
+        assert!(reader.uses_vocabulary());
     }
 }

@@ -64,6 +64,12 @@ pub trait PageReader: Send + Sync {
     ) -> Result<PageText, OcrError> {
         self.read(image_bytes).await
     }
+
+    /// Whether [`PageReader::read_with`]'s vocabulary can change what is read, so memoised
+    /// page texts must be keyed by it.
+    fn uses_vocabulary(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait::async_trait]
@@ -78,6 +84,10 @@ impl PageReader for OcrPool {
         vocabulary: Option<std::sync::Arc<Vocabulary>>,
     ) -> Result<PageText, OcrError> {
         self.recognize_with(image_bytes, vocabulary).await
+    }
+
+    fn uses_vocabulary(&self) -> bool {
+        OcrPool::uses_vocabulary(self)
     }
 }
 

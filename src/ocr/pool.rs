@@ -53,6 +53,10 @@ pub struct PoolConfig {
     /// engine reads with a confidence below this (after any turn) are read
     /// again by the fallback engine, whose text is used. 0 never falls back.
     pub fallback_below: f32,
+    /// Whether an engine of the pool corrects words against the vocabulary offered with a
+    /// page (PP-OCR does, Tesseract does not). Callers that memoise page texts key them by
+    /// the vocabulary only when it can change what is read.
+    pub uses_vocabulary: bool,
 }
 
 /// The primary engine of a pool and, optionally, the engine that reads the
@@ -109,6 +113,7 @@ pub struct OcrPool {
     workers: Vec<JoinHandle<()>>,
     threads: usize,
     capacity: usize,
+    uses_vocabulary: bool,
 }
 
 impl OcrPool {
@@ -153,6 +158,7 @@ impl OcrPool {
             depth: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });
+        let uses_vocabulary = config.uses_vocabulary;
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, OcrError>>();
 
@@ -208,7 +214,13 @@ impl OcrPool {
             workers,
             threads,
             capacity,
+            uses_vocabulary,
         })
+    }
+
+    /// See [`PoolConfig::uses_vocabulary`].
+    pub fn uses_vocabulary(&self) -> bool {
+        self.uses_vocabulary
     }
 
     /// A pool of [`TesseractEngine`]s for `languages` (e.g. `"eng"`), with

@@ -133,11 +133,11 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
     )
     .await?;
 
-    let vocabulary = Arc::new(paper_vocabulary(&paper));
+    let memo = OcrMemo::for_paper(state, &paper);
     let budget = Arc::new(RequestBudget::new(state.settings.fetch.max_request_bytes));
     let pages = try_join_all(input.images.iter().enumerate().map(|(index, image)| {
         let budget = budget.clone();
-        let vocabulary = &vocabulary;
+        let memo = &memo;
         let span = tracing::info_span!("page", index, image_id = %image.image_id);
         async move {
             let fetched = state
@@ -149,7 +149,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            let page = recognise(state, &fetched, vocabulary)
+            let page = recognise(state, &fetched, memo)
                 .await
                 .map_err(|error| ApiError::Ocr {
                     image_id: image.image_id.clone(),
@@ -272,23 +272,45 @@ pub fn paper_vocabulary(paper: &QuestionPaper) -> Vocabulary {
     }))
 }
 
-/// OCR of one fetched image, memoised by its content hash, the engine configuration and the
-/// paper's vocabulary (which can change what is read).
+/// What one upload's pages are read with, and the memo key prefix that identifies it: the
+/// engine configuration and, when the reader corrects words against it, the paper's
+/// vocabulary. A reader that ignores the vocabulary (Tesseract alone) shares its memo across
+/// papers, so the same image uploaded for another paper is not read again.
+#[derive(Debug)]
+struct OcrMemo {
+    vocabulary: Option<Arc<Vocabulary>>,
+    prefix: String,
+}
+
+impl OcrMemo {
+    fn for_paper(state: &AppState, paper: &QuestionPaper) -> Self {
+        Self::new(&state.ocr_cache_key, state.ocr.uses_vocabulary(), paper)
+    }
+
+    fn new(engine_key: &str, uses_vocabulary: bool, paper: &QuestionPaper) -> Self {
+        let vocabulary = uses_vocabulary
+            .then(|| paper_vocabulary(paper))
+            .filter(|v| !v.is_empty())
+            .map(Arc::new);
+        let prefix = match &vocabulary {
+            Some(v) => format!("{engine_key}:w{}", v.digest()),
+            None => engine_key.to_string(),
+        };
+        OcrMemo { vocabulary, prefix }
+    }
+
+    fn key(&self, image_sha256: &str) -> String {
+        format!("{}:{image_sha256}", self.prefix)
+    }
+}
+
+/// OCR of one fetched image, memoised by its content hash under the upload's [`OcrMemo`].
 async fn recognise(
     state: &AppState,
     fetched: &FetchedImage,
-    vocabulary: &Arc<Vocabulary>,
+    memo: &OcrMemo,
 ) -> Result<CachedPage, crate::ocr::OcrError> {
-    let key = if vocabulary.is_empty() {
-        format!("{}:{}", state.ocr_cache_key, fetched.sha256)
-    } else {
-        format!(
-            "{}:w{}:{}",
-            state.ocr_cache_key,
-            vocabulary.digest(),
-            fetched.sha256
-        )
-    };
+    let key = memo.key(&fetched.sha256);
     match state.store.cache_get("ocr", &key).await {
         Ok(Some(json)) => match serde_json::from_str::<CachedPage>(&json) {
             Ok(page) => {
@@ -303,10 +325,7 @@ async fn recognise(
     }
     let page: CachedPage = state
         .ocr
-        .read_with(
-            fetched.bytes.clone(),
-            (!vocabulary.is_empty()).then(|| Arc::clone(vocabulary)),
-        )
+        .read_with(fetched.bytes.clone(), memo.vocabulary.clone())
         .instrument(tracing::info_span!("ocr"))
         .await?
         .into();
@@ -319,4 +338,68 @@ async fn recognise(
         Err(e) => tracing::warn!(error = %e, "OCR result not cacheable"),
     }
     Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Question;
+    use crate::segment::QuestionNumber;
+
+    fn paper(code: &str, standard_answer: &str) -> QuestionPaper {
+        QuestionPaper {
+            question_paper_code: code.into(),
+            exam_code: "E".into(),
+            title: None,
+            marks_step: None,
+            questions: vec![Question {
+                question_number: QuestionNumber::parse("1").unwrap(),
+                question_text: Some("Define depreciation.".into()),
+                standard_answer: standard_answer.into(),
+                total_marks: 5.0,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reader_that_ignores_the_vocabulary_shares_its_memo_across_papers() {
+        let a = paper(
+            "QP-A",
+            "Depreciation spreads the cost of an asset over its life.",
+        );
+        let b = paper("QP-B", "Goodwill is the value of a business's reputation.");
+        let (memo_a, memo_b) = (
+            OcrMemo::new("tesseract:eng:p1", false, &a),
+            OcrMemo::new("tesseract:eng:p1", false, &b),
+        );
+        assert!(memo_a.vocabulary.is_none());
+        assert_eq!(memo_a.key("abc"), "tesseract:eng:p1:abc");
+        assert_eq!(memo_a.key("abc"), memo_b.key("abc"));
+    }
+
+    #[test]
+    fn a_reader_that_corrects_words_keys_its_memo_by_the_papers_words() {
+        let a = paper(
+            "QP-A",
+            "Depreciation spreads the cost of an asset over its life.",
+        );
+        let b = paper("QP-B", "Goodwill is the value of a business's reputation.");
+        let a_again = paper(
+            "QP-A2",
+            "Depreciation spreads the cost of an asset over its life.",
+        );
+        let memo = |p: &QuestionPaper| OcrMemo::new("auto:eng:0.8:p1", true, p);
+        assert!(memo(&a).vocabulary.is_some());
+        assert_ne!(memo(&a).key("abc"), memo(&b).key("abc"));
+        // Same words, same reading: another paper with them shares the entries.
+        assert_eq!(memo(&a).key("abc"), memo(&a_again).key("abc"));
+        assert_ne!(memo(&a).key("abc"), memo(&a).key("abd"));
+        // A paper without words to offer reads as the plain engine does.
+        let empty = QuestionPaper {
+            questions: vec![],
+            ..a.clone()
+        };
+        assert!(memo(&empty).vocabulary.is_none());
+        assert_eq!(memo(&empty).key("abc"), "auto:eng:0.8:p1:abc");
+    }
 }
