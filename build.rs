@@ -6,6 +6,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // `sqlx::migrate!` embeds the migrations; a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
     // (pkg-config name, minimum version, Debian package providing the .pc file)

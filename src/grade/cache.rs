@@ -133,7 +133,12 @@ const RECENT_REPLIES: usize = 10_000;
 /// Replies waiting to be written; when full, `put` waits for room (backpressure, no loss).
 const PENDING_WRITES: usize = 8_192;
 /// Most replies written in one transaction.
-const WRITE_BATCH: usize = 512;
+const WRITE_BATCH: usize = 4_096;
+/// How long the writer lets replies gather before writing what came. Keys are hashes, so
+/// every row lands on a random page of the memo's index, and rows written in one
+/// transaction share the pages they dirty: fewer, larger batches write fewer pages.
+/// Replies are served from memory (`recent`) meanwhile.
+const WRITE_LINGER: Duration = Duration::from_millis(250);
 /// Up to this many stored keys are held in memory (8 bytes each) to answer misses without a
 /// query; a larger memo is read through on every miss. Loading reads the full hex keys first,
 /// about 90 MB at this limit, once at start.
@@ -208,6 +213,13 @@ impl StoreReplyCache {
             runtime.spawn(async move {
                 let mut batch = Vec::with_capacity(WRITE_BATCH);
                 while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                    tokio::time::sleep(WRITE_LINGER).await;
+                    while batch.len() < WRITE_BATCH {
+                        match queue.try_recv() {
+                            Ok(entry) => batch.push(entry),
+                            Err(_) => break,
+                        }
+                    }
                     write_replies(store.as_ref(), &batch).await;
                     PENDING_REPLY_WRITES.fetch_sub(batch.len(), Ordering::AcqRel);
                     batch.clear();
