@@ -19,6 +19,8 @@
 //! - `EVAL_LOAD_CACHE=0`: run Examiner with `EXAMINER_GRADING__LLM__CACHE=false`;
 //! - `EVAL_LOAD_RUST_LOG`: Examiner's `RUST_LOG` (default: unset, i.e. its `info` default);
 //! - `EVAL_LOAD_PERF=DIR`: `perf record` Examiner during each measurement window into DIR;
+//! - `EVAL_LOAD_FLOOR=1`: after each scenario, replay the request bodies Examiner sent from a
+//!   bare HTTP client at the same calls in flight, and report its CPU per call (the floor);
 //! - `EVAL_LOAD_KEEP=1`: keep each scenario's data directory (database, Examiner's log);
 //! - `EVAL_LOAD_EXAMINER=PATH`: run another `examiner` binary (e.g. an older build, for A/B);
 //! - `EVAL_LOAD_SECOND_OPINION=1`: let Examiner load the embedded grader from `$EXAMINER_MODELS_DIR`
@@ -30,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -81,6 +83,8 @@ struct Options {
     perf_dir: Option<String>,
     /// The models directory, when the embedded grader's second opinion is wanted.
     second_opinion: Option<String>,
+    /// After each scenario, measure the client floor (`run_floor`).
+    floor: bool,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -145,6 +149,8 @@ struct FakeLlm {
     agree: Bytes,
     disagree_reply: Bytes,
     arbiter: Bytes,
+    /// The first request body seen per stage: what the client floor replays.
+    captured: [OnceLock<Bytes>; 4],
 }
 
 fn completion(content: serde_json::Value) -> Bytes {
@@ -185,6 +191,7 @@ impl FakeLlm {
                 "feedback": "Partly correct: the concept is stated but not fully explained.",
                 "reasoning": "Weighed the evaluator's and the verifier's views."
             })),
+            captured: Default::default(),
         }
     }
 
@@ -212,6 +219,7 @@ fn stage_of(body: &[u8]) -> usize {
 
 async fn complete(State(fake): State<Arc<FakeLlm>>, body: Bytes) -> Response {
     let stage = stage_of(&body);
+    fake.captured[stage].get_or_init(|| body.clone());
     drop(body);
     fake.calls[stage].fetch_add(1, Ordering::Relaxed);
     let delay = Duration::from_millis(fake.delay_ms.load(Ordering::Relaxed));
@@ -489,24 +497,36 @@ impl Examiner {
     }
 }
 
-/// What the whole run (warm-up, window and drain) left in the database.
+/// The memo's database file beside the main one (`store::sqlite::memo_path`); older builds
+/// kept the memo in the main file.
+fn memo_db(db: &Path) -> std::path::PathBuf {
+    db.with_file_name("examiner-memo.db")
+}
+
+/// What the whole run (warm-up, window and drain) left in the databases.
 async fn count_rows(db: &Path) -> String {
     use sqlx::ConnectOptions;
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true);
-    let Ok(mut conn) = options.connect().await else {
-        return "database unreadable".into();
-    };
     let mut parts = Vec::new();
-    for table in ["evaluations", "evaluation_items", "cache_entries"] {
-        let count: Result<i64, _> = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&mut conn)
-            .await;
-        parts.push(format!(
-            "{table} {}",
-            count.map_or("?".into(), |c| c.to_string())
-        ));
+    for file in [db.to_path_buf(), memo_db(db)] {
+        if !file.is_file() {
+            continue;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&file)
+            .read_only(true);
+        let Ok(mut conn) = options.connect().await else {
+            parts.push(format!("{} unreadable", file.display()));
+            continue;
+        };
+        for table in ["evaluations", "evaluation_items", "cache_entries"] {
+            let count: Result<i64, _> =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&mut conn)
+                    .await;
+            if let Ok(count) = count {
+                parts.push(format!("{table} {count}"));
+            }
+        }
     }
     parts.join(", ")
 }
@@ -529,6 +549,20 @@ fn metric(text: &str, name: &str, filter: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Samples of a Prometheus histogram whose line contains `filter`, at or below bucket `le`.
+fn bucket(text: &str, name: &str, filter: &str, le: f64) -> f64 {
+    let le = format!("le=\"{le}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter) && l.contains(&le))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The bucket bounds Examiner's histograms use (`app::metrics_handle`).
+const BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 // ---------------------------------------------------------------------------------------------
 // Load generator
@@ -828,15 +862,23 @@ fn run_scenario(
     let grading_mean = mean_of("examiner_grading_seconds", "");
     let read_mean = mean_of("examiner_store_seconds", "read_paper");
     let insert_mean = mean_of("examiner_store_seconds", "insert_evaluation");
+    // The tail: how many inserts and LLM stages took long enough to matter.
+    let over = |name: &str, filter: &str, le: f64| {
+        let count = metric_delta(&format!("{name}_count"), filter);
+        let at_most = bucket(&after.metrics, &format!("{name}_bucket"), filter, le)
+            - bucket(&before.metrics, &format!("{name}_bucket"), filter, le);
+        format!("{:.0} of {count:.0}", count - at_most)
+    };
+    let stage_bound = BUCKETS
+        .into_iter()
+        .find(|b| *b >= 1.2 * sc.delay.as_secs_f64())
+        .unwrap_or(60.0);
     let examiner_threads = threads_delta(&before.examiner_threads, &after.examiner_threads);
     let log_bytes = std::fs::metadata(&examiner.log).map_or(0, |m| m.len());
-    let db_bytes: u64 = ["", "-wal"]
+    let db_bytes: u64 = [examiner.db.clone(), memo_db(&examiner.db)]
         .iter()
-        .filter_map(|suffix| {
-            std::fs::metadata(format!("{}{suffix}", examiner.db.display()))
-                .ok()
-                .map(|m| m.len())
-        })
+        .flat_map(|file| ["", "-wal"].map(|suffix| format!("{}{suffix}", file.display())))
+        .filter_map(|file| std::fs::metadata(file).ok().map(|m| m.len()))
         .sum();
     println!(
         "{}: {} requests in {:.1} s ({} failed), {} LLM calls (evaluator {}, verifier {}, arbiter {}, unknown {}) = {:.1} per request",
@@ -874,6 +916,14 @@ fn run_scenario(
         insert_mean * 1e3
     );
     println!(
+        "  tail: evaluation inserts over 25 / 50 / 100 ms: {} / {} / {}; LLM stages over {} ms: {}",
+        over("examiner_store_seconds", "insert_evaluation", 0.025),
+        over("examiner_store_seconds", "insert_evaluation", 0.05),
+        over("examiner_store_seconds", "insert_evaluation", 0.1),
+        stage_bound * 1e3,
+        over("examiner_llm_seconds", "", stage_bound)
+    );
+    println!(
         "  Examiner CPU {:.2} s = {:.1}% of one core = {:.1} µs per LLM call; by thread: {}",
         outcome.examiner_cpu,
         outcome.examiner_cpu / secs * 100.0,
@@ -897,13 +947,135 @@ fn run_scenario(
     );
     let rows = loadgen.block_on(count_rows(&examiner.db));
     println!(
-        "  Examiner log {:.1} KiB ({:.0} B per request), database {:.1} MiB after the run ({rows}); load average now {}",
+        "  Examiner log {:.1} KiB ({:.0} B per request), databases {:.1} MiB after the run ({rows}); load average now {}",
         log_bytes as f64 / 1024.0,
         log_bytes as f64 / samples.len().max(1) as f64,
         db_bytes as f64 / 1048576.0,
         load_average()
     );
     outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client floor: what one LLM call costs any HTTP client on this machine
+
+/// CPU per call of a bare client making the calls Examiner made, with nothing else to do.
+struct Floor {
+    calls: u64,
+    cpu: f64,
+}
+
+impl Floor {
+    fn us_per_call(&self) -> f64 {
+        self.cpu / self.calls.max(1) as f64 * 1e6
+    }
+}
+
+/// One chain of calls, as one question's stages are: send, wait for the reply, send the next.
+/// Per call it does what any chat-completions client must: serialise the request, send it,
+/// read the reply and parse it and the JSON inside its content.
+async fn floor_worker(
+    client: reqwest::Client,
+    url: String,
+    bodies: Arc<Vec<serde_json::Value>>,
+    start_at: Instant,
+    stop_at: Instant,
+    calls: Arc<AtomicU64>,
+) {
+    tokio::time::sleep_until(start_at.into()).await;
+    let mut next = 0usize;
+    while Instant::now() < stop_at {
+        let body = &bodies[next % bodies.len()];
+        next += 1;
+        let reply = async {
+            let response = client.post(&url).json(body).send().await.ok()?;
+            let bytes = response.bytes().await.ok()?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            let content = value["choices"][0]["message"]["content"].as_str()?;
+            serde_json::from_str::<serde_json::Value>(content).ok()
+        }
+        .await;
+        if reply.is_none() {
+            panic!("client floor: the fake LLM did not answer a replayed request");
+        }
+        calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Replays the request bodies the fake captured from Examiner, at the scenario's number of
+/// calls in flight (concurrency × questions) and D, from a runtime of its own with as many
+/// threads as Examiner's (`floor`), with Examiner stopped. Its CPU per call is the floor under
+/// Examiner's own µs-per-call figure.
+fn run_floor(sc: &Scenario, fake: &Arc<FakeLlm>, fake_addr: SocketAddr, opts: &Options) -> Floor {
+    let stages: &[usize] = if sc.arbiter {
+        &[EVALUATOR, VERIFIER, ARBITER]
+    } else {
+        &[EVALUATOR, VERIFIER]
+    };
+    let bodies: Vec<serde_json::Value> = stages
+        .iter()
+        .map(|&stage| {
+            let raw = fake.captured[stage]
+                .get()
+                .expect("the scenario's Examiner run made a call of every stage");
+            serde_json::from_slice(raw).expect("Examiner sent JSON")
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name("floor")
+        .enable_all()
+        .build()
+        .expect("floor runtime");
+    // As Examiner's client (`build_http_client`): pooled, HTTP/1.1 to a plain-HTTP server.
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(60))
+        .build()
+        .expect("floor client");
+    let url = format!("http://{fake_addr}/v1/chat/completions");
+    let chains = sc.concurrency * opts.questions;
+    let calls = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let measure_from = t0 + sc.warmup;
+    let measure_to = measure_from + sc.measure;
+    let stagger = sc.delay.min(sc.warmup / 2);
+    let handles: Vec<_> = (0..chains)
+        .map(|i| {
+            runtime.spawn(floor_worker(
+                client.clone(),
+                url.clone(),
+                bodies.clone(),
+                t0 + stagger.mul_f64(i as f64 / chains as f64),
+                measure_to,
+                calls.clone(),
+            ))
+        })
+        .collect();
+    std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+    let (calls_before, threads_before) = (calls.load(Ordering::Relaxed), threads_of("self"));
+    std::thread::sleep(measure_to.saturating_duration_since(Instant::now()));
+    let (calls_after, threads_after) = (calls.load(Ordering::Relaxed), threads_of("self"));
+    for handle in handles {
+        runtime.block_on(handle).expect("floor worker");
+    }
+    let floor = Floor {
+        calls: calls_after - calls_before,
+        cpu: threads_delta(&threads_before, &threads_after)
+            .get("floor")
+            .copied()
+            .unwrap_or(0.0),
+    };
+    println!(
+        "  client floor: {chains} chains of calls replaying Examiner's request bodies, {} calls in {:.1} s, {:.2} s of CPU = {:.1} µs per call",
+        floor.calls,
+        sc.measure.as_secs_f64(),
+        floor.cpu,
+        floor.us_per_call()
+    );
+    floor
 }
 
 fn main() {
@@ -922,6 +1094,7 @@ fn main() {
         cache: env_u64("EVAL_LOAD_CACHE").unwrap_or(1) != 0,
         rust_log: std::env::var("EVAL_LOAD_RUST_LOG").ok(),
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
+        floor: env_u64("EVAL_LOAD_FLOOR").unwrap_or(0) != 0,
         second_opinion: (env_u64("EVAL_LOAD_SECOND_OPINION").unwrap_or(0) != 0).then(|| {
             let dir = std::env::var("EXAMINER_MODELS_DIR").unwrap_or_else(|_| "models".into());
             std::fs::canonicalize(&dir)
@@ -964,19 +1137,23 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let outcomes: Vec<Outcome> = scenarios
+    let outcomes: Vec<(Outcome, Option<Floor>)> = scenarios
         .iter()
-        .map(|sc| run_scenario(sc, &fake, fake_addr, &loadgen, &opts))
+        .map(|sc| {
+            let outcome = run_scenario(sc, &fake, fake_addr, &loadgen, &opts);
+            let floor = opts.floor.then(|| run_floor(sc, &fake, fake_addr, &opts));
+            (outcome, floor)
+        })
         .collect();
 
-    println!("\n| scenario | concurrency | D | ideal | p50 | p99 | max | req/s | LLM calls | Examiner CPU s | µs per call | bench CPU s (loadgen / fake) | p99 ≤ 1.1× ideal | < 50 µs/call |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for o in &outcomes {
+    println!("\n| scenario | concurrency | D | ideal | p50 | p99 | max | req/s | LLM calls | Examiner CPU s | µs per call | bench CPU s (loadgen / fake) | client floor µs/call | p99 ≤ 1.1× ideal | < 50 µs/call |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (o, floor) in &outcomes {
         let sc = &o.scenario;
         let loaded = sc.concurrency > 1;
         let latency_ok = o.p99.as_secs_f64() <= 1.1 * sc.ideal().as_secs_f64();
         println!(
-            "| {} | {} | {} ms | {} | {} | {} | {} | {:.1} | {} | {:.2} | {:.1} | {:.2} ({:.2} / {:.2}) | {} | {} |",
+            "| {} | {} | {} ms | {} | {} | {} | {} | {:.1} | {} | {:.2} | {:.1} | {:.2} ({:.2} / {:.2}) | {} | {} | {} |",
             sc.name,
             sc.concurrency,
             sc.delay.as_millis(),
@@ -991,6 +1168,9 @@ fn main() {
             o.bench_cpu,
             o.loadgen_cpu,
             o.fake_cpu,
+            floor
+                .as_ref()
+                .map_or("–".to_string(), |f| format!("{:.1}", f.us_per_call())),
             match (loaded, latency_ok) {
                 (false, true) => "yes (not a target)",
                 (false, false) => "no (not a target)",
@@ -1001,7 +1181,7 @@ fn main() {
         );
         if o.errors > 0 {
             println!(
-                "|  | {} of {} requests failed |  |  |  |  |  |  |  |  |  |  |  |  |",
+                "|  | {} of {} requests failed |  |  |  |  |  |  |  |  |  |  |  |  |  |",
                 o.errors, o.requests
             );
         }
