@@ -320,6 +320,11 @@ fn is_invisible(c: char) -> bool {
 /// `STUDENT ANSWER`). Shorter runs such as C++'s `<<` are left alone so answers keep their
 /// meaning.
 pub(crate) fn neutralise(text: &str) -> String {
+    // Most texts hold no angle bracket at all: there is no run to space out. (Prompts are
+    // built for every stage, and this was 4 % of the CPU under load.)
+    if !text.chars().any(|c| angle(c).is_some()) {
+        return defuse_block_names(text.to_string());
+    }
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len() + 8);
     let mut i = 0;
@@ -355,6 +360,10 @@ pub(crate) fn neutralise(text: &str) -> String {
 }
 
 fn defuse_block_names(text: String) -> String {
+    // Every block name has an underscore, the only byte this changes.
+    if !text.contains('_') {
+        return text;
+    }
     let lower = text.to_ascii_lowercase(); // ASCII lowering keeps byte offsets
     let mut bytes = text.clone().into_bytes();
     let mut changed = false;
@@ -416,8 +425,17 @@ fn fold_confusable(c: char) -> char {
 /// The text as screening sees it: NFKC, invisible characters dropped, look-alikes folded,
 /// lower-cased, angle look-alikes as ASCII.
 fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.nfkc() {
+    // NFKC leaves ASCII as it is, and most answers are ASCII: skip the normaliser for them.
+    if text.is_ascii() {
+        fold_chars(text.chars(), text.len())
+    } else {
+        fold_chars(text.nfkc(), text.len())
+    }
+}
+
+fn fold_chars(chars: impl Iterator<Item = char>, len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    for c in chars {
         if is_invisible(c) {
             continue;
         }
@@ -822,4 +840,31 @@ fn delimiter_like(nospace: &str) -> bool {
             .next()
             .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '/')
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn ascii_text_folds_as_through_the_normaliser(text in "[ -~\t\n]{0,200}") {
+            prop_assert_eq!(fold(&text), fold_chars(text.nfkc(), text.len()));
+        }
+
+        #[test]
+        fn text_without_angles_or_underscores_is_left_as_it_is(text in "[^<>_]{0,200}") {
+            prop_assume!(!text.chars().any(|c| angle(c).is_some()));
+            prop_assert_eq!(neutralise(&text), text);
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_still_defuse_names_and_space_runs() {
+        assert_eq!(neutralise("see STUDENT_ANSWER"), "see STUDENT ANSWER");
+        assert_eq!(neutralise("a <<< b"), "a < < < b");
+        assert_eq!(neutralise("snake_case stays"), "snake_case stays");
+        assert_eq!(fold("IGNORE <Previous>"), "ignore <previous>");
+    }
 }
