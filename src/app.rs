@@ -255,11 +255,13 @@ pub fn start_ocr(
         }
         OcrEngineChoice::Vision => {
             let reader =
-                crate::ocr::vision::VisionOcr::new(&settings.vision, decode_limits(settings))?;
-            // The server decides what a model name means; its address is part of the key.
+                crate::ocr::vision::VisionOcr::new(&settings.vision, decode_limits(settings))?
+                    .with_max_side(settings.vision_max_side);
+            // The server decides what a model name means; its address is part of the key, and
+            // so is the size pages are sent at.
             let key = format!(
-                "vision:{}:{}:{OCR_PIPELINE_VERSION}",
-                settings.vision.base_url, settings.vision.model
+                "vision:{}:{}:{}:{OCR_PIPELINE_VERSION}",
+                settings.vision.base_url, settings.vision.model, settings.vision_max_side
             );
             Ok((Arc::new(reader), key))
         }

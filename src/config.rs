@@ -159,6 +159,9 @@ pub struct OcrSettings {
     pub ort_dylib: Option<PathBuf>,
     /// The vision-LLM backend for `engine = "vision"` (same fields as an LLM role).
     pub vision: LlmBackendSettings,
+    /// Pages sent to the vision backend are scaled down so their longer side is at most
+    /// this many pixels (0: sent at their own size). Default 2048.
+    pub vision_max_side: u32,
     /// Tesseract language codes joined by `+` (`eng`, `eng+hin`).
     pub languages: String,
     /// Worker threads, each with its own engine; 0 means one per CPU core.
@@ -187,6 +190,7 @@ impl Default for OcrSettings {
             models_dir: None,
             ort_dylib: None,
             vision: LlmBackendSettings::default(),
+            vision_max_side: crate::ocr::vision::DEFAULT_MAX_SIDE,
             languages: "eng".to_string(),
             threads: 0,
             queue_capacity: 0,
@@ -787,6 +791,18 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn vision_page_size() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.ocr.vision_max_side, 2048);
+        let vars = env(&[("EXAMINER_OCR__VISION_MAX_SIDE", "1568")]);
+        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(settings.ocr.vision_max_side, 1568);
+        let vars = env(&[("EXAMINER_OCR__VISION_MAX_SIDE", "-1")]);
+        let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("vision_max_side"), "{err}");
     }
 
     #[test]

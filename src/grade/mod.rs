@@ -33,7 +33,8 @@ pub use prompts::{detect_injection, INJECTION_FLAG, PROMPT_VERSION};
 // The vision OCR backend speaks the same protocol: it reuses the completion parsing, the
 // retry timing and the message snippets rather than keeping copies.
 pub(crate) use client::{
-    backoff_delay, parse_completion, parse_retry_after, snippet, ApiKey, Completion, OutputMode,
+    backoff_delay, parse_completion, parse_retry_after, snippet, ApiKey, CircuitBreaker,
+    Completion, OutputMode, Rejection,
 };
 pub(crate) use replies::extract_json;
 pub use settings::{LlmBackendSettings, LlmSettings};

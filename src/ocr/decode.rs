@@ -78,6 +78,15 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
 /// Decodes an untrusted image, enforcing `limits` from the header before
 /// allocating pixels, and applies EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, OcrError> {
+    decode_upright(bytes, limits).map(|(image, _)| image)
+}
+
+/// [`decode`], also telling whether EXIF orientation changed the image (so a
+/// caller that forwards the original bytes knows they would display turned).
+pub fn decode_upright(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(DynamicImage, bool), OcrError> {
     let format = sniff(bytes).ok_or(OcrError::UnsupportedFormat)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Only a memory budget here: the width/height caps are checked below so
@@ -107,7 +116,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, OcrEr
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| map_error(e, Some((width, height)), limits))?;
     image.apply_orientation(orientation);
-    Ok(image)
+    Ok((
+        image,
+        orientation != image::metadata::Orientation::NoTransforms,
+    ))
 }
 
 /// Checks a (declared) image size against the caps.

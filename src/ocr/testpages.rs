@@ -151,3 +151,18 @@ pub fn jpeg(page: &GrayImage, quality: u8) -> Vec<u8> {
         .expect("JPEG encoding of an in-memory image");
     out
 }
+
+/// `jpeg` with an EXIF block saying how to turn it for display (EXIF orientation
+/// 1..=8; 6 is "rotate 90° clockwise"), as phone cameras write it.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+    let mut app1 = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
+    app1.extend_from_slice(&[0, 1]); // one entry
+    app1.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0]); // Orientation
+    app1.extend_from_slice(&[0, 0, 0, 0]); // no next IFD
+    let mut tagged = jpeg[..2].to_vec(); // SOI
+    tagged.extend_from_slice(&[0xFF, 0xE1]);
+    tagged.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    tagged.extend_from_slice(&app1);
+    tagged.extend_from_slice(&jpeg[2..]);
+    tagged
+}

@@ -230,20 +230,7 @@ fn gif_decodes_first_frame() {
 fn jpeg_exif_orientation_is_applied() {
     // A 60x20 JPEG tagged "rotate 90° clockwise to display" (EXIF 6).
     let img = GrayImage::from_fn(60, 20, |x, _| Luma([if x < 10 { 0 } else { 255 }]));
-    let jpeg = testpages::jpeg(&img, 95);
-    let tiff: &[u8] = &[
-        b'M', b'M', 0, 42, 0, 0, 0, 8, // big-endian TIFF header, IFD at 8
-        0, 1, // one entry
-        0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, // Orientation SHORT = 6
-        0, 0, 0, 0, // no next IFD
-    ];
-    let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend_from_slice(tiff);
-    let mut tagged = jpeg[..2].to_vec(); // SOI
-    tagged.extend_from_slice(&[0xFF, 0xE1]);
-    tagged.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
-    tagged.extend_from_slice(&app1);
-    tagged.extend_from_slice(&jpeg[2..]);
+    let tagged = testpages::with_exif_orientation(&testpages::jpeg(&img, 95), 6);
     let out = decode(&tagged, &DecodeLimits::default()).expect("decodes");
     assert_eq!(
         (out.width(), out.height()),

@@ -21,10 +21,17 @@
 //! answer, but that is an instruction, not a guarantee: a model may still
 //! "fix" spelling, which the local engines never do.
 //!
-//! Not done here: JPEG EXIF orientation is applied for the reported size but
-//! the JPEG is sent as uploaded (vision APIs generally honour EXIF), and large
-//! pages are not downscaled (servers have their own image-size limits; a page
-//! they refuse fails with the server's message).
+//! A page whose longer side exceeds `ocr.vision_max_side` (default 2048) is
+//! scaled down before it is sent: vision APIs shrink large images themselves
+//! (OpenAI to 2048, others less) or refuse them, so a 12-megapixel phone photo
+//! would only cost upload time and tokens. A page EXIF says to turn is sent
+//! turned, since not every server reads EXIF. Either way photos are re-encoded
+//! as JPEG and everything else as PNG; other pages are sent as uploaded.
+//!
+//! After `circuit_failure_threshold` consecutive failures (5xx, timeouts,
+//! connection errors) pages fail fast for `circuit_open_secs`, then one probe
+//! is let through, as for the grading backends: a dead server costs each
+//! upload one quick error instead of every page's retries and timeouts.
 //!
 //! Metrics: `examiner_ocr_pages_total{engine}` (counter),
 //! `examiner_ocr_seconds{engine}` (histogram of time per page, decode and
@@ -38,19 +45,27 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use image::codecs::jpeg::JpegEncoder;
+use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::decode::{decode, sniff, DecodeLimits};
+use super::decode::{decode_upright, sniff, DecodeLimits};
 use super::pool::PageText;
 use super::OcrError;
 use crate::grade::{
-    backoff_delay, extract_json, parse_completion, parse_retry_after, snippet, ApiKey, Completion,
-    LlmBackendSettings, OutputMode,
+    backoff_delay, extract_json, parse_completion, parse_retry_after, snippet, ApiKey,
+    CircuitBreaker, Completion, LlmBackendSettings, OutputMode, Rejection,
 };
+
+/// Default for `ocr.vision_max_side`: OpenAI's own limit for detailed images,
+/// and still legible for handwriting on a whole A4 page (about 250 dpi).
+pub const DEFAULT_MAX_SIDE: u32 = 2048;
+/// Quality of photos re-encoded for sending: pen strokes stay sharp.
+const JPEG_QUALITY: u8 = 90;
 
 /// Largest response body read; a transcription is a page of text, so anything
 /// near this is not a real reply.
@@ -90,7 +105,10 @@ pub struct VisionOcr {
     timeout_secs: u64,
     max_retries: u32,
     limits: DecodeLimits,
+    /// Longer side of a page as sent; 0 sends pages at their own size.
+    max_side: u32,
     semaphore: Semaphore,
+    breaker: CircuitBreaker,
     /// The best [`OutputMode`] the server has not rejected.
     mode: AtomicU8,
 }
@@ -115,6 +133,8 @@ struct Prepared {
     media: &'static str,
     data_url: String,
     decode_ms: f64,
+    /// Size as sent over size as uploaded.
+    scale: f32,
 }
 
 /// A failed request, before it is turned into an [`OcrError`].
@@ -138,6 +158,20 @@ impl RequestError {
             RequestError::Status { status, .. } => matches!(*status, 408 | 429 | 500..=599),
             RequestError::Timeout | RequestError::Connect(_) | RequestError::Transport(_) => true,
             RequestError::Malformed(_) => false,
+        }
+    }
+
+    /// What the failure says about the server, for the circuit breaker: `Some(true)` that it
+    /// is failing, `Some(false)` nothing either way (a 429 or an odd body come from a live
+    /// server that is busy or quirky), `None` that it is up (it gave a definite answer).
+    fn counts_as_failure(&self) -> Option<bool> {
+        match self {
+            RequestError::Status { status: 429, .. } | RequestError::Malformed(_) => Some(false),
+            RequestError::Status { status, .. } if matches!(*status, 408 | 500..=599) => Some(true),
+            RequestError::Status { .. } => None,
+            RequestError::Timeout | RequestError::Connect(_) | RequestError::Transport(_) => {
+                Some(true)
+            }
         }
     }
 }
@@ -200,9 +234,21 @@ impl VisionOcr {
             timeout_secs: settings.timeout_secs,
             max_retries: settings.max_retries,
             limits,
+            max_side: DEFAULT_MAX_SIDE,
             semaphore: Semaphore::new(settings.concurrency.max(1)),
+            breaker: CircuitBreaker::new(
+                settings.circuit_failure_threshold,
+                Duration::from_secs(settings.circuit_open_secs),
+            ),
             mode: AtomicU8::new(OutputMode::JsonSchema as u8),
         })
+    }
+
+    /// Pages whose longer side exceeds `max_side` pixels are scaled down to it before they
+    /// are sent (`ocr.vision_max_side`); 0 sends every page at its own size.
+    pub fn with_max_side(mut self, max_side: u32) -> Self {
+        self.max_side = max_side;
+        self
     }
 
     /// The engine name put in [`PageText::engine`]: `vision:<model>`.
@@ -244,8 +290,8 @@ impl VisionOcr {
         if sniff(&bytes).is_none() {
             return Err(OcrError::UnsupportedFormat);
         }
-        let limits = self.limits;
-        let prepared = tokio::task::spawn_blocking(move || prepare(&bytes, &limits))
+        let (limits, max_side) = (self.limits, self.max_side);
+        let prepared = tokio::task::spawn_blocking(move || prepare(&bytes, &limits, max_side))
             .await
             .map_err(|e| {
                 if e.is_panic() {
@@ -272,7 +318,7 @@ impl VisionOcr {
             preprocess_ms: 0.0,
             ocr_ms: t.elapsed().as_secs_f64() * 1000.0,
             rotated_degrees: 0,
-            scale: 1.0,
+            scale: prepared.scale,
         })
     }
 
@@ -283,11 +329,37 @@ impl VisionOcr {
         let mut retries = 0u32;
         let mut reasked = false;
         let mut attempts = 0u32;
+        // The failure a retry was waiting to undo, reported if the circuit opens meanwhile.
+        let mut last_failure: Option<String> = None;
         loop {
+            let admission = match self.breaker.admit() {
+                Ok(admission) => admission,
+                Err(rejection) => {
+                    return Err(OcrError::Engine(match (last_failure, rejection) {
+                        (Some(failure), _) => failure,
+                        (None, Rejection::Open(left)) => format!(
+                            "vision OCR backend {} is failing: circuit breaker open after \
+                             repeated failures; pages fail fast for another {}s",
+                            self.label,
+                            left.as_secs_f64().ceil() as u64
+                        ),
+                        (None, Rejection::Probing) => format!(
+                            "vision OCR backend {} is failing: waiting for a probe request \
+                             to succeed",
+                            self.label
+                        ),
+                    }));
+                }
+            };
             attempts += 1;
             let t = Instant::now();
             let outcome = self.send_once(page, mode).await;
             let latency_ms = t.elapsed().as_secs_f64() * 1000.0;
+            match outcome.as_ref().map_err(RequestError::counts_as_failure) {
+                Ok(_) | Err(None) => admission.success(),
+                Err(Some(true)) => admission.failure(),
+                Err(Some(false)) => admission.neutral(),
+            }
             let invalid = match outcome {
                 Ok(completion) => match validate_reply(&completion) {
                     Ok(transcription) => {
@@ -318,7 +390,9 @@ impl VisionOcr {
                     continue;
                 }
                 Err(RequestError::Malformed(detail)) => detail,
-                Err(e) if e.transient() && retries < self.max_retries => {
+                Err(e)
+                    if e.transient() && retries < self.max_retries && !self.breaker.is_open() =>
+                {
                     let retry_after = match &e {
                         RequestError::Status { retry_after, .. } => *retry_after,
                         _ => None,
@@ -333,6 +407,10 @@ impl VisionOcr {
                         "vision OCR request failed; retrying"
                     );
                     tokio::time::sleep(delay).await;
+                    last_failure = Some(format!(
+                        "vision OCR request to {} failed ({attempts} attempts): {e}",
+                        self.label
+                    ));
                     continue;
                 }
                 Err(RequestError::Timeout) => {
@@ -473,21 +551,44 @@ fn schema() -> Value {
 }
 
 /// Decodes with the caps (the safety check, and the page size for
-/// [`PageText`]) and builds the `data:` URL. CPU work: runs on the blocking pool.
-fn prepare(bytes: &[u8], limits: &DecodeLimits) -> Result<Prepared, OcrError> {
+/// [`PageText`]) and builds the `data:` URL: the bytes as uploaded when the
+/// APIs accept the format and the page needs neither turning nor shrinking,
+/// else the upright page, scaled to `max_side`, re-encoded. CPU work: runs on
+/// the blocking pool.
+fn prepare(bytes: &[u8], limits: &DecodeLimits, max_side: u32) -> Result<Prepared, OcrError> {
     let t = Instant::now();
     let format = sniff(bytes).ok_or(OcrError::UnsupportedFormat)?;
-    let image = decode(bytes, limits)?;
+    let (image, turned) = decode_upright(bytes, limits)?;
     let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     let (width, height) = (image.width(), image.height());
+    let shrink = max_side > 0 && width.max(height) > max_side;
+    // TIFF and BMP are not accepted by the vision APIs.
+    let accepted = match format {
+        ImageFormat::Png => Some("image/png"),
+        ImageFormat::Jpeg => Some("image/jpeg"),
+        ImageFormat::WebP => Some("image/webp"),
+        ImageFormat::Gif => Some("image/gif"),
+        _ => None,
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
-    let (media, encoded) = match format {
-        ImageFormat::Png => ("image/png", b64.encode(bytes)),
-        ImageFormat::Jpeg => ("image/jpeg", b64.encode(bytes)),
-        ImageFormat::WebP => ("image/webp", b64.encode(bytes)),
-        ImageFormat::Gif => ("image/gif", b64.encode(bytes)),
-        // TIFF and BMP are not accepted by the vision APIs.
-        _ => ("image/png", b64.encode(to_png(image)?)),
+    let (media, encoded, scale) = match accepted {
+        Some(media) if !shrink && !turned => (media, b64.encode(bytes), 1.0),
+        _ => {
+            let image = if shrink {
+                // Triangle (bilinear) keeps strokes legible at these ratios, at a
+                // fraction of Lanczos' cost on a 12-megapixel photo.
+                image.resize(max_side, max_side, FilterType::Triangle)
+            } else {
+                image
+            };
+            let scale = image.width() as f32 / width as f32;
+            // A phone photo as PNG would be several times its JPEG size.
+            if format == ImageFormat::Jpeg {
+                ("image/jpeg", b64.encode(to_jpeg(&image)?), scale)
+            } else {
+                ("image/png", b64.encode(to_png(image)?), scale)
+            }
+        }
     };
     Ok(Prepared {
         width,
@@ -495,7 +596,22 @@ fn prepare(bytes: &[u8], limits: &DecodeLimits) -> Result<Prepared, OcrError> {
         media,
         data_url: format!("data:{media};base64,{encoded}"),
         decode_ms,
+        scale,
     })
+}
+
+fn to_jpeg(image: &DynamicImage) -> Result<Vec<u8>, OcrError> {
+    // JPEG holds 8-bit gray or RGB only: no alpha, no 16-bit samples.
+    let image = if image.color().has_color() {
+        DynamicImage::ImageRgb8(image.to_rgb8())
+    } else {
+        DynamicImage::ImageLuma8(image.to_luma8())
+    };
+    let mut out = Vec::new();
+    image
+        .write_with_encoder(JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY))
+        .map_err(|e| OcrError::Engine(format!("could not re-encode the page as JPEG: {e}")))?;
+    Ok(out)
 }
 
 fn to_png(image: DynamicImage) -> Result<Vec<u8>, OcrError> {
@@ -1012,6 +1128,118 @@ mod tests {
         assert_eq!(media, "image/png");
         let round_trip = image::load_from_memory_with_format(&sent, ImageFormat::Png).unwrap();
         assert_eq!(round_trip.to_rgb8(), page);
+    }
+
+    #[tokio::test]
+    async fn large_pages_are_sent_scaled_down() {
+        let fake = FakeVision::start(|_, _| ok_reply("big page", 0.9)).await;
+        let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default())
+            .unwrap()
+            .with_max_side(1000);
+        let big = DynamicImage::ImageLuma8(GrayImage::from_fn(3000, 1200, |x, y| {
+            Luma([if (x / 3 + y / 5) % 4 == 0 { 20 } else { 230 }])
+        }));
+        let page = ocr.read(encoded(&big, ImageFormat::Png)).await.unwrap();
+
+        // The page is reported at its own size, with the scale it was sent at.
+        assert_eq!((page.width, page.height), (3000, 1200));
+        assert!((page.scale - 1.0 / 3.0).abs() < 1e-3, "{}", page.scale);
+        let (media, sent) = sent_image(&fake.seen()[0].body);
+        assert_eq!(media, "image/png");
+        let sent = image::load_from_memory(&sent).unwrap();
+        assert_eq!((sent.width(), sent.height()), (1000, 400));
+
+        // 0 sends pages as they are.
+        let fake = FakeVision::start(|_, _| ok_reply("big page", 0.9)).await;
+        let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default())
+            .unwrap()
+            .with_max_side(0);
+        let png = encoded(&big, ImageFormat::Png);
+        let page = ocr.read(png.clone()).await.unwrap();
+        assert_eq!(page.scale, 1.0);
+        assert_eq!(sent_image(&fake.seen()[0].body).1, png.to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_photo_exif_says_to_turn_is_sent_upright() {
+        let fake = FakeVision::start(|_, _| ok_reply("turned page", 0.9)).await;
+        let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default()).unwrap();
+        // 60x20 as stored, dark band on the left; displayed turned 90° clockwise.
+        let stored = GrayImage::from_fn(60, 20, |x, _| Luma([if x < 10 { 0 } else { 255 }]));
+        let photo = crate::ocr::testpages::with_exif_orientation(
+            &crate::ocr::testpages::jpeg(&stored, 95),
+            6,
+        );
+        let page = ocr.read(Bytes::from(photo)).await.unwrap();
+
+        assert_eq!((page.width, page.height), (20, 60));
+        let (media, sent) = sent_image(&fake.seen()[0].body);
+        assert_eq!(media, "image/jpeg");
+        // Re-encoded without EXIF: the pixels themselves are upright, dark band on top.
+        let sent = image::load_from_memory_with_format(&sent, ImageFormat::Jpeg)
+            .unwrap()
+            .to_luma8();
+        assert_eq!(sent.dimensions(), (20, 60));
+        assert!(sent.get_pixel(10, 2).0[0] < 60 && sent.get_pixel(10, 50).0[0] > 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_server_opens_the_circuit_and_a_probe_closes_it() {
+        let fake = FakeVision::start(|call, _| {
+            if call < 2 {
+                Reply::Status(500, "model crashed".into())
+            } else {
+                ok_reply("back again", 0.9)
+            }
+        })
+        .await;
+        let mut settings = fake.settings("");
+        settings.max_retries = 0;
+        settings.circuit_failure_threshold = 2;
+        settings.circuit_open_secs = 1;
+        let ocr = VisionOcr::new(&settings, DecodeLimits::default()).unwrap();
+        let png = encoded(&gray_page(), ImageFormat::Png);
+
+        for _ in 0..2 {
+            let err = ocr.read(png.clone()).await.unwrap_err();
+            assert!(
+                matches!(&err, OcrError::Engine(m) if m.contains("500")),
+                "{err}"
+            );
+        }
+        // Open: the next page fails at once, without a request.
+        let err = ocr.read(png.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, OcrError::Engine(m) if m.contains("circuit breaker open")),
+            "{err}"
+        );
+        assert_eq!(fake.seen().len(), 2);
+
+        // After the open period one probe goes through; its success closes the circuit.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(ocr.read(png.clone()).await.unwrap().text, "back again");
+        assert_eq!(ocr.read(png).await.unwrap().text, "back again");
+        assert_eq!(fake.seen().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_retry_the_circuit_cuts_short_reports_the_servers_failure() {
+        let fake = FakeVision::start(|_, _| Reply::Status(503, "overloaded".into())).await;
+        let mut settings = fake.settings("");
+        settings.max_retries = 5;
+        settings.circuit_failure_threshold = 1;
+        settings.circuit_open_secs = 30;
+        let ocr = VisionOcr::new(&settings, DecodeLimits::default()).unwrap();
+        let err = ocr
+            .read(encoded(&gray_page(), ImageFormat::Png))
+            .await
+            .unwrap_err();
+        // The first 503 opened the circuit, so the retry budget was not spent.
+        assert!(
+            matches!(&err, OcrError::Engine(m) if m.contains("503") && m.contains("overloaded")),
+            "{err}"
+        );
+        assert_eq!(fake.seen().len(), 1);
     }
 
     #[test]
