@@ -99,8 +99,11 @@ impl Database {
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
-            // Reads map the file instead of copying pages in with read(2).
-            .pragma("mmap_size", MMAP_BYTES.to_string())
+            // Reads copy pages in with pread(2) rather than mapping the file. The file grows
+            // under steady writes, so readers kept remapping it, and each unmap flushed the TLBs
+            // of both cores: 4% of Examiner's samples at c100, and 17% more CPU on the SQLite
+            // threads than without the map (BENCHMARKS.md, step 13).
+            .pragma("mmap_size", "0")
             .pragma("journal_size_limit", WAL_RESTART_BYTES.to_string());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -182,9 +185,6 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-
-/// How much of the database file reads may map into memory.
-const MMAP_BYTES: u64 = 256 << 20;
 
 /// Rows per multi-row INSERT of memoised values: 4 bound values each keeps a statement well
 /// under SQLite's limit of 32,766 variables.
