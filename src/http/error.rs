@@ -84,7 +84,10 @@ impl ApiError {
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::Ocr { error, .. } => match error {
-                OcrError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+                OcrError::Overloaded | OcrError::BackendUnavailable { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                OcrError::Backend(_) => StatusCode::BAD_GATEWAY,
                 e if e.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -108,6 +111,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "urn:examiner:problem:unsupported-media-type",
             ApiError::MethodNotAllowed(_) => "urn:examiner:problem:method-not-allowed",
             ApiError::Fetch { .. } => "urn:examiner:problem:image-fetch-failed",
+            ApiError::Ocr { error, .. } if error.is_upstream() => {
+                "urn:examiner:problem:upstream-failed"
+            }
             ApiError::Ocr { .. } => "urn:examiner:problem:image-unreadable",
             ApiError::Upstream(_) => "urn:examiner:problem:upstream-failed",
             ApiError::RateLimited { .. } => "urn:examiner:problem:rate-limited",
@@ -121,6 +127,9 @@ impl ApiError {
         match self {
             ApiError::Internal(_) => {
                 "the service failed to complete the request; it has been logged".to_string()
+            }
+            ApiError::Ocr { image_id, error } if error.is_upstream() => {
+                format!("image {image_id:?} could not be read: {error}")
             }
             ApiError::Ocr { image_id, error } if !error.is_bad_input() => {
                 format!("image {image_id:?} could not be recognised because of a fault in the service; it has been logged")
@@ -146,6 +155,10 @@ impl ApiError {
                 error: OcrError::Overloaded,
                 ..
             } => Some(2),
+            ApiError::Ocr {
+                error: OcrError::BackendUnavailable { retry_in_secs, .. },
+                ..
+            } => Some((*retry_in_secs).max(1)),
             _ => None,
         }
     }

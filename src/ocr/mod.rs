@@ -124,6 +124,14 @@ pub enum OcrError {
     /// The engine failed on this page.
     #[error("OCR engine failed: {0}")]
     Engine(String),
+    /// A remote OCR backend (the vision LLM) failed: HTTP errors, timeouts and invalid
+    /// replies after its retries. The fault is upstream, and the message says which.
+    #[error("{0}")]
+    Backend(String),
+    /// A remote OCR backend is failing and its circuit breaker is open: pages fail fast
+    /// until `retry_in_secs` have passed.
+    #[error("{detail}")]
+    BackendUnavailable { detail: String, retry_in_secs: u64 },
     /// The engine panicked on this page; the pool replaced it.
     #[error("OCR engine panicked: {0}")]
     EnginePanicked(String),
@@ -152,6 +160,8 @@ impl OcrError {
             Self::Corrupt(_) => "corrupt",
             Self::EngineInit(_) => "engine_init",
             Self::Engine(_) => "engine",
+            Self::Backend(_) => "backend",
+            Self::BackendUnavailable { .. } => "backend_unavailable",
             Self::EnginePanicked(_) => "engine_panic",
             Self::TimedOut { .. } => "timed_out",
             Self::Overloaded => "overloaded",
@@ -170,6 +180,12 @@ impl OcrError {
                 | Self::Corrupt(_)
                 | Self::TimedOut { .. }
         )
+    }
+
+    /// True when a remote backend is at fault: the caller gets a 502 or 503 that says
+    /// what the backend did, and the same upload may succeed later.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Self::Backend(_) | Self::BackendUnavailable { .. })
     }
 }
 

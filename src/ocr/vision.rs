@@ -14,7 +14,7 @@
 //! full jitter (honouring `Retry-After` in seconds, capped at 30 s); a server
 //! that rejects `json_schema` is asked again with `json_object`, then with no
 //! response format, and later pages start at the mode that worked; an invalid
-//! reply is asked for once more, then is [`OcrError::Engine`]; the API key is
+//! reply is asked for once more, then is [`OcrError::Backend`]; the API key is
 //! sent only as a sensitive `Authorization` header and appears in no message
 //! or log; nothing a server sends can cause a panic (bodies are capped at
 //! 4 MiB). The model is told to transcribe verbatim and never to correct or
@@ -335,20 +335,29 @@ impl VisionOcr {
             let admission = match self.breaker.admit() {
                 Ok(admission) => admission,
                 Err(rejection) => {
-                    return Err(OcrError::Engine(match (last_failure, rejection) {
-                        (Some(failure), _) => failure,
-                        (None, Rejection::Open(left)) => format!(
-                            "vision OCR backend {} is failing: circuit breaker open after \
-                             repeated failures; pages fail fast for another {}s",
-                            self.label,
-                            left.as_secs_f64().ceil() as u64
-                        ),
-                        (None, Rejection::Probing) => format!(
-                            "vision OCR backend {} is failing: waiting for a probe request \
-                             to succeed",
-                            self.label
-                        ),
-                    }));
+                    return Err(match (last_failure, rejection) {
+                        (Some(failure), _) => OcrError::Backend(failure),
+                        (None, Rejection::Open(left)) => {
+                            let retry_in_secs = left.as_secs_f64().ceil() as u64;
+                            OcrError::BackendUnavailable {
+                                detail: format!(
+                                    "vision OCR backend {} is failing: circuit breaker open \
+                                     after repeated failures; pages fail fast for another \
+                                     {retry_in_secs}s",
+                                    self.label
+                                ),
+                                retry_in_secs,
+                            }
+                        }
+                        (None, Rejection::Probing) => OcrError::BackendUnavailable {
+                            detail: format!(
+                                "vision OCR backend {} is failing: waiting for a probe request \
+                                 to succeed",
+                                self.label
+                            ),
+                            retry_in_secs: 1,
+                        },
+                    });
                 }
             };
             attempts += 1;
@@ -414,20 +423,20 @@ impl VisionOcr {
                     continue;
                 }
                 Err(RequestError::Timeout) => {
-                    return Err(OcrError::Engine(format!(
+                    return Err(OcrError::Backend(format!(
                         "vision OCR request to {} timed out after {}s ({attempts} attempts)",
                         self.label, self.timeout_secs
                     )))
                 }
                 Err(e) => {
-                    return Err(OcrError::Engine(format!(
+                    return Err(OcrError::Backend(format!(
                         "vision OCR request to {} failed ({attempts} attempts): {e}",
                         self.label
                     )))
                 }
             };
             if reasked {
-                return Err(OcrError::Engine(format!(
+                return Err(OcrError::Backend(format!(
                     "{} gave no valid transcription in two replies: {invalid}",
                     self.label
                 )));
@@ -857,11 +866,11 @@ mod tests {
         }))
     }
 
-    /// Reads a small page and returns the engine error it must fail with.
-    async fn engine_error(ocr: &VisionOcr) -> String {
+    /// Reads a small page and returns the backend error it must fail with.
+    async fn backend_error(ocr: &VisionOcr) -> String {
         match ocr.read(encoded(&gray_page(), ImageFormat::Png)).await {
-            Err(OcrError::Engine(message)) => message,
-            other => panic!("expected an engine error, got {other:?}"),
+            Err(OcrError::Backend(message)) => message,
+            other => panic!("expected a backend error, got {other:?}"),
         }
     }
 
@@ -994,7 +1003,7 @@ mod tests {
     async fn a_400_not_about_the_format_is_not_retried() {
         let fake = FakeVision::start(|_, _| Reply::Status(400, "image too large".into())).await;
         let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default()).unwrap();
-        let err = engine_error(&ocr).await;
+        let err = backend_error(&ocr).await;
         assert!(err.contains("image too large"), "{err}");
         assert_eq!(fake.seen().len(), 1);
     }
@@ -1024,13 +1033,13 @@ mod tests {
         let mut settings = fake.settings("");
         settings.max_retries = 1;
         let ocr = VisionOcr::new(&settings, DecodeLimits::default()).unwrap();
-        let err = engine_error(&ocr).await;
+        let err = backend_error(&ocr).await;
         assert!(err.contains("502"), "{err}");
         assert_eq!(fake.seen().len(), 2);
     }
 
     #[tokio::test]
-    async fn garbage_twice_is_an_engine_error() {
+    async fn garbage_twice_is_a_backend_error() {
         let fake = FakeVision::start(|call, _| {
             if call == 0 {
                 Reply::Content("I'm sorry, I can't read handwriting.".into())
@@ -1040,17 +1049,9 @@ mod tests {
         })
         .await;
         let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default()).unwrap();
-        let err = ocr
-            .read(encoded(&gray_page(), ImageFormat::Png))
-            .await
-            .unwrap_err();
-        match &err {
-            OcrError::Engine(m) => {
-                assert!(m.contains("no valid transcription"), "{m}");
-                assert!(m.contains("\"text\" must be a string"), "{m}");
-            }
-            other => panic!("expected Engine, got {other:?}"),
-        }
+        let err = backend_error(&ocr).await;
+        assert!(err.contains("no valid transcription"), "{err}");
+        assert!(err.contains("\"text\" must be a string"), "{err}");
         assert_eq!(fake.seen().len(), 2);
     }
 
@@ -1197,12 +1198,20 @@ mod tests {
         let png = encoded(&gray_page(), ImageFormat::Png);
 
         for _ in 0..2 {
-            let err = engine_error(&ocr).await;
+            let err = backend_error(&ocr).await;
             assert!(err.contains("500"), "{err}");
         }
         // Open: the next page fails at once, without a request.
-        let err = engine_error(&ocr).await;
-        assert!(err.contains("circuit breaker open"), "{err}");
+        match ocr.read(png.clone()).await {
+            Err(OcrError::BackendUnavailable {
+                detail,
+                retry_in_secs,
+            }) => {
+                assert!(detail.contains("circuit breaker open"), "{detail}");
+                assert_eq!(retry_in_secs, 1);
+            }
+            other => panic!("expected the open circuit, got {other:?}"),
+        }
         assert_eq!(fake.seen().len(), 2);
 
         // After the open period one probe goes through; its success closes the circuit.
@@ -1220,7 +1229,7 @@ mod tests {
         settings.circuit_failure_threshold = 1;
         settings.circuit_open_secs = 30;
         let ocr = VisionOcr::new(&settings, DecodeLimits::default()).unwrap();
-        let err = engine_error(&ocr).await;
+        let err = backend_error(&ocr).await;
         // The first 503 opened the circuit, so the retry budget was not spent.
         assert!(err.contains("503") && err.contains("overloaded"), "{err}");
         assert_eq!(fake.seen().len(), 1);

@@ -518,3 +518,62 @@ async fn the_vision_backend_reads_pages_through_the_chat_api() {
     assert!(status.is_client_error(), "{status} {body}");
     assert_eq!(vision.requests().len(), 1);
 }
+
+/// A vision backend that fails is named as the culprit (502 with what it answered, then 503
+/// with `Retry-After` once its circuit breaker opens), and the upload stores nothing.
+#[tokio::test]
+async fn a_failing_vision_backend_is_a_clear_502_then_a_fast_503() {
+    use crate::fake_llm::{FakeLlm, Reply};
+    let vision = FakeLlm::start(|_, _| Reply::Status(503)).await;
+    let base_url = vision.base_url();
+    let app = spawn_app_with(move |s| {
+        s.ocr.engine = examiner::config::OcrEngineChoice::Vision;
+        s.ocr.vision.base_url = base_url;
+        s.ocr.vision.model = "fake-vision".into();
+        s.ocr.vision.max_retries = 0;
+        s.ocr.vision.circuit_failure_threshold = 1;
+        s.ocr.vision.circuit_open_secs = 60;
+    })
+    .await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let url = images.add("p1.png", "image/png", png(PAGE_ONE));
+
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("img_1", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["status"], "failure", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("img_1") && detail.contains("HTTP 503") && detail.contains("fake-vision"),
+        "{detail}"
+    );
+    assert_eq!(vision.requests().len(), 1);
+
+    // The circuit is open now: the next upload fails at once, without asking the backend.
+    let response = app
+        .client
+        .post(app.url("/upload-exam-answers"))
+        .json(&upload_body(&[("img_1", &url)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open"),
+        "{body}"
+    );
+    assert_eq!(vision.requests().len(), 1);
+    assert_eq!(submission_count(&app).await, 0);
+}
