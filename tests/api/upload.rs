@@ -438,6 +438,22 @@ async fn deeply_nested_json_is_refused_without_harm() {
     assert_eq!(submission_count(&app).await, 0);
 }
 
+/// A service that reads pages with the vision model `fake-vision` at `vision`, its backend
+/// settings adjusted by `adjust`.
+async fn spawn_vision_app(
+    vision: &crate::fake_llm::FakeLlm,
+    adjust: impl FnOnce(&mut examiner::grade::LlmBackendSettings),
+) -> crate::helpers::TestApp {
+    let base_url = vision.base_url();
+    spawn_app_with(move |s| {
+        s.ocr.engine = examiner::config::OcrEngineChoice::Vision;
+        s.ocr.vision.base_url = base_url;
+        s.ocr.vision.model = "fake-vision".into();
+        adjust(&mut s.ocr.vision);
+    })
+    .await
+}
+
 /// `ocr.engine = "vision"`: pages go to a vision LLM over the chat-completions API (here a real
 /// HTTP server in the test process) as base64 image parts, and its verbatim transcription is
 /// segmented and stored like any other, with its engine and confidence on every pair.
@@ -451,14 +467,7 @@ async fn the_vision_backend_reads_pages_through_the_chat_api() {
         }))
     })
     .await;
-    let base_url = vision.base_url();
-    let app = spawn_app_with(move |s| {
-        s.ocr.engine = examiner::config::OcrEngineChoice::Vision;
-        s.ocr.vision.base_url = base_url;
-        s.ocr.vision.model = "fake-vision".into();
-        s.ocr.vision.max_retries = 1;
-    })
-    .await;
+    let app = spawn_vision_app(&vision, |v| v.max_retries = 1).await;
     app.seed_catalog().await;
     let images = ImageServer::start().await;
     let page = png(PAGE_ONE);
@@ -525,14 +534,10 @@ async fn the_vision_backend_reads_pages_through_the_chat_api() {
 async fn a_failing_vision_backend_is_a_clear_502_then_a_fast_503() {
     use crate::fake_llm::{FakeLlm, Reply};
     let vision = FakeLlm::start(|_, _| Reply::Status(503)).await;
-    let base_url = vision.base_url();
-    let app = spawn_app_with(move |s| {
-        s.ocr.engine = examiner::config::OcrEngineChoice::Vision;
-        s.ocr.vision.base_url = base_url;
-        s.ocr.vision.model = "fake-vision".into();
-        s.ocr.vision.max_retries = 0;
-        s.ocr.vision.circuit_failure_threshold = 1;
-        s.ocr.vision.circuit_open_secs = 60;
+    let app = spawn_vision_app(&vision, |v| {
+        v.max_retries = 0;
+        v.circuit_failure_threshold = 1;
+        v.circuit_open_secs = 60;
     })
     .await;
     app.seed_catalog().await;
