@@ -33,10 +33,8 @@ use crate::segment::QuestionNumber;
 /// the records' writes instead of in front of them.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    writer: SqlitePool,
+    main: Database,
     memo: Database,
-    _checkpointer: Arc<AbortOnDrop>,
 }
 
 /// One SQLite file. Reads share a pool of connections; every write goes through one
@@ -71,12 +69,7 @@ impl SqliteStore {
             4,
         )
         .await?;
-        Ok(Self {
-            pool: main.pool,
-            writer: main.writer,
-            _checkpointer: main._checkpointer,
-            memo,
-        })
+        Ok(Self { main, memo })
     }
 }
 
@@ -561,12 +554,12 @@ const EVALUATION_COLUMNS: &str = "evaluation_id, version, user_id, course_code, 
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_course(&self, course: &Course) -> Result<Written, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.main.writer.acquire().await?;
         put_course_in(&mut conn, course).await
     }
 
     async fn get_course(&self, code: &str) -> Result<Option<Course>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         get_course_in(&mut conn, code).await
     }
 
@@ -574,7 +567,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT course_code, course_name, description FROM courses ORDER BY course_code",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.main.pool)
         .await?
         .iter()
         .map(course_from)
@@ -582,14 +575,14 @@ impl Store for SqliteStore {
     }
 
     async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.main.writer.begin().await?;
         let written = put_exam_in(&mut tx, exam).await?;
         tx.commit().await?;
         Ok(written)
     }
 
     async fn get_exam(&self, code: &str) -> Result<Option<Exam>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         get_exam_in(&mut conn, code).await
     }
 
@@ -599,7 +592,7 @@ impl Store for SqliteStore {
              WHERE $1 IS NULL OR course_code = $1 ORDER BY exam_code",
         )
         .bind(course_code)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.main.pool)
         .await?
         .iter()
         .map(exam_from)
@@ -607,14 +600,14 @@ impl Store for SqliteStore {
     }
 
     async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.main.writer.begin().await?;
         let written = put_paper_in(&mut tx, paper).await?;
         tx.commit().await?;
         Ok(written)
     }
 
     async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         get_paper_in(&mut conn, code).await
     }
 
@@ -622,7 +615,7 @@ impl Store for SqliteStore {
         &self,
         exam_code: Option<&str>,
     ) -> Result<Vec<QuestionPaper>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         let codes: Vec<String> = sqlx::query_scalar(
             "SELECT question_paper_code FROM question_papers
              WHERE $1 IS NULL OR exam_code = $1 ORDER BY question_paper_code",
@@ -640,18 +633,18 @@ impl Store for SqliteStore {
     }
 
     async fn put_user(&self, user: &User) -> Result<Written, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.main.writer.acquire().await?;
         put_user_in(&mut conn, user).await
     }
 
     async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         get_user_in(&mut conn, user_id).await
     }
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
         sqlx::query("SELECT user_id, name, email FROM users ORDER BY user_id")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.main.pool)
             .await?
             .iter()
             .map(user_from)
@@ -659,7 +652,7 @@ impl Store for SqliteStore {
     }
 
     async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.main.writer.begin().await?;
         let mut created = 0;
         for course in &catalog.courses {
             created += usize::from(put_course_in(&mut tx, course).await? == Written::Created);
@@ -682,7 +675,7 @@ impl Store for SqliteStore {
         s: &Submission,
         images_digest: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.main.writer.begin().await?;
         // Registering the user first also takes the write lock for the whole transaction.
         sqlx::query(
             "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
@@ -754,7 +747,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         get_submission_in(&mut conn, id).await
     }
 
@@ -777,7 +770,7 @@ impl Store for SqliteStore {
         .bind(&filter.user_id)
         .bind(&filter.question_paper_code)
         .bind(filter.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.main.pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -800,7 +793,7 @@ impl Store for SqliteStore {
         user_id: &str,
         question_paper_code: &str,
     ) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         let id: Option<String> = sqlx::query_scalar(
             "SELECT submission_id FROM submissions
              WHERE user_id = $1 AND question_paper_code = $2
@@ -820,7 +813,7 @@ impl Store for SqliteStore {
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         let created_at = Utc::now();
         let version =
-            insert_evaluation_retrying(&self.writer, e, &evaluation_id, created_at).await?;
+            insert_evaluation_retrying(&self.main.writer, e, &evaluation_id, created_at).await?;
         Ok(EvaluationRecord {
             evaluation_id,
             version,
@@ -839,7 +832,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         let Some(row) = sqlx::query(&format!(
             "SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE evaluation_id = $1"
         ))
@@ -889,7 +882,7 @@ impl Store for SqliteStore {
         .bind(&filter.user_id)
         .bind(&filter.question_paper_code)
         .bind(filter.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.main.pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -981,7 +974,7 @@ impl Store for SqliteStore {
         question_paper_code: &str,
         images_digest: &str,
     ) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.main.pool.acquire().await?;
         let id: Option<String> = sqlx::query_scalar(
             "SELECT submission_id FROM submissions
              WHERE user_id = $1 AND question_paper_code = $2 AND images_digest = $3
@@ -1012,7 +1005,7 @@ impl Store for SqliteStore {
             key.created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         )
-        .execute(&self.writer)
+        .execute(&self.main.writer)
         .await?;
         Ok(())
     }
@@ -1023,7 +1016,7 @@ impl Store for SqliteStore {
              WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.main.pool)
         .await?
         .map(|row| api_key_from(&row))
         .transpose()
@@ -1034,7 +1027,7 @@ impl Store for SqliteStore {
             "SELECT key_id, role, user_id, label, created_at, revoked_at FROM api_keys
              ORDER BY created_at, key_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.main.pool)
         .await?
         .iter()
         .map(api_key_from)
@@ -1047,7 +1040,7 @@ impl Store for SqliteStore {
         )
         .bind(now())
         .bind(key_id)
-        .execute(&self.writer)
+        .execute(&self.main.writer)
         .await?
         .rows_affected();
         Ok(revoked == 1)
@@ -1061,7 +1054,7 @@ impl Store for SqliteStore {
         request_hash: &str,
         stale_after_secs: i64,
     ) -> Result<IdempotencyState, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.main.writer.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (scope, endpoint, key, request_hash, state, created_at)
              VALUES ($1, $2, $3, $4, 'pending', $5)
@@ -1139,7 +1132,7 @@ impl Store for SqliteStore {
         .bind(scope)
         .bind(endpoint)
         .bind(key)
-        .execute(&self.writer)
+        .execute(&self.main.writer)
         .await?;
         Ok(())
     }
@@ -1157,13 +1150,13 @@ impl Store for SqliteStore {
         .bind(scope)
         .bind(endpoint)
         .bind(key)
-        .execute(&self.writer)
+        .execute(&self.main.writer)
         .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.main.pool).await?;
         sqlx::query("SELECT 1").execute(&self.memo.pool).await?;
         Ok(())
     }
@@ -1385,7 +1378,7 @@ mod tests {
         // The main file no longer has a memo table.
         let tables: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'cache_entries'")
-                .fetch_all(&store.pool)
+                .fetch_all(&store.main.pool)
                 .await
                 .unwrap();
         assert!(tables.is_empty());
