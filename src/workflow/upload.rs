@@ -361,13 +361,20 @@ mod tests {
         }
     }
 
+    /// Two papers with no words in common.
+    fn two_papers() -> (QuestionPaper, QuestionPaper) {
+        (
+            paper(
+                "QP-A",
+                "Depreciation spreads the cost of an asset over its life.",
+            ),
+            paper("QP-B", "Goodwill is the value of a business's reputation."),
+        )
+    }
+
     #[test]
     fn a_reader_that_ignores_the_vocabulary_shares_its_memo_across_papers() {
-        let a = paper(
-            "QP-A",
-            "Depreciation spreads the cost of an asset over its life.",
-        );
-        let b = paper("QP-B", "Goodwill is the value of a business's reputation.");
+        let (a, b) = two_papers();
         let (memo_a, memo_b) = (
             OcrMemo::new("tesseract:eng:p1", false, &a),
             OcrMemo::new("tesseract:eng:p1", false, &b),
@@ -379,15 +386,8 @@ mod tests {
 
     #[test]
     fn a_reader_that_corrects_words_keys_its_memo_by_the_papers_words() {
-        let a = paper(
-            "QP-A",
-            "Depreciation spreads the cost of an asset over its life.",
-        );
-        let b = paper("QP-B", "Goodwill is the value of a business's reputation.");
-        let a_again = paper(
-            "QP-A2",
-            "Depreciation spreads the cost of an asset over its life.",
-        );
+        let (a, b) = two_papers();
+        let a_again = paper("QP-A2", &a.questions[0].standard_answer);
         let memo = |p: &QuestionPaper| OcrMemo::new("auto:eng:0.8:p1", true, p);
         assert!(memo(&a).vocabulary.is_some());
         assert_ne!(memo(&a).key("abc"), memo(&b).key("abc"));
