@@ -20,11 +20,13 @@
 //! - `EVAL_LOAD_RUST_LOG`: Examiner's `RUST_LOG` (default: unset, i.e. its `info` default);
 //! - `EVAL_LOAD_PERF=DIR`: `perf record` Examiner during each measurement window into DIR;
 //! - `EVAL_LOAD_FLOOR=1`: after each scenario, replay the request bodies Examiner sent from a
-//!   bare HTTP client at the same calls in flight, and report its CPU per call (the floor);
+//!   bare HTTP client (reqwest), then from raw TCP connections with no HTTP library, at the same
+//!   calls in flight, and report their CPU per call (the client and transport floors);
 //! - `EVAL_LOAD_KEEP=1`: keep each scenario's data directory (database, Examiner's log);
 //! - `EVAL_LOAD_EXAMINER=PATH`: run another `examiner` binary (e.g. an older build, for A/B);
-//! - `EVAL_LOAD_SECOND_OPINION=1`: let Examiner load the embedded grader from `$EXAMINER_MODELS_DIR`
-//!   (default `./models`) for its per-question second opinion; off by default, so the bench
+//! - `EVAL_LOAD_SECOND_OPINION=SHARE`: let Examiner load the embedded grader from
+//!   `$EXAMINER_MODELS_DIR` (default `./models`) for its second opinion on that share of the
+//!   questions (`1`: every one; `grading.second_opinion_fraction`); off by default, so the bench
 //!   measures the three-stage LLM process alone.
 
 use std::collections::{BTreeMap, HashMap};
@@ -81,8 +83,9 @@ struct Options {
     cache: bool,
     rust_log: Option<String>,
     perf_dir: Option<String>,
-    /// The models directory, when the embedded grader's second opinion is wanted.
-    second_opinion: Option<String>,
+    /// The models directory and the share of questions, when the embedded grader's second
+    /// opinion is wanted.
+    second_opinion: Option<(String, f64)>,
     /// After each scenario, measure the client floor (`run_floor`).
     floor: bool,
 }
@@ -393,12 +396,18 @@ impl Examiner {
             // The service-wide cap on workflow requests in progress (default 256) would answer
             // 503 at 1000 concurrent; the benchmark measures latency with everything admitted.
             .env("EXAMINER_AUTH__MAX_IN_FLIGHT", "4096")
-            // In `llm` mode the embedded grader gives a second opinion on every question when
-            // its model is found; it is measured only when asked for (EVAL_LOAD_SECOND_OPINION).
+            // In `llm` mode the embedded grader gives a second opinion on every question by
+            // default; it is measured only when asked for (EVAL_LOAD_SECOND_OPINION).
+            .env(
+                "EXAMINER_GRADING__SECOND_OPINION_FRACTION",
+                opts.second_opinion
+                    .as_ref()
+                    .map_or("0".to_string(), |(_, share)| share.to_string()),
+            )
             .env(
                 "EXAMINER_GRADING__LOCAL__MODEL_DIR",
                 match &opts.second_opinion {
-                    Some(models) => models.clone(),
+                    Some((models, _)) => models.clone(),
                     None => data.join("no-models").display().to_string(),
                 },
             )
@@ -971,6 +980,26 @@ impl Floor {
     }
 }
 
+/// Which bare client replays the calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FloorClient {
+    /// reqwest configured as Examiner's: what any chat-completions client built on the usual
+    /// Rust HTTP stack costs.
+    Reqwest,
+    /// One kept-alive Tokio `TcpStream` per chain writing prebuilt request bytes and framing
+    /// the reply by `Content-Length`, no JSON at all: what the transport itself costs.
+    RawTcp,
+}
+
+impl FloorClient {
+    fn label(self) -> &'static str {
+        match self {
+            FloorClient::Reqwest => "client floor (reqwest)",
+            FloorClient::RawTcp => "transport floor (raw TCP)",
+        }
+    }
+}
+
 /// One chain of calls, as one question's stages are: send, wait for the reply, send the next.
 /// Per call it does what any chat-completions client must: serialise the request, send it,
 /// read the reply and parse it and the JSON inside its content.
@@ -1002,58 +1031,165 @@ async fn floor_worker(
     }
 }
 
+/// The same chain of calls with no HTTP library: each request is bytes built once, written on
+/// the chain's own connection; the reply is read until its head and `Content-Length` bytes
+/// of body have arrived. Nothing any real client can skip is left out but the parsing.
+async fn raw_floor_worker(
+    addr: SocketAddr,
+    requests: Arc<Vec<Vec<u8>>>,
+    start_at: Instant,
+    stop_at: Instant,
+    calls: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::sleep_until(start_at.into()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("transport floor: connect to the fake LLM");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut next = 0usize;
+    while Instant::now() < stop_at {
+        stream
+            .write_all(&requests[next % requests.len()])
+            .await
+            .expect("transport floor: write");
+        next += 1;
+        buf.clear();
+        let mut framed: Option<usize> = None;
+        loop {
+            if buf.capacity() == buf.len() {
+                buf.reserve(16 * 1024);
+            }
+            let n = stream
+                .read_buf(&mut buf)
+                .await
+                .expect("transport floor: read");
+            assert!(n > 0, "transport floor: the fake LLM closed the connection");
+            if framed.is_none() {
+                framed = reply_length(&buf);
+            }
+            if framed.is_some_and(|total| buf.len() >= total) {
+                break;
+            }
+        }
+        assert!(
+            buf.starts_with(b"HTTP/1.1 200"),
+            "transport floor: the fake LLM did not answer a replayed request"
+        );
+        calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The whole reply's length (head and body) once its head has arrived.
+fn reply_length(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .expect("transport floor: the fake LLM's reply has a Content-Length");
+    Some(head_end + length)
+}
+
 /// Replays the request bodies the fake captured from Examiner, at the scenario's number of
 /// calls in flight (concurrency × questions) and D, from a runtime of its own with as many
 /// threads as Examiner's (`floor`), with Examiner stopped. Its CPU per call is the floor under
 /// Examiner's own µs-per-call figure.
-fn run_floor(sc: &Scenario, fake: &Arc<FakeLlm>, fake_addr: SocketAddr, opts: &Options) -> Floor {
+fn run_floor(
+    sc: &Scenario,
+    fake: &Arc<FakeLlm>,
+    fake_addr: SocketAddr,
+    opts: &Options,
+    kind: FloorClient,
+) -> Floor {
     let stages: &[usize] = if sc.arbiter {
         &[EVALUATOR, VERIFIER, ARBITER]
     } else {
         &[EVALUATOR, VERIFIER]
     };
-    let bodies: Vec<serde_json::Value> = stages
+    let captured: Vec<Bytes> = stages
         .iter()
         .map(|&stage| {
-            let raw = fake.captured[stage]
+            fake.captured[stage]
                 .get()
-                .expect("the scenario's Examiner run made a call of every stage");
-            serde_json::from_slice(raw).expect("Examiner sent JSON")
+                .expect("the scenario's Examiner run made a call of every stage")
+                .clone()
         })
         .collect();
-    let bodies = Arc::new(bodies);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .thread_name("floor")
         .enable_all()
         .build()
         .expect("floor runtime");
-    // As Examiner's client (`build_http_client`): pooled, HTTP/1.1 to a plain-HTTP server.
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_keepalive(Duration::from_secs(60))
-        .build()
-        .expect("floor client");
-    let url = format!("http://{fake_addr}/v1/chat/completions");
     let chains = sc.concurrency * opts.questions;
     let calls = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let measure_from = t0 + sc.warmup;
     let measure_to = measure_from + sc.measure;
     let stagger = sc.delay.min(sc.warmup / 2);
-    let handles: Vec<_> = (0..chains)
-        .map(|i| {
-            runtime.spawn(floor_worker(
-                client.clone(),
-                url.clone(),
-                bodies.clone(),
-                t0 + stagger.mul_f64(i as f64 / chains as f64),
-                measure_to,
-                calls.clone(),
-            ))
-        })
-        .collect();
+    let start_of = |i: usize| t0 + stagger.mul_f64(i as f64 / chains as f64);
+    let handles: Vec<_> = match kind {
+        FloorClient::Reqwest => {
+            let bodies: Vec<serde_json::Value> = captured
+                .iter()
+                .map(|raw| serde_json::from_slice(raw).expect("Examiner sent JSON"))
+                .collect();
+            let bodies = Arc::new(bodies);
+            // As Examiner's client (`build_http_client`): pooled, HTTP/1.1 to a plain-HTTP server.
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_keepalive(Duration::from_secs(60))
+                .build()
+                .expect("floor client");
+            let url = format!("http://{fake_addr}/v1/chat/completions");
+            (0..chains)
+                .map(|i| {
+                    runtime.spawn(floor_worker(
+                        client.clone(),
+                        url.clone(),
+                        bodies.clone(),
+                        start_of(i),
+                        measure_to,
+                        calls.clone(),
+                    ))
+                })
+                .collect()
+        }
+        FloorClient::RawTcp => {
+            let requests: Vec<Vec<u8>> = captured
+                .iter()
+                .map(|body| {
+                    let mut request = format!(
+                        "POST /v1/chat/completions HTTP/1.1\r\nhost: {fake_addr}\r\ncontent-type: application/json\r\naccept: */*\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    request.extend_from_slice(body);
+                    request
+                })
+                .collect();
+            let requests = Arc::new(requests);
+            (0..chains)
+                .map(|i| {
+                    runtime.spawn(raw_floor_worker(
+                        fake_addr,
+                        requests.clone(),
+                        start_of(i),
+                        measure_to,
+                        calls.clone(),
+                    ))
+                })
+                .collect()
+        }
+    };
     std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
     let (calls_before, threads_before) = (calls.load(Ordering::Relaxed), threads_of("self"));
     std::thread::sleep(measure_to.saturating_duration_since(Instant::now()));
@@ -1069,7 +1205,8 @@ fn run_floor(sc: &Scenario, fake: &Arc<FakeLlm>, fake_addr: SocketAddr, opts: &O
             .unwrap_or(0.0),
     };
     println!(
-        "  client floor: {chains} chains of calls replaying Examiner's request bodies, {} calls in {:.1} s, {:.2} s of CPU = {:.1} µs per call",
+        "  {}: {chains} chains of calls replaying Examiner's request bodies, {} calls in {:.1} s, {:.2} s of CPU = {:.1} µs per call",
+        kind.label(),
         floor.calls,
         sc.measure.as_secs_f64(),
         floor.cpu,
@@ -1095,13 +1232,18 @@ fn main() {
         rust_log: std::env::var("EVAL_LOAD_RUST_LOG").ok(),
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
         floor: env_u64("EVAL_LOAD_FLOOR").unwrap_or(0) != 0,
-        second_opinion: (env_u64("EVAL_LOAD_SECOND_OPINION").unwrap_or(0) != 0).then(|| {
-            let dir = std::env::var("EXAMINER_MODELS_DIR").unwrap_or_else(|_| "models".into());
-            std::fs::canonicalize(&dir)
-                .unwrap_or_else(|_| dir.into())
-                .display()
-                .to_string()
-        }),
+        second_opinion: std::env::var("EVAL_LOAD_SECOND_OPINION")
+            .ok()
+            .and_then(|share| share.parse::<f64>().ok())
+            .filter(|&share| share > 0.0)
+            .map(|share| {
+                let dir = std::env::var("EXAMINER_MODELS_DIR").unwrap_or_else(|_| "models".into());
+                let dir = std::fs::canonicalize(&dir)
+                    .unwrap_or_else(|_| dir.into())
+                    .display()
+                    .to_string();
+                (dir, share.min(1.0))
+            }),
     };
     let scenarios = scenarios();
     let need = scenarios
@@ -1132,21 +1274,26 @@ fn main() {
         "evaluate_load: {} questions per request, reply cache {}, embedded grader's second opinion {}, Examiner RUST_LOG {}, open-file limit {fd_limit}, {} cores",
         opts.questions,
         if opts.cache { "on (answers all distinct)" } else { "off" },
-        opts.second_opinion.as_deref().map_or("off".to_string(), |dir| format!("on ({dir})")),
+        opts.second_opinion
+            .as_ref()
+            .map_or("off".to_string(), |(dir, share)| format!("on for {share} of questions ({dir})")),
         opts.rust_log.as_deref().unwrap_or("unset (info)"),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let outcomes: Vec<(Outcome, Option<Floor>)> = scenarios
+    let outcomes: Vec<(Outcome, Option<[Floor; 2]>)> = scenarios
         .iter()
         .map(|sc| {
             let outcome = run_scenario(sc, &fake, fake_addr, &loadgen, &opts);
-            let floor = opts.floor.then(|| run_floor(sc, &fake, fake_addr, &opts));
-            (outcome, floor)
+            let floors = opts.floor.then(|| {
+                [FloorClient::Reqwest, FloorClient::RawTcp]
+                    .map(|kind| run_floor(sc, &fake, fake_addr, &opts, kind))
+            });
+            (outcome, floors)
         })
         .collect();
 
-    println!("\n| scenario | concurrency | D | ideal | p50 | p99 | max | req/s | LLM calls | Examiner CPU s | µs per call | bench CPU s (loadgen / fake) | client floor µs/call | p99 ≤ 1.1× ideal | < 50 µs/call |");
+    println!("\n| scenario | concurrency | D | ideal | p50 | p99 | max | req/s | LLM calls | Examiner CPU s | µs per call | bench CPU s (loadgen / fake) | client floor µs/call (reqwest / raw TCP) | p99 ≤ 1.1× ideal | < 50 µs/call |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (o, floor) in &outcomes {
         let sc = &o.scenario;
@@ -1168,9 +1315,11 @@ fn main() {
             o.bench_cpu,
             o.loadgen_cpu,
             o.fake_cpu,
-            floor
-                .as_ref()
-                .map_or("–".to_string(), |f| format!("{:.1}", f.us_per_call())),
+            floor.as_ref().map_or("–".to_string(), |[reqwest, raw]| format!(
+                "{:.1} / {:.1}",
+                reqwest.us_per_call(),
+                raw.us_per_call()
+            )),
             match (loaded, latency_ok) {
                 (false, true) => "yes (not a target)",
                 (false, false) => "no (not a target)",

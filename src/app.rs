@@ -117,11 +117,16 @@ pub fn build_graders(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Resu
             };
             let grader = LlmGrader::new(&settings.grading.llm, cache)
                 .context("configuring the LLM grader")?;
-            let second = match load_local_grader(settings) {
-                Ok(local) => Some(local),
-                Err(reason) => {
-                    tracing::warn!(%reason, "grading without the embedded grader's second opinion");
-                    None
+            let second = if settings.grading.second_opinion_fraction <= 0.0 {
+                tracing::info!("the embedded grader's second opinion is off (grading.second_opinion_fraction = 0)");
+                None
+            } else {
+                match load_local_grader(settings) {
+                    Ok(local) => Some(local),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "grading without the embedded grader's second opinion");
+                        None
+                    }
                 }
             };
             Ok((Arc::new(grader), second))

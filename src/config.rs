@@ -291,6 +291,12 @@ pub struct GradingSettings {
     /// In `llm` mode the embedded grader gives a second opinion; when the two differ by more
     /// than this fraction of the question's marks, the question is flagged `needs_review`.
     pub review_threshold_fraction: f64,
+    /// Share of questions (0 to 1) that get the embedded grader's second opinion in `llm`
+    /// mode. Its CPU per answer (tens of milliseconds) caps 2 cores at a few scripts a
+    /// second whatever the LLM does; a lower share raises that cap. The questions are chosen
+    /// by their content, so a re-evaluation makes the same choice. 0 turns the second
+    /// opinion off (the model is then not loaded in `llm` mode).
+    pub second_opinion_fraction: f64,
     pub llm: LlmSettings,
     pub local: LocalGraderSettings,
 }
@@ -301,6 +307,7 @@ impl Default for GradingSettings {
             mode: None,
             default_marks_step: 0.5,
             review_threshold_fraction: 0.4,
+            second_opinion_fraction: 1.0,
             llm: LlmSettings::default(),
             local: LocalGraderSettings::default(),
         }
@@ -521,6 +528,12 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "grading.review_threshold_fraction must be a positive number".into(),
             ));
+        }
+        let share = self.grading.second_opinion_fraction;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(ConfigError::Invalid(format!(
+                "grading.second_opinion_fraction must be between 0 (off) and 1 (every question), not {share}"
+            )));
         }
         if self.auth.max_in_flight == 0 {
             return Err(ConfigError::Invalid(
@@ -803,6 +816,26 @@ mod tests {
         let vars = env(&[("EXAMINER_OCR__VISION_MAX_SIDE", "-1")]);
         let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("vision_max_side"), "{err}");
+    }
+
+    #[test]
+    fn second_opinion_share() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.grading.second_opinion_fraction, 1.0);
+        let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", "0.25")]);
+        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(settings.grading.second_opinion_fraction, 0.25);
+        for bad in ["1.5", "-0.1", "NaN"] {
+            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", bad)]);
+            let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .to_lowercase()
+                    .contains("grading__second_opinion_fraction")
+                    || err.to_string().contains("grading.second_opinion_fraction"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

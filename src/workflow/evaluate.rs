@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 
+use sha2::{Digest, Sha256};
+
 use crate::app::AppState;
 use crate::grade::{grade_all, GradeOutcome, GradeTask};
 use crate::http::ApiError;
@@ -341,27 +343,69 @@ pub async fn retry_failed(
     store_evaluation(state, new).await
 }
 
-/// Grades the tasks with the configured grader and, at the same time, with the second
-/// opinion when there is one; results in task order.
+/// Grades the tasks with the configured grader and, at the same time, the share of them
+/// chosen for the second opinion (when there is one) with it; results in task order.
 async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Option<GradeOutcome>)> {
     let concurrency = state.settings.grading.llm.per_request_concurrency;
+    let share = state.settings.grading.second_opinion_fraction;
+    let chosen: Vec<usize> = match &state.second_opinion {
+        Some(_) => (0..tasks.len())
+            .filter(|&i| gets_second_opinion(&tasks[i], share))
+            .collect(),
+        None => Vec::new(),
+    };
     let primary = grade_all(state.grader.as_ref(), tasks, concurrency);
     let second = async {
         match &state.second_opinion {
-            Some(grader) => Some(grade_all(grader.as_ref(), tasks, concurrency).await),
-            None => None,
+            Some(grader) if chosen.len() == tasks.len() => {
+                grade_all(grader.as_ref(), tasks, concurrency).await
+            }
+            Some(grader) if !chosen.is_empty() => {
+                let some: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
+                grade_all(grader.as_ref(), &some, concurrency).await
+            }
+            _ => Vec::new(),
         }
     };
     let started = std::time::Instant::now();
-    let (outcomes, seconds) = tokio::join!(primary, second);
+    let (outcomes, second_outcomes) = tokio::join!(primary, second);
     metrics::histogram!("examiner_grading_seconds").record(started.elapsed().as_secs_f64());
-    match seconds {
-        Some(seconds) => outcomes
-            .into_iter()
-            .zip(seconds.into_iter().map(Some))
-            .collect(),
-        None => outcomes.into_iter().map(|o| (o, None)).collect(),
+    let mut seconds: Vec<Option<GradeOutcome>> = tasks.iter().map(|_| None).collect();
+    for (index, outcome) in chosen.into_iter().zip(second_outcomes) {
+        seconds[index] = Some(outcome);
     }
+    outcomes.into_iter().zip(seconds).collect()
+}
+
+/// Whether a question is in the share (0 to 1) that gets the embedded grader's second
+/// opinion. Decided by a hash of what is graded, not at random, so grading the same answer
+/// again makes the same choice and a re-evaluation does not gain or lose `needs_review` by
+/// chance.
+pub fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    if share <= 0.0 {
+        return false;
+    }
+    let mut hasher = Sha256::new();
+    for part in [
+        task.question_text.as_deref().unwrap_or(""),
+        &task.standard_answer,
+        &task.student_answer,
+    ] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(task.total_marks.to_le_bytes());
+    let digest = hasher.finalize();
+    let draw = u64::from_le_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    );
+    // A uniform draw in [0, 1) with 53 bits, compared with the share.
+    ((draw >> 11) as f64 / (1u64 << 53) as f64) < share
 }
 
 /// The flag on questions whose final marks and the embedded grader's estimate differ by
@@ -499,6 +543,49 @@ async fn store_evaluation(
 mod tests {
     use super::*;
     use crate::model::Question;
+
+    fn task(answer: &str) -> GradeTask {
+        GradeTask {
+            question_number: "1".into(),
+            question_text: Some("What is a stack?".into()),
+            student_answer: answer.into(),
+            standard_answer: "A last-in, first-out collection.".into(),
+            total_marks: 5.0,
+            marks_step: 0.5,
+        }
+    }
+
+    #[test]
+    fn the_second_opinion_share_is_chosen_by_content() {
+        let tasks: Vec<GradeTask> = (0..2000)
+            .map(|i| task(&format!("Answer number {i}: items come off the top.")))
+            .collect();
+        let picked = |share: f64| {
+            tasks
+                .iter()
+                .filter(|t| gets_second_opinion(t, share))
+                .count()
+        };
+        assert_eq!(picked(1.0), tasks.len());
+        assert_eq!(picked(0.0), 0);
+        // About the share asked for (binomial: ±3 standard deviations is ±58 of 2000 at 0.25).
+        let quarter = picked(0.25);
+        assert!((442..=558).contains(&quarter), "{quarter} of 2000 at 0.25");
+        // The same content always gets the same choice, and a larger share keeps every
+        // question a smaller one chose.
+        for t in &tasks {
+            let small = gets_second_opinion(t, 0.25);
+            assert_eq!(small, gets_second_opinion(&t.clone(), 0.25));
+            assert!(!small || gets_second_opinion(t, 0.5));
+        }
+        // What is graded decides, not the question's label.
+        let mut relabelled = tasks[0].clone();
+        relabelled.question_number = "7b".into();
+        assert_eq!(
+            gets_second_opinion(&tasks[0], 0.5),
+            gets_second_opinion(&relabelled, 0.5)
+        );
+    }
 
     fn paper() -> QuestionPaper {
         QuestionPaper {

@@ -115,6 +115,30 @@ async fn the_spec_example_is_graded_with_two_calls_per_question() {
 }
 
 #[tokio::test]
+async fn a_zero_second_opinion_share_leaves_the_llm_stages_alone() {
+    let llm = FakeLlm::start(agreeing).await;
+    let app = spawn_app_with(|s| {
+        llm.configure(s);
+        s.grading.second_opinion_fraction = 0.0;
+    })
+    .await;
+    let (status, body, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["final_score"], 15.0);
+    let id = body["evaluation_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
+    for item in stored["items"].as_array().unwrap() {
+        let roles: Vec<&str> = item["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["evaluator", "verifier"], "{item}");
+    }
+}
+
+#[tokio::test]
 async fn disagreement_goes_to_the_arbiter_whose_marks_stand() {
     let llm = FakeLlm::start(|stage, _| match stage {
         Stage::Evaluator => evaluator(9.0, "Generous."),
