@@ -128,21 +128,17 @@ impl ReplyCache for NoCache {
     async fn put(&self, _key: &str, _value: &Value) {}
 }
 
-/// Replies kept in memory in front of the store (under 1 KiB each): more than the
-/// [`WRITE_LINGER`] of replies at the busiest rate measured (4,000 a second), so a reply
-/// waiting to be written is always found here.
-const RECENT_REPLIES: usize = 20_000;
+/// Replies kept in memory in front of the store (under 1 KiB each).
+const RECENT_REPLIES: usize = 10_000;
 /// Replies waiting to be written; when full, `put` waits for room (backpressure, no loss).
 const PENDING_WRITES: usize = 8_192;
 /// Most replies written in one transaction.
 const WRITE_BATCH: usize = 4_096;
 /// How long the writer lets replies gather before writing what came. Keys are hashes, so
 /// every row lands on a random page of the memo's index, and rows written in one
-/// transaction share the pages they dirty: fewer, larger batches write fewer pages (1 s
-/// instead of 250 ms: a fifth less CPU on the SQLite threads at c100, BENCHMARKS.md step 14).
-/// Replies are served from memory (`recent`) meanwhile; a crash loses at most this much of
-/// the memo, which costs only repeated LLM calls.
-const WRITE_LINGER: Duration = Duration::from_millis(1000);
+/// transaction share the pages they dirty: fewer, larger batches write fewer pages.
+/// Replies are served from memory (`recent`) meanwhile.
+const WRITE_LINGER: Duration = Duration::from_millis(250);
 /// Up to this many stored keys are held in memory (8 bytes each) to answer misses without a
 /// query; a larger memo is read through on every miss. Loading reads the full hex keys first,
 /// about 90 MB at this limit, once at start.
