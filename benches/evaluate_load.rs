@@ -343,8 +343,27 @@ fn load_average() -> String {
         .join(" ")
 }
 
+/// The machine's CPU time from `/proc/stat`, in seconds: (busy, steal). Steal is time the
+/// hypervisor gave this VM's CPUs to someone else; on a shared host it moves the tail.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / clk_tck();
+    // user nice system idle iowait irq softirq steal
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, at(7))
+}
+
 struct Snapshot {
     at: Instant,
+    machine: (f64, f64),
     examiner_cpu: f64,
     examiner_threads: Threads,
     bench_cpu: f64,
@@ -790,6 +809,7 @@ fn run_scenario(
         let metrics = loadgen.block_on(scrape(&client, &examiner.base));
         Snapshot {
             at,
+            machine: machine_cpu(),
             examiner_cpu,
             examiner_threads,
             bench_cpu,
@@ -925,12 +945,15 @@ fn run_scenario(
         insert_mean * 1e3
     );
     println!(
-        "  tail: evaluation inserts over 25 / 50 / 100 ms: {} / {} / {}; LLM stages over {} ms: {}",
+        "  tail: evaluation inserts over 25 / 50 / 100 ms: {} / {} / {}; LLM stages over {} ms: {} (evaluator {}, verifier {}, arbiter {})",
         over("examiner_store_seconds", "insert_evaluation", 0.025),
         over("examiner_store_seconds", "insert_evaluation", 0.05),
         over("examiner_store_seconds", "insert_evaluation", 0.1),
         stage_bound * 1e3,
-        over("examiner_llm_seconds", "", stage_bound)
+        over("examiner_llm_seconds", "", stage_bound),
+        over("examiner_llm_seconds", "role=\"evaluator\"", stage_bound),
+        over("examiner_llm_seconds", "role=\"verifier\"", stage_bound),
+        over("examiner_llm_seconds", "role=\"arbiter\"", stage_bound)
     );
     println!(
         "  Examiner CPU {:.2} s = {:.1}% of one core = {:.1} µs per LLM call; by thread: {}",
@@ -953,6 +976,14 @@ fn run_scenario(
         outcome.fake_cpu,
         outcome.fake_cpu / calls.max(1) as f64 * 1e6,
         outcome.bench_cpu - outcome.loadgen_cpu - outcome.fake_cpu
+    );
+    let machine_busy = after.machine.0 - before.machine.0;
+    let steal = after.machine.1 - before.machine.1;
+    println!(
+        "  machine: {:.2} s of CPU busy, {:.2} s stolen by the hypervisor ({:.1}% of the window's CPU time; above a few per cent the run says more about the host than about Examiner)",
+        machine_busy,
+        steal,
+        steal / (secs * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64) * 100.0
     );
     let rows = loadgen.block_on(count_rows(&examiner.db));
     println!(
