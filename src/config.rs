@@ -395,7 +395,7 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
-    #[error("invalid setting {0}")]
+    #[error("invalid setting: {0}")]
     Invalid(String),
 }
 
