@@ -357,12 +357,9 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Opti
     let primary = grade_all(state.grader.as_ref(), tasks, concurrency);
     let second = async {
         match &state.second_opinion {
-            Some(grader) if chosen.len() == tasks.len() => {
-                grade_all(grader.as_ref(), tasks, concurrency).await
-            }
             Some(grader) if !chosen.is_empty() => {
-                let some: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
-                grade_all(grader.as_ref(), &some, concurrency).await
+                let picked: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
+                grade_all(grader.as_ref(), &picked, concurrency).await
             }
             _ => Vec::new(),
         }
@@ -381,7 +378,7 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Opti
 /// opinion. Decided by a hash of what is graded, not at random, so grading the same answer
 /// again makes the same choice and a re-evaluation does not gain or lose `needs_review` by
 /// chance.
-pub fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
+fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
     if share >= 1.0 {
         return true;
     }
@@ -579,12 +576,14 @@ mod tests {
             assert!(!small || gets_second_opinion(t, 0.5));
         }
         // What is graded decides, not the question's label.
-        let mut relabelled = tasks[0].clone();
-        relabelled.question_number = "7b".into();
-        assert_eq!(
-            gets_second_opinion(&tasks[0], 0.5),
-            gets_second_opinion(&relabelled, 0.5)
-        );
+        for t in &tasks {
+            let mut relabelled = t.clone();
+            relabelled.question_number = "7b".into();
+            assert_eq!(
+                gets_second_opinion(t, 0.5),
+                gets_second_opinion(&relabelled, 0.5)
+            );
+        }
     }
 
     fn paper() -> QuestionPaper {
