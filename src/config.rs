@@ -820,19 +820,19 @@ mod tests {
 
     #[test]
     fn second_opinion_share() {
+        let share = |value: &str| {
+            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", value)]);
+            Settings::load_from(None, &vars, &Overrides::default())
+                .map(|s| s.grading.second_opinion_fraction)
+        };
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(defaults.grading.second_opinion_fraction, 1.0);
-        let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", "0.25")]);
-        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
-        assert_eq!(settings.grading.second_opinion_fraction, 0.25);
+        assert_eq!(share("0.25").unwrap(), 0.25);
+        assert_eq!(share("0").unwrap(), 0.0);
         for bad in ["1.5", "-0.1", "NaN"] {
-            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", bad)]);
-            let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
+            let err = share(bad).unwrap_err().to_string();
             assert!(
-                err.to_string()
-                    .to_lowercase()
-                    .contains("grading__second_opinion_fraction")
-                    || err.to_string().contains("grading.second_opinion_fraction"),
+                err.contains("grading.second_opinion_fraction must be between 0"),
                 "{bad}: {err}"
             );
         }

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::fake_llm::{arbiter, evaluator, prompt_text, verifier, FakeLlm, Reply, Stage};
-use crate::helpers::{png, spawn_app_with, upload_body, ImageServer};
+use crate::helpers::{png, spawn_app_with, stage_roles, upload_body, ImageServer};
 
 /// The request body of the contract's example, verbatim.
 fn spec_example() -> Value {
@@ -90,9 +90,11 @@ async fn the_spec_example_is_graded_with_two_calls_per_question() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stored["version"], 1);
     let stages = stored["items"][0]["stages"].as_array().unwrap();
-    let roles: Vec<&str> = stages.iter().map(|s| s["role"].as_str().unwrap()).collect();
     // The embedded grader's estimate is stored beside the LLM stages.
-    assert_eq!(roles, ["evaluator", "verifier", "second_opinion"]);
+    assert_eq!(
+        stage_roles(&stored["items"][0]),
+        ["evaluator", "verifier", "second_opinion"]
+    );
     assert_eq!(stages[0]["model"], "fake-grader");
     assert_eq!(stages[0]["prompt_tokens"], 120);
     assert_eq!(stages[1]["role"], "verifier");
@@ -128,13 +130,7 @@ async fn a_zero_second_opinion_share_leaves_the_llm_stages_alone() {
     let id = body["evaluation_id"].as_str().unwrap();
     let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
     for item in stored["items"].as_array().unwrap() {
-        let roles: Vec<&str> = item["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(roles, ["evaluator", "verifier"], "{item}");
+        assert_eq!(stage_roles(item), ["evaluator", "verifier"], "{item}");
     }
 }
 

@@ -273,6 +273,16 @@ pub fn cer(reference: &str, hypothesis: &str) -> f64 {
     examiner::ocr::quality::cer(reference, hypothesis)
 }
 
+/// The roles of a stored evaluation item's stages, in order.
+pub fn stage_roles(item: &Value) -> Vec<&str> {
+    item["stages"]
+        .as_array()
+        .expect("a stored item lists its stages")
+        .iter()
+        .map(|s| s["role"].as_str().expect("every stage has a role"))
+        .collect()
+}
+
 pub fn upload_body(images: &[(&str, &str)]) -> Value {
     json!({
         "user_id": "USER123",

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::fake_llm::{FakeLlm, Reply, Stage};
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app_with, stage_roles};
 
 const TOTAL: f64 = 10.0;
 const STANDARD: &str = "The going concern concept assumes that a business will continue to \
@@ -333,12 +333,7 @@ async fn injected_answers_gain_nothing_are_flagged_and_go_to_the_arbiter() {
             .as_array()
             .unwrap()
             .contains(&json!("possible_prompt_injection"));
-        let stages: Vec<&str> = stored["items"][i + 1]["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["role"].as_str().unwrap())
-            .collect();
+        let stages = stage_roles(&stored["items"][i + 1]);
         let arbitrated =
             stages.contains(&"arbiter") && stored["items"][i + 1]["final_stage"] == "arbiter";
         report.push(format!(
