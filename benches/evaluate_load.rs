@@ -17,6 +17,8 @@
 //! - `EVAL_LOAD_SECS` / `EVAL_LOAD_WARMUP_SECS`: measurement / warm-up seconds per scenario;
 //! - `EVAL_LOAD_QUESTIONS`: questions per request (default 8);
 //! - `EVAL_LOAD_CACHE=0`: run Examiner with `EXAMINER_GRADING__LLM__CACHE=false`;
+//! - `EVAL_LOAD_LEAN_HTTP1=0|1`: run Examiner with `grading.llm.lean_http1` off or on (its own
+//!   HTTP/1.1 client or the general one for the plain-HTTP fake; unset: the binary's default);
 //! - `EVAL_LOAD_RUST_LOG`: Examiner's `RUST_LOG` (default: unset, i.e. its `info` default);
 //! - `EVAL_LOAD_PERF=DIR`: `perf record` Examiner during each measurement window into DIR;
 //! - `EVAL_LOAD_FLOOR=1`: after each scenario, replay the request bodies Examiner sent from a
@@ -88,6 +90,9 @@ struct Options {
     second_opinion: Option<(String, f64)>,
     /// After each scenario, measure the client floor (`run_floor`).
     floor: bool,
+    /// `grading.llm.lean_http1`, when chosen (unset: the binary's default, so an older build
+    /// without the setting still starts).
+    lean_http1: Option<bool>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -433,6 +438,9 @@ impl Examiner {
             .stdin(Stdio::null());
         if let Some(filter) = &opts.rust_log {
             cmd.env("RUST_LOG", filter);
+        }
+        if let Some(lean) = opts.lean_http1 {
+            cmd.env("EXAMINER_GRADING__LLM__LEAN_HTTP1", lean.to_string());
         }
         cmd
     }
@@ -1263,6 +1271,7 @@ fn main() {
         rust_log: std::env::var("EVAL_LOAD_RUST_LOG").ok(),
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
         floor: env_u64("EVAL_LOAD_FLOOR").unwrap_or(0) != 0,
+        lean_http1: env_u64("EVAL_LOAD_LEAN_HTTP1").map(|v| v != 0),
         second_opinion: std::env::var("EVAL_LOAD_SECOND_OPINION")
             .ok()
             .and_then(|share| share.parse::<f64>().ok())

@@ -235,7 +235,7 @@ pub async fn llm_check(settings: &Settings) -> anyhow::Result<std::process::Exit
         ("verifier", &llm.verifier),
         ("arbiter", &llm.arbiter),
     ] {
-        let check = crate::grade::check_backend(backend).await;
+        let check = crate::grade::check_backend(backend, llm.lean_http1).await;
         let ok = check.reachable && check.preferred_mode.is_some();
         all_ok &= ok;
         println!(

@@ -839,6 +839,15 @@ mod tests {
     }
 
     #[test]
+    fn lean_http_client_switch() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert!(defaults.grading.llm.lean_http1);
+        let vars = env(&[("EXAMINER_GRADING__LLM__LEAN_HTTP1", "false")]);
+        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert!(!settings.grading.llm.lean_http1);
+    }
+
+    #[test]
     fn auth_none_only_on_loopback() {
         let vars = env(&[("EXAMINER_AUTH_MODE", "none")]);
         let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();

@@ -1,6 +1,8 @@
 //! The OpenAI-compatible chat-completions client: one pooled `reqwest::Client` (HTTP/1.1 and
-//! HTTP/2) shared by all backends of a grader, and per backend a concurrency semaphore, a
-//! circuit breaker and the memory of which structured-output mode the server accepts.
+//! HTTP/2) shared by all backends of a grader, or for a plain-`http://` backend Examiner's own
+//! HTTP/1.1 client ([`Http1Client`], cheaper per call), and per backend a concurrency
+//! semaphore, a circuit breaker and the memory of which structured-output mode the server
+//! accepts.
 //!
 //! Promises: transient failures (429, 5xx, timeouts, connection errors, garbled bodies) are
 //! retried up to `max_retries` times with exponential backoff and full jitter, honouring
@@ -17,11 +19,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use super::http1::{Http1Client, Http1Error};
 use super::replies::extract_json;
 use super::settings::{redact_url, LlmBackendSettings};
 use super::GradeError;
@@ -257,6 +260,8 @@ pub(crate) struct ChatBackend {
     url: String,
     /// `url` parsed once: parsing it for every call was 1 % of the CPU under load.
     parsed_url: Option<reqwest::Url>,
+    /// Examiner's own HTTP/1.1 client, for a plain-`http://` backend (see [`Http1Client`]).
+    lean: Option<Http1Client>,
     label: String,
     api_key: ApiKey,
     semaphore: Semaphore,
@@ -279,12 +284,23 @@ impl fmt::Debug for ChatBackend {
 }
 
 impl ChatBackend {
-    /// Reads the API key from the environment now, once.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmBackendSettings) -> Self {
+    /// Reads the API key from the environment now, once. With `lean_http1`, a plain-`http://`
+    /// backend is called through [`Http1Client`] instead of `http`.
+    pub(crate) fn new(
+        http: reqwest::Client,
+        settings: &LlmBackendSettings,
+        lean_http1: bool,
+    ) -> Self {
+        let parsed_url = reqwest::Url::parse(&settings.chat_url()).ok();
+        let lean = parsed_url
+            .as_ref()
+            .filter(|_| lean_http1)
+            .and_then(|url| Http1Client::for_url(url, MAX_BODY_BYTES));
         ChatBackend {
             http,
             url: settings.chat_url(),
-            parsed_url: reqwest::Url::parse(&settings.chat_url()).ok(),
+            parsed_url,
+            lean,
             label: settings.label(),
             api_key: ApiKey(settings.api_key()),
             semaphore: Semaphore::new(settings.concurrency.max(1)),
@@ -449,6 +465,9 @@ impl ChatBackend {
         schema: &Value,
     ) -> Result<(Completion, Option<u64>, Option<u64>), LlmError> {
         let body = self.request_body(messages, mode, schema_name, schema);
+        if let Some(lean) = &self.lean {
+            return self.send_lean(lean, &body).await;
+        }
         let request = match &self.parsed_url {
             Some(url) => self.http.post(url.clone()),
             // Unparsable: reqwest reports why, as for any bad URL.
@@ -461,18 +480,70 @@ impl ChatBackend {
             request = request.bearer_auth(key); // marked sensitive by reqwest
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let retry_after = parse_retry_after(response.headers());
         let bytes = self.read_body(response).await?;
-        if !status.is_success() {
+        self.completion_from(status, retry_after, &bytes)
+    }
+
+    /// [`Self::send_once`] through Examiner's own HTTP/1.1 client.
+    async fn send_lean(
+        &self,
+        lean: &Http1Client,
+        body: &ChatRequest<'_>,
+    ) -> Result<(Completion, Option<u64>, Option<u64>), LlmError> {
+        let backend = || self.label.clone();
+        let bytes = serde_json::to_vec(body).map_err(|e| LlmError::Transport {
+            backend: backend(),
+            detail: format!("could not encode the request: {e}"),
+        })?;
+        let timeout = Duration::from_secs(self.settings.timeout_secs);
+        let bearer = self.api_key.0.as_deref();
+        let reply = tokio::time::timeout(timeout, lean.post_json(&bytes, bearer))
+            .await
+            .map_err(|_| LlmError::Timeout {
+                backend: backend(),
+                secs: self.settings.timeout_secs,
+            })?
+            .map_err(|e| match e {
+                Http1Error::Connect(detail) => LlmError::Connect {
+                    backend: backend(),
+                    detail,
+                },
+                // Not HTTP, or cut short: a transport fault, worth retrying like a reset.
+                Http1Error::Transport(detail) | Http1Error::Malformed(detail) => {
+                    LlmError::Transport {
+                        backend: backend(),
+                        detail,
+                    }
+                }
+                too_large @ Http1Error::TooLarge(_) => LlmError::Malformed {
+                    backend: backend(),
+                    detail: too_large.to_string(),
+                },
+            })?;
+        let retry_after = retry_after_from(
+            reply.retry_after_ms.as_deref(),
+            reply.retry_after.as_deref(),
+        );
+        self.completion_from(reply.status, retry_after, &reply.body)
+    }
+
+    fn completion_from(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        bytes: &[u8],
+    ) -> Result<(Completion, Option<u64>, Option<u64>), LlmError> {
+        if !(200..300).contains(&status) {
             return Err(LlmError::Status {
                 backend: self.label.clone(),
-                status: status.as_u16(),
-                body: snippet(&String::from_utf8_lossy(&bytes)),
+                status,
+                body: snippet(&String::from_utf8_lossy(bytes)),
                 retry_after,
             });
         }
-        parse_completion(&bytes).map_err(|detail| LlmError::Malformed {
+        parse_completion(bytes).map_err(|detail| LlmError::Malformed {
             backend: self.label.clone(),
             detail,
         })
@@ -622,16 +693,22 @@ pub(crate) fn parse_completion(
 
 /// `retry-after-ms` (OpenAI) or `Retry-After` as seconds or an HTTP date.
 pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    retry_after_from(text("retry-after-ms"), text(RETRY_AFTER.as_str()))
+}
+
+/// [`parse_retry_after`] from the two header values.
+fn retry_after_from(retry_after_ms: Option<&str>, retry_after: Option<&str>) -> Option<Duration> {
     let as_secs =
         |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
+    if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()) {
         return as_secs(ms / 1000.0);
     }
-    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let raw = retry_after?.trim();
     if let Ok(secs) = raw.parse::<f64>() {
         return as_secs(secs);
     }
@@ -819,8 +896,9 @@ pub struct BackendCheck {
 }
 
 /// Probes a backend once per structured-output mode (no retries, no circuit breaker), for
-/// `examiner llm check`.
-pub async fn check_backend(settings: &LlmBackendSettings) -> BackendCheck {
+/// `examiner llm check`, through the HTTP client grading would use (`lean_http1`: see
+/// [`LlmSettings::lean_http1`](super::LlmSettings::lean_http1)).
+pub async fn check_backend(settings: &LlmBackendSettings, lean_http1: bool) -> BackendCheck {
     let mut check = BackendCheck {
         base_url: redact_url(&settings.base_url),
         model: settings.model.clone(),
@@ -845,7 +923,7 @@ pub async fn check_backend(settings: &LlmBackendSettings) -> BackendCheck {
             return check;
         }
     };
-    let backend = ChatBackend::new(http, settings);
+    let backend = ChatBackend::new(http, settings, lean_http1);
     let schema = json!({
         "type": "object",
         "properties": {"ok": {"type": "boolean"}},
@@ -982,7 +1060,7 @@ mod request_body_tests {
             temperature: 0.2,
             ..LlmBackendSettings::default()
         };
-        let backend = ChatBackend::new(build_http_client().unwrap(), &settings);
+        let backend = ChatBackend::new(build_http_client().unwrap(), &settings, true);
         let messages = [
             ChatMessage::system("Grade. \"Quoted\" <b>text</b> and ünïcödé\n"),
             ChatMessage::user("Answer: 4"),

@@ -11,6 +11,7 @@
 
 mod cache;
 mod client;
+mod http1;
 pub mod local;
 mod process;
 mod prompts;

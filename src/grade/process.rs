@@ -65,7 +65,7 @@ impl LlmGrader {
             if let Some((_, backend)) = made.iter().find(|(known, _)| known == s) {
                 return backend.clone();
             }
-            let backend = Arc::new(ChatBackend::new(http.clone(), s));
+            let backend = Arc::new(ChatBackend::new(http.clone(), s, settings.lean_http1));
             made.push((s.clone(), backend.clone()));
             backend
         };

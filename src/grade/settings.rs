@@ -27,6 +27,10 @@ pub struct LlmSettings {
     pub per_request_concurrency: usize,
     /// Memoise validated stage replies. Default true.
     pub cache: bool,
+    /// Call plain-`http://` backends through Examiner's own HTTP/1.1 client, which costs less
+    /// CPU per call than the general one; `https://` URLs, URLs with credentials and proxies
+    /// from the environment always use the general client. Default true.
+    pub lean_http1: bool,
 }
 
 impl Default for LlmSettings {
@@ -38,6 +42,7 @@ impl Default for LlmSettings {
             tolerance_fraction: 0.10,
             per_request_concurrency: 8,
             cache: true,
+            lean_http1: true,
         }
     }
 }

@@ -495,33 +495,44 @@ async fn unparseable_then_valid_and_twice_invalid_fails_the_stage() {
     assert!(outcome.stages[0].error.is_some());
 }
 
+/// Both HTTP clients: Examiner's own HTTP/1.1 one (the default for `http://`) and the general one.
+const HTTP_CLIENTS: [bool; 2] = [true, false];
+
 #[tokio::test]
 async fn rate_limit_with_retry_after_is_honoured() {
-    let fake = FakeServer::start(|seen: &Seen| {
-        if seen.index == 0 {
-            Reply::raw(429, r#"{"error":{"message":"slow down"}}"#).header("retry-after", "1")
-        } else {
-            match role_of(&seen.body) {
-                "evaluator" => Reply::json(eval_reply(6.0)),
-                _ => Reply::json(verify_reply(true, 6.0)),
+    for lean_http1 in HTTP_CLIENTS {
+        let fake = FakeServer::start(|seen: &Seen| {
+            if seen.index == 0 {
+                Reply::raw(429, r#"{"error":{"message":"slow down"}}"#).header("retry-after", "1")
+            } else {
+                match role_of(&seen.body) {
+                    "evaluator" => Reply::json(eval_reply(6.0)),
+                    _ => Reply::json(verify_reply(true, 6.0)),
+                }
             }
-        }
-    })
-    .await;
-    let started = Instant::now();
-    let outcome = grader(&settings(&fake.base_url))
-        .grade(&task("1", ANSWER))
+        })
         .await;
-    let elapsed = started.elapsed();
-    assert_eq!(outcome.marks_awarded, Some(6.0));
-    assert_eq!(outcome.stages[0].attempts, 2);
-    assert_eq!(fake.count(), 3);
-    assert!(elapsed >= Duration::from_millis(950), "waited {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?}");
+        let mut s = settings(&fake.base_url);
+        s.lean_http1 = lean_http1;
+        let started = Instant::now();
+        let outcome = grader(&s).grade(&task("1", ANSWER)).await;
+        let elapsed = started.elapsed();
+        assert_eq!(outcome.marks_awarded, Some(6.0), "lean_http1 {lean_http1}");
+        assert_eq!(outcome.stages[0].attempts, 2);
+        assert_eq!(fake.count(), 3);
+        assert!(elapsed >= Duration::from_millis(950), "waited {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?}");
+    }
 }
 
 #[tokio::test]
 async fn timeout_is_retried() {
+    for lean_http1 in HTTP_CLIENTS {
+        timeout_is_retried_with(lean_http1).await;
+    }
+}
+
+async fn timeout_is_retried_with(lean_http1: bool) {
     let fake = FakeServer::start(|seen: &Seen| {
         let reply = match role_of(&seen.body) {
             "evaluator" => Reply::json(eval_reply(6.0)),
@@ -535,6 +546,7 @@ async fn timeout_is_retried() {
     })
     .await;
     let mut s = settings(&fake.base_url);
+    s.lean_http1 = lean_http1;
     for b in [&mut s.evaluator, &mut s.verifier, &mut s.arbiter] {
         b.timeout_secs = 1;
         b.max_retries = 1;
@@ -550,6 +562,7 @@ async fn timeout_is_retried() {
         FakeServer::start(|_: &Seen| Reply::json(eval_reply(1.0)).delayed(Duration::from_secs(3)))
             .await;
     let mut s = settings(&fake.base_url);
+    s.lean_http1 = lean_http1;
     s.evaluator.timeout_secs = 1;
     s.evaluator.max_retries = 0;
     let outcome = grader(&s).grade(&task("1", ANSWER)).await;
@@ -1062,13 +1075,19 @@ async fn openai_parameter_quirks_are_adapted_without_dropping_json_schema() {
 
 #[tokio::test]
 async fn check_backend_reports_what_the_server_supports() {
+    for lean_http1 in HTTP_CLIENTS {
+        check_backend_reports_with(lean_http1).await;
+    }
+}
+
+async fn check_backend_reports_with(lean_http1: bool) {
     let fake = FakeServer::start(|seen: &Seen| match format_type(&seen.body).as_deref() {
         Some("json_schema") => Reply::raw(400, r#"{"error":"json_schema unsupported"}"#),
         Some(_) => Reply::content(r#"{"ok": true}"#),
         None => Reply::content("```json\n{\"ok\": true}\n```"),
     })
     .await;
-    let check = check_backend(&backend(&fake.base_url)).await;
+    let check = check_backend(&backend(&fake.base_url), lean_http1).await;
     assert!(check.reachable);
     assert!(
         !check.json_schema && check.json_object && check.plain_json,
@@ -1082,11 +1101,11 @@ async fn check_backend_reports_what_the_server_supports() {
     // Nothing listening: unreachable, with a reason, and quickly.
     let mut dead = backend("http://127.0.0.1:9/v1");
     dead.timeout_secs = 2;
-    let check = check_backend(&dead).await;
+    let check = check_backend(&dead, lean_http1).await;
     assert!(!check.reachable && check.latency_ms.is_none());
     assert_eq!(check.errors.len(), 3);
 
-    let check = check_backend(&LlmBackendSettings::default()).await;
+    let check = check_backend(&LlmBackendSettings::default(), lean_http1).await;
     assert!(!check.reachable && check.errors[0].contains("base_url"));
 }
 
