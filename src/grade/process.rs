@@ -258,7 +258,7 @@ impl LlmGrader {
                 Err(("no request was made".into(), "error"));
             for reask in [false, true] {
                 let completion = match backend
-                    .complete(&conversation, T::SCHEMA_NAME, &schema, &mut stats)
+                    .complete(&conversation, T::SCHEMA_NAME, schema, &mut stats)
                     .await
                 {
                     Ok(c) => c,

@@ -3,6 +3,8 @@
 //! (fences, chatter, `<think>` blocks), and strict validation into typed structs. Validation
 //! errors are phrased for the model, because they are sent back to it in the one re-ask.
 
+use std::sync::LazyLock;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -10,7 +12,8 @@ use serde_json::{json, Map, Value};
 pub(crate) trait StageReply: Sized + Serialize {
     /// The `json_schema.name` sent to the server.
     const SCHEMA_NAME: &'static str;
-    fn schema() -> Value;
+    /// Built once: every call of the stage sends it.
+    fn schema() -> &'static Value;
     fn validate(value: &Value) -> Result<Self, String>;
     /// The marks as the model gave them (finite, not yet clamped).
     fn marks(&self) -> f64;
@@ -57,23 +60,26 @@ fn object_schema(properties: Value, required: &[&str]) -> Value {
 
 impl StageReply for EvaluatorReply {
     const SCHEMA_NAME: &'static str = "evaluator_grade";
-    fn schema() -> Value {
-        object_schema(
-            json!({
-                "marks": {"type": "number"},
-                "feedback": {"type": "string"},
-                "reasoning": {"type": "string"},
-                "key_points_covered": {"type": "array", "items": {"type": "string"}},
-                "key_points_missed": {"type": "array", "items": {"type": "string"}}
-            }),
-            &[
-                "marks",
-                "feedback",
-                "reasoning",
-                "key_points_covered",
-                "key_points_missed",
-            ],
-        )
+    fn schema() -> &'static Value {
+        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+            object_schema(
+                json!({
+                    "marks": {"type": "number"},
+                    "feedback": {"type": "string"},
+                    "reasoning": {"type": "string"},
+                    "key_points_covered": {"type": "array", "items": {"type": "string"}},
+                    "key_points_missed": {"type": "array", "items": {"type": "string"}}
+                }),
+                &[
+                    "marks",
+                    "feedback",
+                    "reasoning",
+                    "key_points_covered",
+                    "key_points_missed",
+                ],
+            )
+        });
+        &SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
@@ -92,15 +98,18 @@ impl StageReply for EvaluatorReply {
 
 impl StageReply for VerifierReply {
     const SCHEMA_NAME: &'static str = "verifier_check";
-    fn schema() -> Value {
-        object_schema(
-            json!({
-                "agrees": {"type": "boolean"},
-                "marks": {"type": "number"},
-                "reasons": {"type": "string"}
-            }),
-            &["agrees", "marks", "reasons"],
-        )
+    fn schema() -> &'static Value {
+        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+            object_schema(
+                json!({
+                    "agrees": {"type": "boolean"},
+                    "marks": {"type": "number"},
+                    "reasons": {"type": "string"}
+                }),
+                &["agrees", "marks", "reasons"],
+            )
+        });
+        &SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
@@ -117,15 +126,18 @@ impl StageReply for VerifierReply {
 
 impl StageReply for ArbiterReply {
     const SCHEMA_NAME: &'static str = "arbiter_decision";
-    fn schema() -> Value {
-        object_schema(
-            json!({
-                "marks": {"type": "number"},
-                "feedback": {"type": "string"},
-                "reasoning": {"type": "string"}
-            }),
-            &["marks", "feedback", "reasoning"],
-        )
+    fn schema() -> &'static Value {
+        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+            object_schema(
+                json!({
+                    "marks": {"type": "number"},
+                    "feedback": {"type": "string"},
+                    "reasoning": {"type": "string"}
+                }),
+                &["marks", "feedback", "reasoning"],
+            )
+        });
+        &SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
