@@ -109,10 +109,11 @@ pub trait Store: Send + Sync {
         question_paper_code: &str,
     ) -> Result<Option<Submission>, StoreError>;
 
-    /// Stores an evaluation with all its items, atomically; returns its id and version.
+    /// Stores an evaluation with all its items, atomically; returns it with its id and
+    /// version. Takes the evaluation so its items move into the record instead of being copied.
     async fn insert_evaluation(
         &self,
-        evaluation: &NewEvaluation,
+        evaluation: NewEvaluation,
     ) -> Result<EvaluationRecord, StoreError>;
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError>;
     async fn list_evaluations(&self, filter: &Filter)

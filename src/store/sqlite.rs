@@ -809,24 +809,24 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn insert_evaluation(&self, e: &NewEvaluation) -> Result<EvaluationRecord, StoreError> {
+    async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         let created_at = Utc::now();
         let version =
-            insert_evaluation_retrying(&self.main.writer, e, &evaluation_id, created_at).await?;
+            insert_evaluation_retrying(&self.main.writer, &e, &evaluation_id, created_at).await?;
         Ok(EvaluationRecord {
             evaluation_id,
             version,
-            user_id: e.user_id.clone(),
-            course_code: e.course_code.clone(),
-            exam_code: e.exam_code.clone(),
-            question_paper_code: e.question_paper_code.clone(),
-            submission_id: e.submission_id.clone(),
-            grader: e.grader.clone(),
+            user_id: e.user_id,
+            course_code: e.course_code,
+            exam_code: e.exam_code,
+            question_paper_code: e.question_paper_code,
+            submission_id: e.submission_id,
+            grader: e.grader,
             total_exam_marks: e.total_exam_marks,
             final_score: e.final_score,
-            status: e.status.clone(),
-            items: e.items.clone(),
+            status: e.status,
+            items: e.items,
             created_at,
         })
     }
@@ -1308,8 +1308,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(&dir).await;
         let big = evaluation(ITEM_ROWS_PER_STATEMENT + 7);
-        let first = store.insert_evaluation(&big).await.unwrap();
-        let second = store.insert_evaluation(&evaluation(2)).await.unwrap();
+        let first = store.insert_evaluation(big.clone()).await.unwrap();
+        let second = store.insert_evaluation(evaluation(2)).await.unwrap();
         assert_eq!((first.version, second.version), (1, 2));
         let read = store
             .get_evaluation(&first.evaluation_id)
@@ -1362,7 +1362,7 @@ mod tests {
         .unwrap();
         let stored = tokio::time::timeout(
             Duration::from_secs(5),
-            store.insert_evaluation(&evaluation(3)),
+            store.insert_evaluation(evaluation(3)),
         )
         .await
         .expect("the evaluation's insert waited for the memo's writer")
@@ -1391,7 +1391,7 @@ mod tests {
         let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let before = size(&path);
         for _ in 0..4 {
-            store.insert_evaluation(&evaluation(50)).await.unwrap();
+            store.insert_evaluation(evaluation(50)).await.unwrap();
         }
         // The writer never checkpoints, so the file grows only if the background task does.
         let mut grown = false;

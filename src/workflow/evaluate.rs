@@ -518,7 +518,7 @@ async fn store_evaluation(
         _ => "No question could be graded because the grading backend failed; nothing was marked. Retry with POST /evaluations/{evaluation_id}/retry.".to_string(),
     };
     let started = std::time::Instant::now();
-    let record = state.store.insert_evaluation(&evaluation).await?;
+    let record = state.store.insert_evaluation(evaluation).await?;
     metrics::histogram!("examiner_store_seconds", "op" => "insert_evaluation")
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("examiner_evaluations_total", "status" => record.status.clone()).increment(1);
