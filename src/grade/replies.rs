@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 pub(crate) trait StageReply: Sized + Serialize {
     /// The `json_schema.name` sent to the server.
     const SCHEMA_NAME: &'static str;
-    /// Built once: every call of the stage sends it.
     fn schema() -> &'static Value;
     fn validate(value: &Value) -> Result<Self, String>;
     /// The marks as the model gave them (finite, not yet clamped).
@@ -58,28 +57,50 @@ fn object_schema(properties: Value, required: &[&str]) -> Value {
     })
 }
 
+// The schemas are built once: every call of a stage sends its schema.
+static EVALUATOR_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    object_schema(
+        json!({
+            "marks": {"type": "number"},
+            "feedback": {"type": "string"},
+            "reasoning": {"type": "string"},
+            "key_points_covered": {"type": "array", "items": {"type": "string"}},
+            "key_points_missed": {"type": "array", "items": {"type": "string"}}
+        }),
+        &[
+            "marks",
+            "feedback",
+            "reasoning",
+            "key_points_covered",
+            "key_points_missed",
+        ],
+    )
+});
+static VERIFIER_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    object_schema(
+        json!({
+            "agrees": {"type": "boolean"},
+            "marks": {"type": "number"},
+            "reasons": {"type": "string"}
+        }),
+        &["agrees", "marks", "reasons"],
+    )
+});
+static ARBITER_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    object_schema(
+        json!({
+            "marks": {"type": "number"},
+            "feedback": {"type": "string"},
+            "reasoning": {"type": "string"}
+        }),
+        &["marks", "feedback", "reasoning"],
+    )
+});
+
 impl StageReply for EvaluatorReply {
     const SCHEMA_NAME: &'static str = "evaluator_grade";
     fn schema() -> &'static Value {
-        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
-            object_schema(
-                json!({
-                    "marks": {"type": "number"},
-                    "feedback": {"type": "string"},
-                    "reasoning": {"type": "string"},
-                    "key_points_covered": {"type": "array", "items": {"type": "string"}},
-                    "key_points_missed": {"type": "array", "items": {"type": "string"}}
-                }),
-                &[
-                    "marks",
-                    "feedback",
-                    "reasoning",
-                    "key_points_covered",
-                    "key_points_missed",
-                ],
-            )
-        });
-        &SCHEMA
+        &EVALUATOR_SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
@@ -99,17 +120,7 @@ impl StageReply for EvaluatorReply {
 impl StageReply for VerifierReply {
     const SCHEMA_NAME: &'static str = "verifier_check";
     fn schema() -> &'static Value {
-        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
-            object_schema(
-                json!({
-                    "agrees": {"type": "boolean"},
-                    "marks": {"type": "number"},
-                    "reasons": {"type": "string"}
-                }),
-                &["agrees", "marks", "reasons"],
-            )
-        });
-        &SCHEMA
+        &VERIFIER_SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
@@ -127,17 +138,7 @@ impl StageReply for VerifierReply {
 impl StageReply for ArbiterReply {
     const SCHEMA_NAME: &'static str = "arbiter_decision";
     fn schema() -> &'static Value {
-        static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
-            object_schema(
-                json!({
-                    "marks": {"type": "number"},
-                    "feedback": {"type": "string"},
-                    "reasoning": {"type": "string"}
-                }),
-                &["marks", "feedback", "reasoning"],
-            )
-        });
-        &SCHEMA
+        &ARBITER_SCHEMA
     }
     fn validate(value: &Value) -> Result<Self, String> {
         let obj = as_object(value)?;
