@@ -120,6 +120,12 @@ impl Http1Client {
         body: &[u8],
         bearer: Option<&str>,
     ) -> Result<Reply, Http1Error> {
+        // A line break in the key would end the header early and start another.
+        if bearer.is_some_and(|key| key.bytes().any(|b| b.is_ascii_control())) {
+            return Err(Http1Error::Transport(
+                "the API key contains control characters, which an HTTP header cannot carry".into(),
+            ));
+        }
         let mut request = Vec::with_capacity(self.head_prefix.len() + 96 + body.len());
         request.extend_from_slice(&self.head_prefix);
         if let Some(key) = bearer {
@@ -779,6 +785,18 @@ mod tests {
                 String::from_utf8_lossy(&reply)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_that_would_split_the_header_is_refused_before_sending() {
+        let (url, connections) = serve(vec![ok("{}")], usize::MAX).await;
+        let client = Http1Client::for_url(&url, 1 << 20).unwrap();
+        let err = client
+            .post_json(b"{}", Some("sk-1\r\nX-Injected: 1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
