@@ -7,8 +7,9 @@
 //! Promises: every image passes the same sniffing and decode caps as for the
 //! local engines ([`decode`]) before anything is sent, so a non-image or a
 //! decompression bomb fails with the same [`OcrError`] and never reaches the
-//! server; only formats the vision APIs accept are sent (PNG, JPEG, WebP and
-//! GIF as uploaded, TIFF and BMP re-encoded as PNG); at most
+//! server; only formats every vision server reads are sent (PNG and JPEG as
+//! uploaded; WebP, GIF, TIFF and BMP re-encoded as PNG, since llama.cpp's
+//! server reads no WebP and a GIF may be animated); at most
 //! `concurrency` requests are in flight; 429, 5xx, timeouts and connection
 //! errors are retried up to `max_retries` times with exponential backoff and
 //! full jitter (honouring `Retry-After` in seconds, capped at 30 s); a server
@@ -26,7 +27,8 @@
 //! (OpenAI to 2048, others less) or refuse them, so a 12-megapixel phone photo
 //! would only cost upload time and tokens. A page EXIF says to turn is sent
 //! turned, since not every server reads EXIF. Either way photos are re-encoded
-//! as JPEG and everything else as PNG; other pages are sent as uploaded.
+//! as JPEG and everything else as PNG; other PNG and JPEG pages are sent as
+//! uploaded.
 //!
 //! After `circuit_failure_threshold` consecutive failures (5xx, timeouts,
 //! connection errors) pages fail fast for `circuit_open_secs`, then one probe
@@ -571,12 +573,12 @@ fn prepare(bytes: &[u8], limits: &DecodeLimits, max_side: u32) -> Result<Prepare
     let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     let (width, height) = (image.width(), image.height());
     let shrink = max_side > 0 && width.max(height) > max_side;
-    // TIFF and BMP are not accepted by the vision APIs.
+    // PNG and JPEG are what every vision server reads; OpenAI also takes WebP and still
+    // GIFs, but llama.cpp's server decodes no WebP, and of an animated GIF only the first
+    // frame is the page that was checked.
     let accepted = match format {
         ImageFormat::Png => Some("image/png"),
         ImageFormat::Jpeg => Some("image/jpeg"),
-        ImageFormat::WebP => Some("image/webp"),
-        ImageFormat::Gif => Some("image/gif"),
         _ => None,
     };
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -1114,17 +1116,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bmp_is_sent_as_png() {
-        let fake = FakeVision::start(|_, _| ok_reply("bmp page", 0.9)).await;
-        let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default()).unwrap();
+    async fn bmp_webp_and_gif_are_sent_as_png() {
         let page = gray_page().to_rgb8();
-        let bmp = encoded(&DynamicImage::ImageRgb8(page.clone()), ImageFormat::Bmp);
-        assert_eq!(sniff(&bmp), Some(ImageFormat::Bmp));
-        ocr.read(bmp).await.unwrap();
-        let (media, sent) = sent_image(&fake.seen()[0].body);
-        assert_eq!(media, "image/png");
-        let round_trip = image::load_from_memory_with_format(&sent, ImageFormat::Png).unwrap();
-        assert_eq!(round_trip.to_rgb8(), page);
+        for format in [ImageFormat::Bmp, ImageFormat::WebP, ImageFormat::Gif] {
+            let fake = FakeVision::start(|_, _| ok_reply("page", 0.9)).await;
+            let ocr = VisionOcr::new(&fake.settings(""), DecodeLimits::default()).unwrap();
+            let upload = encoded(&DynamicImage::ImageRgb8(page.clone()), format);
+            assert_eq!(sniff(&upload), Some(format));
+            ocr.read(upload).await.unwrap();
+            let (media, sent) = sent_image(&fake.seen()[0].body);
+            assert_eq!(media, "image/png", "{format:?}");
+            let round_trip = image::load_from_memory_with_format(&sent, ImageFormat::Png).unwrap();
+            // Gray pixels survive every one of these encodings exactly.
+            assert_eq!(round_trip.to_rgb8(), page, "{format:?}");
+        }
     }
 
     #[tokio::test]
