@@ -526,6 +526,17 @@ impl ChatBackend {
             reply.retry_after_ms.as_deref(),
             reply.retry_after.as_deref(),
         );
+        // The general client would follow a 307/308; this one says where to point instead.
+        if let (300..=399, Some(location)) = (reply.status, &reply.location) {
+            return Err(LlmError::Status {
+                backend: backend(),
+                status: reply.status,
+                body: snippet(&format!(
+                    "redirected to {location}; set the backend's base_url to that address"
+                )),
+                retry_after: None,
+            });
+        }
         self.completion_from(reply.status, retry_after, &reply.body)
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct Reply {
     /// `retry-after-ms` and `Retry-After`, as sent.
     pub retry_after_ms: Option<String>,
     pub retry_after: Option<String>,
+    /// Where a redirect points (redirects are not followed: see [`Http1Client`]'s callers).
+    pub location: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -274,6 +276,7 @@ async fn exchange(
             status: head.status,
             retry_after_ms: head.retry_after_ms,
             retry_after: head.retry_after,
+            location: head.location,
             body,
         };
         return Ok((reply, reusable && head.keep_alive));
@@ -303,6 +306,7 @@ struct Head {
     keep_alive: bool,
     retry_after_ms: Option<String>,
     retry_after: Option<String>,
+    location: Option<String>,
 }
 
 /// The response head, once all of it has arrived.
@@ -318,7 +322,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Http1Error> {
     let mut keep_alive = response.version == Some(1);
     let mut content_length = None;
     let mut chunked = false;
-    let (mut retry_after_ms, mut retry_after) = (None, None);
+    let (mut retry_after_ms, mut retry_after, mut location) = (None, None, None);
     for header in response.headers.iter() {
         let value = || String::from_utf8_lossy(header.value).trim().to_string();
         let name = header.name;
@@ -358,6 +362,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Http1Error> {
             retry_after_ms = Some(value());
         } else if name.eq_ignore_ascii_case("retry-after") {
             retry_after = Some(value());
+        } else if name.eq_ignore_ascii_case("location") {
+            location = Some(value());
         }
     }
     let framing = if matches!(status, 204 | 304) || (100..200).contains(&status) {
@@ -380,6 +386,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Http1Error> {
         keep_alive,
         retry_after_ms,
         retry_after,
+        location,
     }))
 }
 
@@ -658,7 +665,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_without_length_is_read_to_the_close_and_the_socket_dropped() {
-        let reply = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nretry-after-ms: 1500\r\n\r\nbusy".to_vec();
+        let reply = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nretry-after-ms: 1500\r\nLocation: /elsewhere\r\n\r\nbusy".to_vec();
         let (url, connections) = serve(vec![reply], 1).await;
         let client = Http1Client::for_url(&url, 1 << 20).unwrap();
         for _ in 0..2 {
@@ -667,6 +674,7 @@ mod tests {
             assert_eq!(reply.body, b"busy");
             assert_eq!(reply.retry_after.as_deref(), Some("2"));
             assert_eq!(reply.retry_after_ms.as_deref(), Some("1500"));
+            assert_eq!(reply.location.as_deref(), Some("/elsewhere"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }

@@ -660,6 +660,26 @@ async fn json_schema_rejected_falls_back_to_json_object_and_remembers() {
 }
 
 #[tokio::test]
+async fn a_redirect_says_where_to_point_the_backend() {
+    let fake = FakeServer::start(|_: &Seen| {
+        Reply::raw(308, "").header("location", "https://llm.example/v1/chat/completions")
+    })
+    .await;
+    let outcome = grader(&settings(&fake.base_url))
+        .grade(&task("1", ANSWER))
+        .await;
+    assert_eq!(outcome.marks_awarded, None);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("HTTP 308")
+            && error.contains("redirected to https://llm.example/v1/chat/completions")
+            && error.contains("set the backend's base_url"),
+        "{error}"
+    );
+    assert_eq!(fake.count(), 1, "a redirect is not retried");
+}
+
+#[tokio::test]
 async fn no_structured_output_falls_back_to_text_extraction_from_a_fence() {
     let fake = FakeServer::start(|seen: &Seen| {
         if seen.body.get("response_format").is_some() {
