@@ -291,14 +291,15 @@ impl ChatBackend {
         settings: &LlmBackendSettings,
         lean_http1: bool,
     ) -> Self {
-        let parsed_url = reqwest::Url::parse(&settings.chat_url()).ok();
+        let url = settings.chat_url();
+        let parsed_url = reqwest::Url::parse(&url).ok();
         let lean = parsed_url
             .as_ref()
             .filter(|_| lean_http1)
             .and_then(|url| Http1Client::for_url(url, MAX_BODY_BYTES));
         ChatBackend {
             http,
-            url: settings.chat_url(),
+            url,
             parsed_url,
             lean,
             label: settings.label(),

@@ -246,22 +246,21 @@ async fn exchange(
                     "response headers exceed {MAX_HEAD_BYTES} bytes"
                 ))));
             }
-            let received_before = buf.len();
-            let n = read_more(stream, &mut buf).await.map_err(|e| {
-                if received_before == 0 {
-                    Failure::Silent(transport(e))
-                } else {
-                    Failure::Other(transport(e))
-                }
-            })?;
-            if n == 0 {
-                let e =
-                    Http1Error::Transport("connection closed before a complete response".into());
-                return Err(if received_before == 0 {
+            let silent = buf.is_empty();
+            let failure = |e| {
+                if silent {
                     Failure::Silent(e)
                 } else {
                     Failure::Other(e)
-                });
+                }
+            };
+            let n = read_more(stream, &mut buf)
+                .await
+                .map_err(|e| failure(transport(e)))?;
+            if n == 0 {
+                return Err(failure(Http1Error::Transport(
+                    "connection closed before a complete response".into(),
+                )));
             }
         };
         buf.drain(..head.length);
@@ -337,20 +336,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Http1Error> {
             }
             content_length = Some(parsed);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only chunked: other codings (gzip...) were not asked for.
             let value = value().to_ascii_lowercase();
-            // Chunked must be the last coding; anything else (gzip...) was not asked for.
-            if value.rsplit(',').next().map(str::trim) == Some("chunked") {
-                chunked = true;
-                if value != "chunked" {
-                    return Err(Http1Error::Malformed(format!(
-                        "unsupported transfer coding {value:?}"
-                    )));
-                }
-            } else {
+            if value != "chunked" {
                 return Err(Http1Error::Malformed(format!(
                     "unsupported transfer coding {value:?}"
                 )));
             }
+            chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
             let value = value().to_ascii_lowercase();
             if value.split(',').any(|t| t.trim() == "close") {
@@ -681,15 +674,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_pooled_socket_the_server_closed_is_replaced() {
-        // The server closes every connection after one reply, as an idle timeout would.
+        // An open idle socket is handed out again.
+        let (url, _) = serve(vec![ok("{}")], usize::MAX).await;
+        let client = Http1Client::for_url(&url, 1 << 20).unwrap();
+        client.post_json(b"{}", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(client.take_idle().is_some());
+
+        // The server closes every connection after one reply, as an idle timeout would: the
+        // probe sees the close, so the next request goes out on a new socket.
         let (url, connections) = serve(vec![ok("{\"n\":1}")], 1).await;
         let client = Http1Client::for_url(&url, 1 << 20).unwrap();
         for _ in 0..3 {
             let reply = client.post_json(b"{}", None).await.unwrap();
             assert_eq!(reply.body, b"{\"n\":1}");
-            // Let the close arrive, then also test the race: a socket that looks alive.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                client.lock_idle().len(),
+                1,
+                "the socket went back to the pool"
+            );
         }
+        assert!(
+            client.take_idle().is_none(),
+            "a closed socket is not handed out"
+        );
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
