@@ -146,7 +146,7 @@ pub fn build_graders(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Resu
 pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
     let settings = Arc::new(settings);
     let url = settings.database_url();
-    let store = crate::store::open(&url)
+    let store = crate::store::open_with(&url, &settings.store_options())
         .await
         .with_context(|| format!("opening the database {url}"))?;
     if let Some(seed) = &settings.seed_catalog {

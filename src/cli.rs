@@ -271,7 +271,8 @@ pub async fn keys(
     settings: &Settings,
     command: KeysCommand,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let store = crate::store::open(&settings.database_url()).await?;
+    let store =
+        crate::store::open_with(&settings.database_url(), &settings.store_options()).await?;
     match command {
         KeysCommand::Create {
             role,

@@ -25,6 +25,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Database URL; empty means SQLite at `<data_dir>/examiner.db`.
     pub database_url: String,
+    /// Memoised results kept (LLM stage replies, OCR page texts) before the oldest are
+    /// deleted; `EXAMINER_MEMO_MAX_ENTRIES`. About 1 KB each.
+    pub memo_max_entries: u64,
     /// A catalog file (JSON or YAML) imported at start when the database has no courses yet.
     pub seed_catalog: Option<PathBuf>,
     pub server: ServerSettings,
@@ -42,6 +45,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: String::new(),
+            memo_max_entries: crate::store::DEFAULT_MEMO_MAX_ENTRIES,
             seed_catalog: None,
             server: ServerSettings::default(),
             fetch: FetchSettings::default(),
@@ -411,6 +415,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("EXAMINER_LISTEN", "listen"),
     ("EXAMINER_DATA_DIR", "data_dir"),
     ("EXAMINER_DATABASE_URL", "database_url"),
+    ("EXAMINER_MEMO_MAX_ENTRIES", "memo_max_entries"),
     ("EXAMINER_SEED_CATALOG", "seed_catalog"),
     ("EXAMINER_FETCH_ALLOW_HOSTS", "fetch.allow_hosts"),
     ("EXAMINER_OCR_LANGUAGES", "ocr.languages"),
@@ -502,6 +507,7 @@ impl Settings {
             ("fetch.concurrency", self.fetch.concurrency as f64),
             ("fetch.timeout_secs", self.fetch.timeout_secs as f64),
             ("ocr.max_pixels", self.ocr.max_pixels as f64),
+            ("memo_max_entries", self.memo_max_entries as f64),
             (
                 "grading.default_marks_step",
                 self.grading.default_marks_step,
@@ -576,6 +582,13 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// How the store is opened.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            memo_max_entries: self.memo_max_entries,
+        }
     }
 
     /// The database URL in force: the configured one, or SQLite in the data directory.
@@ -845,6 +858,18 @@ mod tests {
         let vars = env(&[("EXAMINER_GRADING__LLM__LEAN_HTTP1", "false")]);
         let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
         assert!(!settings.grading.llm.lean_http1);
+    }
+
+    #[test]
+    fn memo_bound() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.store_options().memo_max_entries, 1_000_000);
+        let vars = env(&[("EXAMINER_MEMO_MAX_ENTRIES", "5000")]);
+        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(settings.store_options().memo_max_entries, 5_000);
+        let vars = env(&[("EXAMINER_MEMO_MAX_ENTRIES", "0")]);
+        let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("memo_max_entries"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! in-memory one with a size bound, one backed by the store, and [`NoCache`]. Only validated replies are ever stored; failures
 //! never are (the caller guarantees it).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +48,10 @@ impl std::io::Write for HashWriter {
 }
 
 /// Process-local cache; oldest entries are evicted first once `capacity` is reached.
+///
+/// Replies are held as JSON text: nearly every reply under load is new, so each `put` costs
+/// one serialisation (which the store needs anyway) rather than a copy of the reply's tree,
+/// and only the rare hit pays for parsing.
 pub struct MemoryReplyCache {
     capacity: usize,
     inner: Mutex<MemoryInner>,
@@ -55,8 +59,8 @@ pub struct MemoryReplyCache {
 
 #[derive(Default)]
 struct MemoryInner {
-    map: HashMap<String, Value>,
-    order: VecDeque<String>,
+    map: HashMap<Arc<str>, Arc<str>>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl MemoryReplyCache {
@@ -85,6 +89,33 @@ impl MemoryReplyCache {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn get_text(&self, key: &str) -> Option<Arc<str>> {
+        self.lock().map.get(key).cloned()
+    }
+
+    fn put_text(&self, key: &str, text: Arc<str>) {
+        let mut inner = self.lock();
+        let key: Arc<str> = Arc::from(key);
+        if inner.map.insert(key.clone(), text).is_none() {
+            inner.order.push_back(key);
+        }
+        while inner.map.len() > self.capacity {
+            match inner.order.pop_front() {
+                Some(oldest) => {
+                    inner.map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// A reply as memoised text; `None` (with a warning) for text that is not JSON.
+fn parse_reply(text: &str) -> Option<Value> {
+    serde_json::from_str(text)
+        .inspect_err(|e| tracing::warn!(error = %e, "ignoring a memoised reply that is not JSON"))
+        .ok()
 }
 
 impl Default for MemoryReplyCache {
@@ -96,22 +127,11 @@ impl Default for MemoryReplyCache {
 #[async_trait]
 impl ReplyCache for MemoryReplyCache {
     async fn get(&self, key: &str) -> Option<Value> {
-        self.lock().map.get(key).cloned()
+        parse_reply(&self.get_text(key)?)
     }
 
     async fn put(&self, key: &str, value: &Value) {
-        let mut inner = self.lock();
-        if inner.map.insert(key.to_string(), value.clone()).is_none() {
-            inner.order.push_back(key.to_string());
-        }
-        while inner.map.len() > self.capacity {
-            match inner.order.pop_front() {
-                Some(oldest) => {
-                    inner.map.remove(&oldest);
-                }
-                None => break,
-            }
-        }
+        self.put_text(key, Arc::from(value.to_string()));
     }
 }
 
@@ -139,10 +159,6 @@ const WRITE_BATCH: usize = 4_096;
 /// transaction share the pages they dirty: fewer, larger batches write fewer pages.
 /// Replies are served from memory (`recent`) meanwhile.
 const WRITE_LINGER: Duration = Duration::from_millis(250);
-/// Up to this many stored keys are held in memory (8 bytes each) to answer misses without a
-/// query; a larger memo is read through on every miss. Loading reads the full hex keys first,
-/// about 90 MB at this limit, once at start.
-const KNOWN_KEYS_LIMIT: usize = 1_000_000;
 /// The namespace of LLM replies among the store's memoised values.
 const NAMESPACE: &str = "llm";
 
@@ -172,41 +188,23 @@ pub async fn flush_reply_writes(limit: Duration) {
 /// grading under load"), where one query per stage lookup and one INSERT per stage reply
 /// capped throughput at SQLite's single write lock:
 /// - a bounded in-memory front answers repeats without a query;
-/// - the keys the store holds are known in memory (loaded once at start, then kept up to
-///   date by `put`), so a miss — nearly every lookup of new work — asks nothing;
+/// - the store answers a miss — nearly every lookup of new work — from its own index in
+///   memory, without a query;
 /// - one background task writes the replies, draining its queue into one transaction at
 ///   a time, so a burst of stages costs one write rather than one each.
 ///
 /// A reply is visible to this process as soon as `put` returns and reaches the store
 /// moments later; the server waits for the queue on shutdown ([`flush_reply_writes`]).
-/// Another process writing the same database is not seen by the key set: that costs at
-/// most a repeated LLM call, never a wrong reply.
 pub struct StoreReplyCache {
     store: Arc<dyn Store>,
     recent: MemoryReplyCache,
-    known: Arc<Mutex<KnownKeys>>,
     /// `None` outside a Tokio runtime: then writes are made inline.
     writes: Option<tokio::sync::mpsc::Sender<(String, String)>>,
 }
 
-/// Short forms of the keys the store holds. Until `complete`, a miss here proves nothing.
-#[derive(Default)]
-struct KnownKeys {
-    complete: bool,
-    keys: HashSet<u64>,
-}
-
-/// The first 64 bits of a hex SHA-256 key; a collision only sends a lookup to the store.
-fn short_key(key: &str) -> Option<u64> {
-    key.get(..16)
-        .and_then(|prefix| u64::from_str_radix(prefix, 16).ok())
-}
-
 impl StoreReplyCache {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let known = Arc::new(Mutex::new(KnownKeys::default()));
         let writes = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            runtime.spawn(load_known_keys(store.clone(), known.clone()));
             let (sender, mut queue) =
                 tokio::sync::mpsc::channel::<(String, String)>(PENDING_WRITES);
             let store = store.clone();
@@ -230,37 +228,8 @@ impl StoreReplyCache {
         StoreReplyCache {
             store,
             recent: MemoryReplyCache::with_capacity(RECENT_REPLIES),
-            known,
             writes,
         }
-    }
-
-    fn known(&self) -> std::sync::MutexGuard<'_, KnownKeys> {
-        self.known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// True when the store certainly lacks `key`.
-    fn surely_absent(&self, key: &str) -> bool {
-        let known = self.known();
-        known.complete && short_key(key).is_some_and(|short| !known.keys.contains(&short))
-    }
-}
-
-async fn load_known_keys(store: Arc<dyn Store>, known: Arc<Mutex<KnownKeys>>) {
-    match store.cache_keys(NAMESPACE, KNOWN_KEYS_LIMIT).await {
-        Ok(Some(keys)) => {
-            let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
-            // Keys `put` added meanwhile are already in the set; nothing is lost.
-            known.keys.extend(keys.iter().filter_map(|key| short_key(key)));
-            known.complete = true;
-        }
-        Ok(None) => tracing::info!(
-            limit = KNOWN_KEYS_LIMIT,
-            "the LLM reply memo holds more keys than are kept in memory; misses are read from the store"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not list the LLM reply memo; misses are read from the store"),
     }
 }
 
@@ -273,16 +242,13 @@ async fn write_replies(store: &dyn Store, entries: &[(String, String)]) {
 #[async_trait]
 impl ReplyCache for StoreReplyCache {
     async fn get(&self, key: &str) -> Option<Value> {
-        if let Some(value) = self.recent.get(key).await {
-            return Some(value);
-        }
-        if self.surely_absent(key) {
-            return None;
+        if let Some(text) = self.recent.get_text(key) {
+            return parse_reply(&text);
         }
         match self.store.cache_get(NAMESPACE, key).await {
             Ok(Some(text)) => {
-                let value: Value = serde_json::from_str(&text).ok()?;
-                self.recent.put(key, &value).await;
+                let value = parse_reply(&text)?;
+                self.recent.put_text(key, Arc::from(text));
                 Some(value)
             }
             Ok(None) => None,
@@ -294,11 +260,9 @@ impl ReplyCache for StoreReplyCache {
     }
 
     async fn put(&self, key: &str, value: &Value) {
-        self.recent.put(key, value).await;
-        if let Some(short) = short_key(key) {
-            self.known().keys.insert(short);
-        }
-        let entry = (key.to_string(), value.to_string());
+        let text = value.to_string();
+        self.recent.put_text(key, Arc::from(text.as_str()));
+        let entry = (key.to_string(), text);
         match &self.writes {
             // Reserving first keeps the count exact even if this future is dropped while
             // waiting for room.
@@ -328,16 +292,6 @@ mod tests {
         hex::encode(Sha256::digest(n.to_le_bytes()))
     }
 
-    async fn wait_until_known(cache: &StoreReplyCache) {
-        for _ in 0..500 {
-            if cache.known().complete {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("the stored keys were never loaded");
-    }
-
     #[tokio::test]
     async fn replies_written_in_batches_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -346,24 +300,21 @@ mod tests {
         for n in 0..1_200 {
             cache.put(&key(n), &serde_json::json!({ "n": n })).await;
         }
-        // Other tests share the process-wide count of queued writes, so wait on the store.
-        let mut stored = 0;
+        // Other tests share the process-wide count of queued writes, so wait on the store:
+        // the last reply queued is the last one written.
+        let last = key(1_199);
+        let mut stored = false;
         for _ in 0..1_000 {
-            stored = store
-                .cache_keys(NAMESPACE, 10_000)
-                .await
-                .unwrap()
-                .unwrap()
-                .len();
-            if stored == 1_200 {
+            if store.cache_get(NAMESPACE, &last).await.unwrap().is_some() {
+                stored = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(stored, 1_200);
+        assert!(stored, "the queued replies never reached the store");
 
-        let reopened = StoreReplyCache::new(store);
-        wait_until_known(&reopened).await;
+        // A new process: the store opened afresh from its files, an empty front.
+        let reopened = StoreReplyCache::new(open_store(&dir).await);
         for n in [0, 511, 512, 1_199] {
             assert_eq!(
                 reopened.get(&key(n)).await,
@@ -371,51 +322,6 @@ mod tests {
             );
         }
         assert_eq!(reopened.get(&key(5_000)).await, None);
-    }
-
-    #[tokio::test]
-    async fn a_miss_known_at_start_asks_the_store_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_store(&dir).await;
-        store
-            .cache_put(NAMESPACE, &key(1), r#"{"n":1}"#)
-            .await
-            .unwrap();
-        let cache = StoreReplyCache::new(store.clone());
-        wait_until_known(&cache).await;
-        assert!(!cache.surely_absent(&key(1)));
-        assert!(cache.surely_absent(&key(2)));
-        // Written behind this process's back after the keys were loaded: invisible to it,
-        // which proves the miss was answered from memory.
-        store
-            .cache_put(NAMESPACE, &key(2), r#"{"n":2}"#)
-            .await
-            .unwrap();
-        assert_eq!(cache.get(&key(2)).await, None);
-        assert_eq!(
-            cache.get(&key(1)).await,
-            Some(serde_json::json!({ "n": 1 }))
-        );
-    }
-
-    #[tokio::test]
-    async fn a_memo_too_large_to_hold_is_read_through() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_store(&dir).await;
-        let entries: Vec<(String, String)> = (0..3)
-            .map(|n| (key(n), format!(r#"{{"n":{n}}}"#)))
-            .collect();
-        store.cache_put_many(NAMESPACE, &entries).await.unwrap();
-        assert_eq!(store.cache_keys(NAMESPACE, 2).await.unwrap(), None);
-        assert_eq!(
-            store
-                .cache_keys(NAMESPACE, 3)
-                .await
-                .unwrap()
-                .map(|k| k.len()),
-            Some(3)
-        );
-        assert_eq!(store.cache_keys("other", 3).await.unwrap(), Some(vec![]));
     }
 
     #[test]
@@ -439,12 +345,5 @@ mod tests {
             cache_key(StageRole::Evaluator, "model-x", &messages),
             expected
         );
-    }
-
-    #[test]
-    fn short_keys_come_from_the_hex_prefix() {
-        assert_eq!(short_key("00000000000000ff00"), Some(255));
-        assert_eq!(short_key("not hex at all, no"), None);
-        assert_eq!(short_key("abc"), None);
     }
 }

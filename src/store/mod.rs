@@ -22,6 +22,25 @@ use crate::model::{
     NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
 };
 
+/// How a store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Memoised results kept (LLM stage replies and OCR page texts); past this the oldest
+    /// are deleted. The default, a million, is about 1 GB of replies.
+    pub memo_max_entries: u64,
+}
+
+/// The default bound of the memo.
+pub const DEFAULT_MEMO_MAX_ENTRIES: u64 = 1_000_000;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            memo_max_entries: DEFAULT_MEMO_MAX_ENTRIES,
+        }
+    }
+}
+
 /// What a catalog write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -119,7 +138,8 @@ pub trait Store: Send + Sync {
     async fn list_evaluations(&self, filter: &Filter)
         -> Result<Vec<EvaluationSummary>, StoreError>;
 
-    /// A memoised value by content address (OCR results, LLM replies).
+    /// A memoised value by content address (OCR results, LLM replies). Memoised values are a
+    /// bounded cache: the oldest may be gone.
     async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError>;
     async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError>;
     /// Stores many memoised values at once, atomically: a write-behind queue drains into one
@@ -129,14 +149,6 @@ pub trait Store: Send + Sync {
         namespace: &str,
         entries: &[(String, String)],
     ) -> Result<(), StoreError>;
-    /// Every key of a namespace, or `None` when there are more than `limit`: lets a
-    /// process answer misses without asking the database.
-    async fn cache_keys(
-        &self,
-        namespace: &str,
-        limit: usize,
-    ) -> Result<Option<Vec<String>>, StoreError>;
-
     /// Stores a new API key by the hash of its secret.
     async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError>;
     /// The active (not revoked) key with this secret hash.
@@ -178,8 +190,16 @@ pub trait Store: Send + Sync {
 
 /// Opens the store named by `url` (`sqlite://path`), creating and migrating it.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store at `url` with `options`.
+pub async fn open_with(
+    url: &str,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+        Ok(std::sync::Arc::new(SqliteStore::open(path, options).await?))
     } else {
         Err(StoreError::Unsupported(url.to_string()))
     }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::{Filter, Store, StoreError, Written};
+use super::{Filter, Store, StoreError, StoreOptions, Written};
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
     IdempotencyState, ItemStatus, NewEvaluation, Question, QuestionPaper, Role, StoredQaPair,
@@ -34,8 +34,10 @@ use crate::segment::QuestionNumber;
 #[derive(Clone)]
 pub struct SqliteStore {
     main: Database,
-    memo: Database,
+    memo: Arc<memo::Memo>,
 }
+
+mod memo;
 
 /// One SQLite file. Reads share a pool of connections; every write goes through one
 /// connection of its own. SQLite lets one writer in at a time anyway, and a writer that finds
@@ -61,7 +63,7 @@ pub fn memo_path(path: &str) -> String {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and the memo's beside it
     /// ([`memo_path`]), and applies migrations.
-    pub async fn open(path: &str) -> Result<Self, StoreError> {
+    pub async fn open(path: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let main = Database::open(path, &sqlx::migrate!("./migrations/sqlite"), 8).await?;
         let memo = Database::open(
             &memo_path(path),
@@ -69,6 +71,7 @@ impl SqliteStore {
             4,
         )
         .await?;
+        let memo = Arc::new(memo::Memo::open(memo, options.memo_max_entries).await?);
         Ok(Self { main, memo })
     }
 }
@@ -178,10 +181,6 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-
-/// Rows per multi-row INSERT of memoised values: 4 bound values each keeps a statement well
-/// under SQLite's limit of 32,766 variables.
-const CACHE_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// Rows per multi-row INSERT of evaluation items (14 bound values each).
 const ITEM_ROWS_PER_STATEMENT: usize = 500;
@@ -903,27 +902,13 @@ impl Store for SqliteStore {
     }
 
     async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM cache_entries WHERE namespace = $1 AND key = $2")
-                .bind(namespace)
-                .bind(key)
-                .fetch_optional(&self.memo.pool)
-                .await?,
-        )
+        self.memo.get(namespace, key).await
     }
 
     async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO cache_entries (namespace, key, value, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(namespace)
-        .bind(key)
-        .bind(value)
-        .bind(now())
-        .execute(&self.memo.writer)
-        .await?;
-        Ok(())
+        self.memo
+            .put_many(namespace, &[(key.to_string(), value.to_string())])
+            .await
     }
 
     async fn cache_put_many(
@@ -931,41 +916,7 @@ impl Store for SqliteStore {
         namespace: &str,
         entries: &[(String, String)],
     ) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let created_at = now();
-        let mut tx = self.memo.writer.begin().await?;
-        for chunk in entries.chunks(CACHE_ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO cache_entries (namespace, key, value, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, (key, value)| {
-                row.push_bind(namespace)
-                    .push_bind(key)
-                    .push_bind(value)
-                    .push_bind(&created_at);
-            });
-            insert.push(" ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value");
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn cache_keys(
-        &self,
-        namespace: &str,
-        limit: usize,
-    ) -> Result<Option<Vec<String>>, StoreError> {
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let keys: Vec<String> =
-            sqlx::query_scalar("SELECT key FROM cache_entries WHERE namespace = $1 LIMIT $2")
-                .bind(namespace)
-                .bind(fetch)
-                .fetch_all(&self.memo.pool)
-                .await?;
-        Ok((keys.len() <= limit).then_some(keys))
+        self.memo.put_many(namespace, entries).await
     }
 
     async fn find_submission_by_images(
@@ -1157,7 +1108,7 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.main.pool).await?;
-        sqlx::query("SELECT 1").execute(&self.memo.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.memo.db.pool).await?;
         Ok(())
     }
 }
@@ -1268,7 +1219,9 @@ mod tests {
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
         let path = dir.path().join("examiner.db");
-        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let store = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default())
+            .await
+            .unwrap();
         (store, path)
     }
 
@@ -1319,29 +1272,6 @@ mod tests {
         assert_eq!(read.items, big.items);
     }
 
-    #[tokio::test]
-    async fn memoised_values_beyond_one_statement_are_stored_and_updated() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = open(&dir).await;
-        let entries: Vec<(String, String)> = (0..CACHE_ROWS_PER_STATEMENT * 2 + 3)
-            .map(|n| (format!("k{n}"), format!("v{n}")))
-            .collect();
-        store.cache_put_many("ns", &entries).await.unwrap();
-        let replaced = vec![("k5".to_string(), "new".to_string())];
-        store.cache_put_many("ns", &replaced).await.unwrap();
-        let keys = store.cache_keys("ns", usize::MAX).await.unwrap().unwrap();
-        assert_eq!(keys.len(), entries.len());
-        assert_eq!(
-            store.cache_get("ns", "k5").await.unwrap().as_deref(),
-            Some("new")
-        );
-        let last = format!("k{}", entries.len() - 1);
-        assert_eq!(
-            store.cache_get("ns", &last).await.unwrap(),
-            Some(format!("v{}", entries.len() - 1))
-        );
-    }
-
     #[test]
     fn the_memo_file_sits_beside_the_main_one() {
         assert_eq!(memo_path("/data/examiner.db"), "/data/examiner-memo.db");
@@ -1353,9 +1283,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, path) = open(&dir).await;
         // A memo batch in the middle of its transaction holds the memo's writer.
-        let mut memo_batch = store.memo.writer.begin().await.unwrap();
+        let mut memo_batch = store.memo.db.writer.begin().await.unwrap();
         sqlx::query(
-            "INSERT INTO cache_entries (namespace, key, value, created_at) VALUES ('ns', 'k', 'v', 'now')",
+            "INSERT INTO memo_log (namespace, key, value, created_at) VALUES ('ns', 'k', 'v', 'now')",
         )
         .execute(&mut *memo_batch)
         .await
@@ -1369,10 +1299,6 @@ mod tests {
         .unwrap();
         assert_eq!(stored.version, 1);
         memo_batch.commit().await.unwrap();
-        assert_eq!(
-            store.cache_get("ns", "k").await.unwrap().as_deref(),
-            Some("v")
-        );
         let memo_file = memo_path(path.to_str().unwrap());
         assert!(std::path::Path::new(&memo_file).is_file());
         // The main file no longer has a memo table.
