@@ -554,7 +554,12 @@ async fn count_rows(db: &Path) -> String {
             parts.push(format!("{} unreadable", file.display()));
             continue;
         };
-        for table in ["evaluations", "evaluation_items", "cache_entries"] {
+        for table in [
+            "evaluations",
+            "evaluation_items",
+            "memo_log",
+            "cache_entries",
+        ] {
             let count: Result<i64, _> =
                 sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
                     .fetch_one(&mut conn)

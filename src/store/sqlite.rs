@@ -35,8 +35,10 @@ use crate::segment::QuestionNumber;
 pub struct SqliteStore {
     main: Database,
     memo: Arc<memo::Memo>,
+    known: Arc<known::Known>,
 }
 
+mod known;
 mod memo;
 
 /// One SQLite file. Reads share a pool of connections; every write goes through one
@@ -72,7 +74,11 @@ impl SqliteStore {
         )
         .await?;
         let memo = Arc::new(memo::Memo::open(memo, options.memo_max_entries).await?);
-        Ok(Self { main, memo })
+        Ok(Self {
+            main,
+            memo,
+            known: Arc::default(),
+        })
     }
 }
 
@@ -101,7 +107,11 @@ impl Database {
             // threads than without the map (BENCHMARKS.md, step 13).
             .pragma("mmap_size", "0")
             .pragma("journal_size_limit", WAL_RESTART_BYTES.to_string());
+        // No ping before a connection is handed out: a connection to a local file does not go
+        // stale, and each ping is a round trip to the connection's thread (a wake-up of
+        // another thread, which on a loaded 2-core machine costs more than the query).
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             // Checkpoints run beside the writer (see `checkpoint_in_background`), not inside
             // the commit that crosses SQLite's threshold, which held every queued write up
@@ -110,6 +120,7 @@ impl Database {
             .await?;
         migrator.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(readers)
             .connect_with(options)
             .await?;
@@ -581,8 +592,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_exam(&self, code: &str) -> Result<Option<Exam>, StoreError> {
+        if let Some(exam) = self.known.exam(code) {
+            return Ok(Some(exam));
+        }
         let mut conn = self.main.pool.acquire().await?;
-        get_exam_in(&mut conn, code).await
+        let exam = get_exam_in(&mut conn, code).await?;
+        if let Some(exam) = &exam {
+            self.known.remember_exam(exam);
+        }
+        Ok(exam)
     }
 
     async fn list_exams(&self, course_code: Option<&str>) -> Result<Vec<Exam>, StoreError> {
@@ -606,8 +624,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError> {
+        if let Some(paper) = self.known.paper(code) {
+            return Ok(Some(paper));
+        }
         let mut conn = self.main.pool.acquire().await?;
-        get_paper_in(&mut conn, code).await
+        let paper = get_paper_in(&mut conn, code).await?;
+        if let Some(paper) = &paper {
+            self.known.remember_paper(paper);
+        }
+        Ok(paper)
     }
 
     async fn list_question_papers(
@@ -811,8 +836,16 @@ impl Store for SqliteStore {
     async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         let created_at = Utc::now();
-        let version =
-            insert_evaluation_retrying(&self.main.writer, &e, &evaluation_id, created_at).await?;
+        let register_user = !self.known.has_user(&e.user_id);
+        let version = insert_evaluation_retrying(
+            &self.main.writer,
+            &e,
+            &evaluation_id,
+            created_at,
+            register_user,
+        )
+        .await?;
+        self.known.remember_user(&e.user_id);
         Ok(EvaluationRecord {
             evaluation_id,
             version,
@@ -1121,13 +1154,15 @@ async fn insert_evaluation_retrying(
     e: &NewEvaluation,
     evaluation_id: &str,
     created_at: DateTime<Utc>,
+    register_user: bool,
 ) -> Result<i64, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = async {
             let mut tx = writer.begin().await?;
-            let version = insert_evaluation_in(&mut tx, e, evaluation_id, created_at).await?;
+            let version =
+                insert_evaluation_in(&mut tx, e, evaluation_id, created_at, register_user).await?;
             tx.commit().await?;
             Ok(version)
         }
@@ -1145,16 +1180,20 @@ async fn insert_evaluation_in(
     e: &NewEvaluation,
     evaluation_id: &str,
     created_at: DateTime<Utc>,
+    register_user: bool,
 ) -> Result<i64, StoreError> {
-    // As with uploads, a user graded for the first time is registered.
-    sqlx::query(
-        "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
+    // As with uploads, a user graded for the first time is registered (unless this process
+    // knows the user is stored: users are never deleted).
+    if register_user {
+        sqlx::query(
+            "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
              ON CONFLICT (user_id) DO NOTHING",
-    )
-    .bind(&e.user_id)
-    .bind(now())
-    .execute(&mut *tx)
-    .await?;
+        )
+        .bind(&e.user_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    }
     // The version is computed inside the INSERT so the transaction's first statement is
     // a write (see the module docs).
     let version: i64 = sqlx::query_scalar(&format!(
