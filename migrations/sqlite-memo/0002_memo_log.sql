@@ -14,3 +14,11 @@ INSERT INTO memo_log (namespace, key, value, created_at)
 SELECT namespace, key, value, created_at FROM cache_entries ORDER BY created_at;
 
 DROP TABLE cache_entries;
+
+-- 64 bits of each entry's address (SHA-256 of namespace and key) under the entry's id: the
+-- process rebuilds its index from this table at open, about 20 bytes a row, instead of
+-- reading the log's values. Entries carried over above are addressed by the process at open.
+CREATE TABLE memo_addresses (
+    id       INTEGER PRIMARY KEY,
+    address  INTEGER NOT NULL
+);

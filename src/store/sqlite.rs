@@ -73,7 +73,11 @@ impl SqliteStore {
             4,
         )
         .await?;
-        let memo = Arc::new(memo::Memo::open(memo, options.memo_max_entries).await?);
+        let memo = Arc::new(memo::Memo::new(memo, options.memo_max_entries));
+        tokio::spawn({
+            let memo = memo.clone();
+            async move { memo.warm().await }
+        });
         Ok(Self {
             main,
             memo,

@@ -6,15 +6,18 @@
 //! batch fills the last pages of the table, and the index from key to row is a hash map in
 //! memory: a hit is one read by row id, a miss asks the database nothing.
 //!
+//! Beside the log, `memo_addresses` holds 64 bits of each entry's address under the same id,
+//! written in the same transactions: the index is rebuilt at open from that table (about 20
+//! bytes a row) instead of from the log's rows (about 1 KB each).
+//!
 //! The log is bounded: past `max_entries` rows the oldest tenth goes, in the transaction
 //! that crossed the bound. The pages they held are reused by the rows that follow, so the
 //! file stops growing once it reaches its bound.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{now, Database};
@@ -26,7 +29,10 @@ pub(super) const ROWS_PER_STATEMENT: usize = 1_000;
 
 pub(super) struct Memo {
     pub(super) db: Database,
-    index: Mutex<MemoIndex>,
+    /// Loaded on first use, or by [`Memo::warm`] in the background: at the default bound a
+    /// million addresses take about a second and a half to read, which neither the service's
+    /// start nor a CLI command that never touches the memo should wait for.
+    index: tokio::sync::OnceCell<Mutex<MemoIndex>>,
     /// Writes and the index updates that follow their commits run one at a time, so the
     /// index never points at a row an earlier write superseded.
     writing: tokio::sync::Mutex<()>,
@@ -41,49 +47,60 @@ struct MemoIndex {
     count: u64,
 }
 
-/// 64 bits of (namespace, key). Two entries sharing them cost a lookup that finds the other's
-/// row, sees its key differ, and answers "absent": a repeated computation, never a wrong value.
+/// 64 bits of SHA-256 over (namespace, key): stored, so it must not change between builds.
+/// Two entries sharing them cost a lookup that finds the other's row, sees its key differ,
+/// and answers "absent": a repeated computation, never a wrong value.
 fn address(namespace: &str, key: &str) -> u64 {
-    // Fixed keys: addresses must agree across the threads of one process, and no further.
-    let mut hasher = std::hash::DefaultHasher::new();
-    namespace.hash(&mut hasher);
-    key.hash(&mut hasher);
-    hasher.finish()
+    let digest = Sha256::new()
+        .chain_update(namespace)
+        .chain_update([0])
+        .chain_update(key)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 impl Memo {
-    /// Loads the index of the log in `db` (one pass over the table, in id order).
-    pub(super) async fn open(db: Database, max_entries: u64) -> Result<Self, StoreError> {
-        let mut index = MemoIndex::default();
-        {
-            let mut rows =
-                sqlx::query("SELECT id, namespace, key FROM memo_log ORDER BY id").fetch(&db.pool);
-            while let Some(row) = rows.try_next().await? {
-                let id: i64 = row.try_get(0)?;
-                let namespace: &str = row.try_get(1)?;
-                let key: &str = row.try_get(2)?;
-                index.rows.insert(address(namespace, key), id);
-                index.count += 1;
-            }
-        }
-        Ok(Memo {
+    pub(super) fn new(db: Database, max_entries: u64) -> Self {
+        Memo {
             db,
-            index: Mutex::new(index),
+            index: tokio::sync::OnceCell::new(),
             writing: tokio::sync::Mutex::new(()),
             max_entries: max_entries.max(1),
-        })
+        }
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, MemoIndex> {
-        self.index
+    /// Loads the index now, if no lookup has yet.
+    pub(super) async fn warm(&self) {
+        if let Err(e) = self.index().await {
+            tracing::warn!(error = %e, "could not read the memo's index; the next lookup tries again");
+        }
+    }
+
+    async fn index(&self) -> Result<std::sync::MutexGuard<'_, MemoIndex>, StoreError> {
+        let index = self
+            .index
+            .get_or_try_init(|| async {
+                let started = std::time::Instant::now();
+                let index = load_index(&self.db).await?;
+                tracing::debug!(
+                    entries = index.count,
+                    ms = started.elapsed().as_millis() as u64,
+                    "memo index loaded"
+                );
+                Ok::<_, StoreError>(Mutex::new(index))
+            })
+            .await?;
+        Ok(index
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Rows the log holds now (superseded ones included).
     #[cfg(test)]
-    pub(super) fn rows(&self) -> u64 {
-        self.index().count
+    pub(super) async fn rows(&self) -> u64 {
+        self.index().await.unwrap().count
     }
 
     pub(super) async fn get(
@@ -91,7 +108,13 @@ impl Memo {
         namespace: &str,
         key: &str,
     ) -> Result<Option<String>, StoreError> {
-        let Some(id) = self.index().rows.get(&address(namespace, key)).copied() else {
+        let Some(id) = self
+            .index()
+            .await?
+            .rows
+            .get(&address(namespace, key))
+            .copied()
+        else {
             return Ok(None);
         };
         let row = sqlx::query("SELECT namespace, key, value FROM memo_log WHERE id = $1")
@@ -121,6 +144,7 @@ impl Memo {
             return Ok(());
         }
         let _writing = self.writing.lock().await;
+        let before = self.index().await?.count;
         let created_at = now();
         let mut tx = self.db.writer.begin().await?;
         let mut ids = Vec::with_capacity(entries.len());
@@ -144,9 +168,15 @@ impl Memo {
                     chunk.len()
                 )));
             }
+            let mut addresses =
+                sqlx::QueryBuilder::new("INSERT INTO memo_addresses (id, address) ");
+            addresses.push_values(chunk.iter().zip(&chunk_ids), |mut row, ((key, _), id)| {
+                row.push_bind(*id).push_bind(address(namespace, key) as i64);
+            });
+            addresses.build().execute(&mut *tx).await?;
             ids.extend(chunk_ids);
         }
-        let count = self.index().count + entries.len() as u64;
+        let count = before + entries.len() as u64;
         let trim = if count > self.max_entries {
             Some(self.trim(&mut tx).await?)
         } else {
@@ -154,7 +184,7 @@ impl Memo {
         };
         tx.commit().await?;
 
-        let mut index = self.index();
+        let mut index = self.index().await?;
         index.count = count;
         if let Some((oldest_kept, deleted)) = trim {
             index.rows.retain(|_, id| *id >= oldest_kept);
@@ -184,6 +214,10 @@ impl Memo {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM memo_addresses WHERE id < $1")
+            .bind(oldest_kept)
+            .execute(&mut *tx)
+            .await?;
         tracing::info!(
             deleted,
             kept = keep,
@@ -192,6 +226,67 @@ impl Memo {
         );
         Ok((oldest_kept, deleted))
     }
+}
+
+/// Addresses read per query while loading the index: each read is short, so other queries on
+/// the memo's connections are not held up behind one long scan.
+/// (Small under test, so that the tests' logs span several reads.)
+const LOAD_CHUNK: i64 = if cfg!(test) { 100 } else { 50_000 };
+
+/// The index from the addresses table, in id order (a later entry under an address wins).
+async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
+    backfill_addresses(db).await?;
+    let mut index = MemoIndex::default();
+    let mut after = i64::MIN;
+    loop {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, address FROM memo_addresses WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(LOAD_CHUNK)
+        .fetch_all(&db.pool)
+        .await?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(index);
+        };
+        index.count += rows.len() as u64;
+        for (id, address) in rows {
+            index.rows.insert(address as u64, id);
+        }
+        after = last;
+    }
+}
+
+/// Entries carried over from the keyed table by the migration have no addresses yet: they
+/// are computed once, from the log itself.
+async fn backfill_addresses(db: &Database) -> Result<(), StoreError> {
+    let addressed: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_addresses")
+        .fetch_one(&db.pool)
+        .await?;
+    let logged: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_log")
+        .fetch_one(&db.pool)
+        .await?;
+    if logged.is_none() || addressed.is_some() {
+        return Ok(());
+    }
+    let mut tx = db.writer.begin().await?;
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, namespace, key FROM memo_log ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::new("INSERT INTO memo_addresses (id, address) ");
+        insert.push_values(chunk, |mut row, (id, namespace, key)| {
+            row.push_bind(*id).push_bind(address(namespace, key) as i64);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        entries = rows.len(),
+        "memo entries of the earlier format indexed"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,7 +340,7 @@ mod tests {
             assert_eq!(get(store, "ns", "absent").await, None);
             assert_eq!(get(store, "other", "k6").await, None);
         }
-        assert_eq!(reopened.memo.rows(), all.len() as u64 + 2);
+        assert_eq!(reopened.memo.rows().await, all.len() as u64 + 2);
     }
 
     #[tokio::test]
@@ -271,10 +366,14 @@ mod tests {
                 .cache_put_many("ns", &entries(batch * 4..batch * 4 + 4))
                 .await
                 .unwrap();
-            assert!(store.memo.rows() <= 10, "{} rows", store.memo.rows());
+            assert!(
+                store.memo.rows().await <= 10,
+                "{} rows",
+                store.memo.rows().await
+            );
         }
         // 20 written; every batch that passed the bound trimmed the log back to 9.
-        assert_eq!(store.memo.rows(), 9);
+        assert_eq!(store.memo.rows().await, 9);
         for n in 0..11 {
             assert_eq!(get(&store, "ns", &format!("k{n}")).await, None, "k{n}");
         }
@@ -284,14 +383,16 @@ mod tests {
                 Some(format!("v{n}"))
             );
         }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_log")
-            .fetch_one(&store.memo.db.pool)
-            .await
-            .unwrap();
-        assert_eq!(count, 9);
+        for table in ["memo_log", "memo_addresses"] {
+            let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&store.memo.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(count, 9, "{table}");
+        }
 
         let reopened = open(&dir, 10).await;
-        assert_eq!(reopened.memo.rows(), 9);
+        assert_eq!(reopened.memo.rows().await, 9);
         assert_eq!(get(&reopened, "ns", "k19").await.as_deref(), Some("v19"));
         assert_eq!(get(&reopened, "ns", "k10").await, None);
     }
@@ -301,11 +402,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir, 10).await;
         store.cache_put_many("ns", &entries(0..25)).await.unwrap();
-        assert_eq!(store.memo.rows(), 9);
+        assert_eq!(store.memo.rows().await, 9);
         assert_eq!(get(&store, "ns", "k15").await, None);
         assert_eq!(get(&store, "ns", "k16").await.as_deref(), Some("v16"));
         assert_eq!(get(&store, "ns", "k24").await.as_deref(), Some("v24"));
-        assert_eq!(store.memo.index().rows.len(), 9);
+        assert_eq!(store.memo.index().await.unwrap().rows.len(), 9);
     }
 
     #[tokio::test]
@@ -315,11 +416,11 @@ mod tests {
         store.cache_put("ns", "k", "old").await.unwrap();
         store.cache_put("ns", "k", "new").await.unwrap();
         store.cache_put("ns", "j", "v").await.unwrap();
-        assert_eq!(store.memo.rows(), 3);
+        assert_eq!(store.memo.rows().await, 3);
         assert_eq!(get(&store, "ns", "k").await.as_deref(), Some("new"));
         // The fourth row trims to 3 - 3/10 = 3 rows: only "old" goes.
         store.cache_put("ns", "i", "v").await.unwrap();
-        assert_eq!(store.memo.rows(), 3);
+        assert_eq!(store.memo.rows().await, 3);
         assert_eq!(get(&store, "ns", "k").await.as_deref(), Some("new"));
         assert_eq!(get(&store, "ns", "j").await.as_deref(), Some("v"));
     }
@@ -352,8 +453,30 @@ mod tests {
             pool.close().await;
         }
         let store = open(&dir, 100).await;
-        assert_eq!(get(&store, "llm", "a").await.as_deref(), Some("{\"n\":1}"));
-        assert_eq!(get(&store, "ocr", "b").await.as_deref(), Some("text"));
-        assert_eq!(store.memo.rows(), 2);
+        // Addressed at the first open; the second reads the addresses.
+        let reopened = open(&dir, 100).await;
+        for store in [&store, &reopened] {
+            assert_eq!(get(store, "llm", "a").await.as_deref(), Some("{\"n\":1}"));
+            assert_eq!(get(store, "ocr", "b").await.as_deref(), Some("text"));
+            assert_eq!(store.memo.rows().await, 2);
+        }
+        let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
+            .fetch_one(&store.memo.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(addressed, 2);
+    }
+
+    #[test]
+    fn addresses_are_stable_and_keep_namespaces_apart() {
+        // Stored in the memo file, so a change here would orphan every stored entry.
+        assert_eq!(address("llm", "k"), address("llm", "k"));
+        assert_ne!(address("llm", "k"), address("ocr", "k"));
+        assert_ne!(address("ll", "mk"), address("llm", "k"));
+        let digest = Sha256::digest(b"llm\0k");
+        assert_eq!(
+            address("llm", "k"),
+            u64::from_le_bytes(digest[..8].try_into().unwrap())
+        );
     }
 }
