@@ -154,10 +154,9 @@ const RECENT_REPLIES: usize = 10_000;
 const PENDING_WRITES: usize = 8_192;
 /// Most replies written in one transaction.
 const WRITE_BATCH: usize = 4_096;
-/// How long the writer lets replies gather before writing what came. Keys are hashes, so
-/// every row lands on a random page of the memo's index, and rows written in one
-/// transaction share the pages they dirty: fewer, larger batches write fewer pages.
-/// Replies are served from memory (`recent`) meanwhile.
+/// How long the writer lets replies gather before writing what came: one transaction per
+/// batch, so fewer, larger batches cost fewer commits and fill the log's last pages whole
+/// (BENCHMARKS.md, steps 11 and 14). Replies are served from memory (`recent`) meanwhile.
 const WRITE_LINGER: Duration = Duration::from_millis(250);
 /// The namespace of LLM replies among the store's memoised values.
 const NAMESPACE: &str = "llm";

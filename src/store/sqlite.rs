@@ -26,11 +26,11 @@ use crate::segment::QuestionNumber;
 /// SQLite behind the [`Store`] trait: the records in the database file given, memoised
 /// results in a second file beside it ([`memo_path`]).
 ///
-/// SQLite lets one writer at a time into a file. The memo's writes (16 rows under random
-/// keys per graded script, each dirtying its own page of the key index) used to share the one
-/// file with the evaluations, and an evaluation's commit waited behind a batch of them: at
-/// 100 concurrent requests 6–14 % of inserts took over 50 ms. In a file of their own they run beside
-/// the records' writes instead of in front of them.
+/// SQLite lets one writer at a time into a file. The memo's writes (16 rows per graded script,
+/// then under random keys) used to share the one file with the evaluations, and an
+/// evaluation's commit waited behind a batch of them: at 100 concurrent requests 6–14 % of
+/// inserts took over 50 ms. In a file of their own they run beside the records' writes
+/// instead of in front of them.
 #[derive(Clone)]
 pub struct SqliteStore {
     main: Database,
@@ -112,8 +112,8 @@ impl Database {
             .pragma("mmap_size", "0")
             .pragma("journal_size_limit", WAL_RESTART_BYTES.to_string());
         // No ping before a connection is handed out: a connection to a local file does not go
-        // stale, and each ping is a round trip to the connection's thread (a wake-up of
-        // another thread, which on a loaded 2-core machine costs more than the query).
+        // stale, and each ping is a round trip to the connection's own thread, a wake-up of
+        // another thread per query (BENCHMARKS.md, step 17).
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
