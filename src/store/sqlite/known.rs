@@ -7,7 +7,7 @@
 //! fewer per request, each a wake-up of another thread (BENCHMARKS.md, step 17). Absence is
 //! never remembered: a record missing now may be written a moment later.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::model::{Exam, QuestionPaper};
@@ -20,7 +20,7 @@ const CAPACITY: usize = 10_000;
 pub(super) struct Known {
     exams: Mutex<HashMap<String, Exam>>,
     papers: Mutex<HashMap<String, QuestionPaper>>,
-    users: Mutex<HashSet<String>>,
+    users: Mutex<HashMap<String, ()>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,16 +59,12 @@ impl Known {
 
     /// True when `user_id` is certainly stored.
     pub(super) fn has_user(&self, user_id: &str) -> bool {
-        lock(&self.users).contains(user_id)
+        lock(&self.users).contains_key(user_id)
     }
 
     /// Only after the write that stored the user has committed.
     pub(super) fn remember_user(&self, user_id: &str) {
-        let mut users = lock(&self.users);
-        if users.len() >= CAPACITY && !users.contains(user_id) {
-            users.clear();
-        }
-        users.insert(user_id.to_string());
+        remember(&self.users, user_id, &());
     }
 }
 

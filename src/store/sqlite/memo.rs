@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use super::{now, Database};
 use crate::store::StoreError;
@@ -30,8 +29,8 @@ pub(super) const ROWS_PER_STATEMENT: usize = 1_000;
 pub(super) struct Memo {
     pub(super) db: Database,
     /// Loaded on first use, or by [`Memo::warm`] in the background: at the default bound a
-    /// million addresses take about a second and a half to read, which neither the service's
-    /// start nor a CLI command that never touches the memo should wait for.
+    /// million addresses took about three seconds to read, which neither the service's start
+    /// nor a CLI command that never touches the memo should wait for.
     index: tokio::sync::OnceCell<Mutex<MemoIndex>>,
     /// Writes and the index updates that follow their commits run one at a time, so the
     /// index never points at a row an earlier write superseded.
@@ -117,20 +116,15 @@ impl Memo {
         else {
             return Ok(None);
         };
-        let row = sqlx::query("SELECT namespace, key, value FROM memo_log WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
         // The row may have been trimmed since, or belong to another key with the same address.
-        Ok(row.and_then(|row| {
-            let same = row.try_get::<&str, _>(0).ok() == Some(namespace)
-                && row.try_get::<&str, _>(1).ok() == Some(key);
-            if same {
-                row.try_get(2).ok()
-            } else {
-                None
-            }
-        }))
+        Ok(sqlx::query_scalar(
+            "SELECT value FROM memo_log WHERE id = $1 AND namespace = $2 AND key = $3",
+        )
+        .bind(id)
+        .bind(namespace)
+        .bind(key)
+        .fetch_optional(&self.db.pool)
+        .await?)
     }
 
     /// Appends the entries in one transaction (a later entry under a key supersedes an
@@ -145,10 +139,17 @@ impl Memo {
         }
         let _writing = self.writing.lock().await;
         let before = self.index().await?.count;
+        let addresses: Vec<u64> = entries
+            .iter()
+            .map(|(key, _)| address(namespace, key))
+            .collect();
         let created_at = now();
         let mut tx = self.db.writer.begin().await?;
         let mut ids = Vec::with_capacity(entries.len());
-        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        for (chunk, chunk_addresses) in entries
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(addresses.chunks(ROWS_PER_STATEMENT))
+        {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO memo_log (namespace, key, value, created_at) ",
             );
@@ -168,12 +169,15 @@ impl Memo {
                     chunk.len()
                 )));
             }
-            let mut addresses =
+            let mut insert_addresses =
                 sqlx::QueryBuilder::new("INSERT INTO memo_addresses (id, address) ");
-            addresses.push_values(chunk.iter().zip(&chunk_ids), |mut row, ((key, _), id)| {
-                row.push_bind(*id).push_bind(address(namespace, key) as i64);
-            });
-            addresses.build().execute(&mut *tx).await?;
+            insert_addresses.push_values(
+                chunk_ids.iter().zip(chunk_addresses),
+                |mut row, (id, address)| {
+                    row.push_bind(*id).push_bind(*address as i64);
+                },
+            );
+            insert_addresses.build().execute(&mut *tx).await?;
             ids.extend(chunk_ids);
         }
         let count = before + entries.len() as u64;
@@ -184,17 +188,16 @@ impl Memo {
         };
         tx.commit().await?;
 
+        let (oldest_kept, deleted) = trim.unwrap_or((i64::MIN, 0));
         let mut index = self.index().await?;
-        index.count = count;
-        if let Some((oldest_kept, deleted)) = trim {
+        index.count = count.saturating_sub(deleted);
+        if trim.is_some() {
             index.rows.retain(|_, id| *id >= oldest_kept);
-            index.count = index.count.saturating_sub(deleted);
         }
-        let oldest_kept = trim.map_or(i64::MIN, |(oldest_kept, _)| oldest_kept);
-        for ((key, _), id) in entries.iter().zip(ids) {
+        for (address, id) in addresses.into_iter().zip(ids) {
             // A batch larger than the bound has trimmed some of its own rows.
             if id >= oldest_kept {
-                index.rows.insert(address(namespace, key), id);
+                index.rows.insert(address, id);
             }
         }
         Ok(())
