@@ -301,8 +301,19 @@ pub struct GradingSettings {
     /// by their content, so a re-evaluation makes the same choice. 0 turns the second
     /// opinion off (the model is then not loaded in `llm` mode).
     pub second_opinion_fraction: f64,
+    /// How long a request waits, once its LLM stages are done, for second opinions still
+    /// being computed. Questions whose estimate is not in by then are stored without it and
+    /// flagged `second_opinion_missing`; their queued work is withdrawn. 0: never wait.
+    pub second_opinion_wait_secs: f64,
     pub llm: LlmSettings,
     pub local: LocalGraderSettings,
+}
+
+impl GradingSettings {
+    /// `second_opinion_wait_secs` as a duration (validated finite and in range at start).
+    pub fn second_opinion_wait(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.second_opinion_wait_secs).unwrap_or_default()
+    }
 }
 
 impl Default for GradingSettings {
@@ -312,6 +323,7 @@ impl Default for GradingSettings {
             default_marks_step: 0.5,
             review_threshold_fraction: 0.4,
             second_opinion_fraction: 1.0,
+            second_opinion_wait_secs: 1.0,
             llm: LlmSettings::default(),
             local: LocalGraderSettings::default(),
         }
@@ -539,6 +551,12 @@ impl Settings {
         if !(0.0..=1.0).contains(&share) {
             return Err(ConfigError::Invalid(format!(
                 "grading.second_opinion_fraction must be between 0 (off) and 1 (every question), not {share}"
+            )));
+        }
+        let wait = self.grading.second_opinion_wait_secs;
+        if !(wait.is_finite() && (0.0..=3600.0).contains(&wait)) {
+            return Err(ConfigError::Invalid(format!(
+                "grading.second_opinion_wait_secs must be between 0 and 3600 seconds, not {wait}"
             )));
         }
         if self.auth.max_in_flight == 0 {
@@ -829,6 +847,29 @@ mod tests {
         let vars = env(&[("EXAMINER_OCR__VISION_MAX_SIDE", "-1")]);
         let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("vision_max_side"), "{err}");
+    }
+
+    #[test]
+    fn second_opinion_wait() {
+        let wait = |value: &str| {
+            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_WAIT_SECS", value)]);
+            Settings::load_from(None, &vars, &Overrides::default())
+                .map(|s| s.grading.second_opinion_wait())
+        };
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(
+            defaults.grading.second_opinion_wait(),
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(wait("0.25").unwrap(), std::time::Duration::from_millis(250));
+        assert_eq!(wait("0").unwrap(), std::time::Duration::ZERO);
+        for bad in ["-1", "NaN", "86400"] {
+            let err = wait(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("grading.second_opinion_wait_secs must be between 0 and 3600"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub struct EvaluationItem {
     pub reasoning: Option<String>,
     pub status: ItemStatus,
     pub error: Option<String>,
-    /// Review flags, e.g. `possible_prompt_injection`, `needs_review`.
+    /// Review flags, e.g. `possible_prompt_injection`, `needs_review`, `second_opinion_missing`.
     pub flags: Vec<String>,
     /// `evaluator` when the verifier confirmed it, `arbiter` otherwise.
     pub final_stage: Option<String>,

@@ -7,6 +7,7 @@
 //! threads, so N workers use about N × threads_per_worker cores and never fight over the
 //! global pool. Dropping the pool lets the workers finish queued work and exit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +29,8 @@ pub struct EmbedPool {
     tx: mpsc::Sender<Job>,
     embedder: Arc<Embedder>,
     workers: usize,
+    /// Jobs skipped because their caller had stopped waiting before a worker took them.
+    withdrawn: Arc<AtomicU64>,
 }
 
 impl EmbedPool {
@@ -45,6 +48,7 @@ impl EmbedPool {
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
         // tokio's receiver has one consumer; the workers take turns holding it.
         let rx = Arc::new(Mutex::new(rx));
+        let withdrawn = Arc::new(AtomicU64::new(0));
         for w in 0..workers {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads_per_worker.max(1))
@@ -53,21 +57,29 @@ impl EmbedPool {
                 .map_err(|e| EmbedError::Model(format!("cannot start embedding worker: {e}")))?;
             let rx = rx.clone();
             let embedder = embedder.clone();
+            let withdrawn = withdrawn.clone();
             // The worker loop runs *on* a thread of its own rayon pool, so candle's parallel
             // matmuls inside it use only that pool. Dropping the handle is fine: a rayon pool
             // lives until its spawned jobs finish, i.e. until the queue closes.
-            pool.spawn(move || worker_loop(&embedder, &rx));
+            pool.spawn(move || worker_loop(&embedder, &rx, &withdrawn));
         }
         Ok(EmbedPool {
             tx,
             embedder,
             workers,
+            withdrawn,
         })
     }
 
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// How many jobs were skipped because their caller had stopped waiting before a worker
+    /// took them.
+    pub fn withdrawn(&self) -> u64 {
+        self.withdrawn.load(Ordering::Relaxed)
     }
 
     /// The shared embedder (for synchronous use from a blocking thread).
@@ -99,7 +111,12 @@ impl EmbedPool {
     }
 }
 
-fn worker_loop(embedder: &Embedder, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn withdraw(withdrawn: &AtomicU64) {
+    withdrawn.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("examiner_embed_jobs_withdrawn_total").increment(1);
+}
+
+fn worker_loop(embedder: &Embedder, rx: &Mutex<mpsc::Receiver<Job>>, withdrawn: &AtomicU64) {
     loop {
         let job = {
             let Ok(mut guard) = rx.lock() else { return };
@@ -107,9 +124,13 @@ fn worker_loop(embedder: &Embedder, rx: &Mutex<mpsc::Receiver<Job>>) {
         };
         match job {
             None => return,
+            // A caller that gave up while its job queued (a request that stopped waiting for
+            // an advisory second opinion, say) gets no work done for it.
+            Some(Job::Plain(_, reply)) if reply.is_closed() => withdraw(withdrawn),
+            Some(Job::Spans(_, reply)) if reply.is_closed() => withdraw(withdrawn),
             Some(Job::Plain(texts, reply)) => {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                // The caller may have given up (dropped its future); nothing to do then.
+                // The caller may give up while the model runs; nothing to do then.
                 let _ = reply.send(embedder.embed(&refs));
             }
             Some(Job::Spans(items, reply)) => {
@@ -144,5 +165,29 @@ mod tests {
             let g = &g.unwrap()[0];
             assert!(g.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5));
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn work_for_a_caller_that_stopped_waiting_is_skipped() {
+        let pool = Arc::new(EmbedPool::new(test_embedder(), 1, 1, 4).unwrap());
+        // Keeps the one worker busy for far longer than the impatient caller waits.
+        let long: Vec<String> = (0..64)
+            .map(|i| format!("sentence {i} about stacks, queues and the order items leave in"))
+            .collect();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.embed(long).await }
+        });
+        tokio::task::yield_now().await;
+        let impatient = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            pool.embed(vec!["never computed".to_string()]),
+        )
+        .await;
+        assert!(impatient.is_err(), "the caller gave up while queued");
+        let patient = pool.embed(vec!["computed".to_string()]).await.unwrap();
+        assert_eq!(patient.len(), 1);
+        assert_eq!(busy.await.unwrap().unwrap().len(), 64);
+        assert_eq!(pool.withdrawn(), 1, "the abandoned job was skipped");
     }
 }

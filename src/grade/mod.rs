@@ -214,16 +214,31 @@ type GradeFuture<'a> = Pin<Box<dyn Future<Output = GradeOutcome> + Send + 'a>>;
 /// Grades all tasks concurrently, at most `per_request_concurrency` at a time (so one huge
 /// script cannot starve other requests; the per-backend semaphores bound the total), and
 /// returns the outcomes in input order.
-///
-/// Runs inside the caller's task (a sliding window of futures polled together) so it can borrow
-/// `grader` and `tasks` without `'static` bounds.
 pub async fn grade_all(
     grader: &dyn Grader,
     tasks: &[GradeTask],
     per_request_concurrency: usize,
 ) -> Vec<GradeOutcome> {
-    let limit = per_request_concurrency.max(1);
     let mut results: Vec<Option<GradeOutcome>> = tasks.iter().map(|_| None).collect();
+    grade_into(grader, tasks, per_request_concurrency, &mut results).await;
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| GradeOutcome::failed("internal error: question not graded")))
+        .collect()
+}
+
+/// [`grade_all`], writing each outcome into `results` (same length as `tasks`) as soon as
+/// it is in, so a caller that stops waiting (drops this future) keeps the ones finished.
+///
+/// Runs inside the caller's task (a sliding window of futures polled together) so it can borrow
+/// `grader` and `tasks` without `'static` bounds.
+pub async fn grade_into(
+    grader: &dyn Grader,
+    tasks: &[GradeTask],
+    per_request_concurrency: usize,
+    results: &mut [Option<GradeOutcome>],
+) {
+    let limit = per_request_concurrency.max(1);
     let mut next = 0usize;
     let mut active: Vec<(usize, GradeFuture<'_>)> = Vec::with_capacity(limit.min(tasks.len()));
     std::future::poll_fn(|cx| loop {
@@ -249,9 +264,5 @@ pub async fn grade_all(
             return Poll::Pending;
         }
     })
-    .await;
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| GradeOutcome::failed("internal error: question not graded")))
-        .collect()
+    .await
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::grade::{grade_all, GradeOutcome, GradeTask};
+use crate::grade::{grade_all, grade_into, GradeOutcome, GradeTask, Grader};
 use crate::http::ApiError;
 use crate::model::{EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, QuestionPaper};
 use crate::segment::QuestionNumber;
@@ -250,7 +250,12 @@ pub async fn evaluate(
     let outcomes = grade(state, &grade_tasks).await;
     let mut items: Vec<(usize, EvaluationItem)> = fixed;
     for ((position, task), (outcome, second)) in tasks.into_iter().zip(outcomes) {
-        let mut item = item_from_outcome(state, &task, outcome, second)?;
+        let mut item = item_from_outcome(
+            state.settings.grading.review_threshold_fraction,
+            &task,
+            outcome,
+            second,
+        )?;
         if ocr_flagged.contains(&position) {
             item.flags.push(LOW_OCR_CONFIDENCE_FLAG.to_string());
         }
@@ -326,7 +331,12 @@ pub async fn retry_failed(
     let outcomes = grade(state, &tasks).await;
     let mut items = previous.items.clone();
     for ((position, task), (outcome, second)) in failed.into_iter().zip(outcomes) {
-        items[position] = item_from_outcome(state, &task, outcome, second)?;
+        items[position] = item_from_outcome(
+            state.settings.grading.review_threshold_fraction,
+            &task,
+            outcome,
+            second,
+        )?;
     }
     let new = summarise(NewEvaluation {
         user_id: previous.user_id,
@@ -343,10 +353,19 @@ pub async fn retry_failed(
     store_evaluation(state, new).await
 }
 
+/// The embedded grader's second opinion on one question.
+#[derive(Debug)]
+enum SecondOpinion {
+    /// The question is not in the share that gets one, or there is no embedded grader.
+    NotAsked,
+    Given(GradeOutcome),
+    /// Not in by the time the request stopped waiting for it.
+    Missing,
+}
+
 /// Grades the tasks with the configured grader and, at the same time, the share of them
 /// chosen for the second opinion (when there is one) with it; results in task order.
-async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Option<GradeOutcome>)> {
-    let concurrency = state.settings.grading.llm.per_request_concurrency;
+async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, SecondOpinion)> {
     let share = state.settings.grading.second_opinion_fraction;
     let chosen: Vec<usize> = match &state.second_opinion {
         Some(_) => (0..tasks.len())
@@ -354,24 +373,75 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Opti
             .collect(),
         None => Vec::new(),
     };
-    let primary = grade_all(state.grader.as_ref(), tasks, concurrency);
-    let second = async {
-        match &state.second_opinion {
-            Some(grader) if !chosen.is_empty() => {
-                let picked: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
-                grade_all(grader.as_ref(), &picked, concurrency).await
-            }
-            _ => Vec::new(),
-        }
-    };
     let started = std::time::Instant::now();
-    let (outcomes, second_outcomes) = tokio::join!(primary, second);
+    let graded = grade_with_second_opinion(
+        state.grader.as_ref(),
+        state.second_opinion.as_deref(),
+        tasks,
+        &chosen,
+        state.settings.grading.llm.per_request_concurrency,
+        state.settings.grading.second_opinion_wait(),
+    )
+    .await;
     metrics::histogram!("examiner_grading_seconds").record(started.elapsed().as_secs_f64());
-    let mut seconds: Vec<Option<GradeOutcome>> = tasks.iter().map(|_| None).collect();
-    for (index, outcome) in chosen.into_iter().zip(second_outcomes) {
-        seconds[index] = Some(outcome);
+    graded
+}
+
+/// Grades `tasks` with `primary` and, at the same time, those at the indices `chosen` with
+/// `second`. Once the primary outcomes are in, waits at most `wait` for second opinions still
+/// being computed, then gives up on them: the second opinion is advisory, and on a busy
+/// machine its CPU queue would otherwise hold every request for seconds (BENCHMARKS.md, "The
+/// embedded grader's second opinion"). Dropping an unfinished second opinion withdraws its
+/// queued embedding work, so a backlog does not outlive the requests that made it.
+async fn grade_with_second_opinion(
+    primary: &dyn Grader,
+    second: Option<&dyn Grader>,
+    tasks: &[GradeTask],
+    chosen: &[usize],
+    concurrency: usize,
+    wait: std::time::Duration,
+) -> Vec<(GradeOutcome, SecondOpinion)> {
+    let picked: Vec<GradeTask> = match second {
+        Some(_) => chosen.iter().map(|&i| tasks[i].clone()).collect(),
+        None => Vec::new(),
+    };
+    let mut found: Vec<Option<GradeOutcome>> = picked.iter().map(|_| None).collect();
+    let outcomes = {
+        let mut primary = std::pin::pin!(grade_all(primary, tasks, concurrency));
+        let mut seconds = std::pin::pin!(async {
+            if let Some(grader) = second {
+                grade_into(grader, &picked, concurrency, &mut found).await;
+            }
+        });
+        let mut seconds_done = false;
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut primary => break outcomes,
+                () = &mut seconds, if !seconds_done => seconds_done = true,
+            }
+        };
+        if !seconds_done {
+            let _ = tokio::time::timeout(wait, &mut seconds).await;
+        }
+        outcomes
+    };
+    let mut opinions: Vec<SecondOpinion> = tasks.iter().map(|_| SecondOpinion::NotAsked).collect();
+    if second.is_some() {
+        let mut missing = 0u64;
+        for (&index, outcome) in chosen.iter().zip(found) {
+            opinions[index] = match outcome {
+                Some(outcome) => SecondOpinion::Given(outcome),
+                None => {
+                    missing += 1;
+                    SecondOpinion::Missing
+                }
+            };
+        }
+        if missing > 0 {
+            metrics::counter!("examiner_second_opinions_missing_total").increment(missing);
+        }
     }
-    outcomes.into_iter().zip(seconds).collect()
+    outcomes.into_iter().zip(opinions).collect()
 }
 
 /// Whether a question is in the share (0 to 1) that gets the embedded grader's second
@@ -408,15 +478,19 @@ fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
 /// The flag on questions whose final marks and the embedded grader's estimate differ by
 /// more than `grading.review_threshold_fraction` of the marks.
 pub const NEEDS_REVIEW_FLAG: &str = "needs_review";
+/// The embedded grader's second opinion was asked for but not in by the time the request
+/// stopped waiting (`grading.second_opinion_wait_secs`), so `needs_review` could not be
+/// decided.
+pub const SECOND_OPINION_MISSING_FLAG: &str = "second_opinion_missing";
 /// The answer graded was read from its page with low OCR confidence: the marks may reflect
 /// the transcription rather than what the student wrote.
 pub const LOW_OCR_CONFIDENCE_FLAG: &str = "low_ocr_confidence";
 
 fn item_from_outcome(
-    state: &AppState,
+    review_threshold_fraction: f64,
     task: &GradeTask,
     mut outcome: GradeOutcome,
-    second: Option<GradeOutcome>,
+    second: SecondOpinion,
 ) -> Result<EvaluationItem, ApiError> {
     let question_number = QuestionNumber::parse(&task.question_number).ok_or_else(|| {
         ApiError::internal(format!(
@@ -425,9 +499,12 @@ fn item_from_outcome(
         ))
     })?;
     let mut stages = serde_json::to_value(&outcome.stages).map_err(ApiError::internal)?;
-    if let Some(second) = second {
+    if let SecondOpinion::Missing = second {
+        outcome.flags.push(SECOND_OPINION_MISSING_FLAG.to_string());
+    }
+    if let SecondOpinion::Given(second) = second {
         if let (Some(estimate), Some(final_marks)) = (second.marks_awarded, outcome.marks_awarded) {
-            let threshold = state.settings.grading.review_threshold_fraction * task.total_marks;
+            let threshold = review_threshold_fraction * task.total_marks;
             if (estimate - final_marks).abs() > threshold {
                 outcome.flags.push(NEEDS_REVIEW_FLAG.to_string());
             }
@@ -550,6 +627,130 @@ mod tests {
             total_marks: 5.0,
             marks_step: 0.5,
         }
+    }
+
+    /// Awards `marks` after `delay`, where `delay` may depend on the question.
+    struct Slow {
+        marks: f64,
+        delay: fn(&GradeTask) -> std::time::Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Grader for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn grade(&self, task: &GradeTask) -> GradeOutcome {
+            tokio::time::sleep((self.delay)(task)).await;
+            GradeOutcome {
+                marks_awarded: Some(self.marks),
+                ..GradeOutcome::blank()
+            }
+        }
+    }
+
+    fn numbered(n: usize) -> Vec<GradeTask> {
+        (1..=n)
+            .map(|q| GradeTask {
+                question_number: q.to_string(),
+                ..task(&format!("answer {q}"))
+            })
+            .collect()
+    }
+
+    fn given_marks(opinion: &SecondOpinion) -> Option<f64> {
+        match opinion {
+            SecondOpinion::Given(outcome) => outcome.marks_awarded,
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn second_opinions_are_waited_for_only_so_long_after_the_marks_are_in() {
+        let primary = Slow {
+            marks: 3.0,
+            delay: |_| std::time::Duration::from_millis(100),
+        };
+        let second = Slow {
+            marks: 1.0,
+            delay: |task| match task.question_number.as_str() {
+                "1" => std::time::Duration::from_millis(50),
+                "2" => std::time::Duration::from_millis(1_500),
+                _ => std::time::Duration::from_millis(600),
+            },
+        };
+        let tasks = numbered(4);
+        let started = tokio::time::Instant::now();
+        let graded = grade_with_second_opinion(
+            &primary,
+            Some(&second),
+            &tasks,
+            &[0, 1, 2],
+            8,
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(600)
+                && waited < std::time::Duration::from_millis(1_500),
+            "waited for the 600 ms estimate, not the 1.5 s one: {waited:?}"
+        );
+        let marks: Vec<Option<f64>> = graded.iter().map(|(o, _)| o.marks_awarded).collect();
+        assert_eq!(marks, vec![Some(3.0); 4], "every primary outcome is kept");
+        assert_eq!(given_marks(&graded[0].1), Some(1.0));
+        assert!(
+            matches!(graded[1].1, SecondOpinion::Missing),
+            "{:?}",
+            graded[1].1
+        );
+        assert_eq!(given_marks(&graded[2].1), Some(1.0));
+        assert!(matches!(graded[3].1, SecondOpinion::NotAsked), "not chosen");
+
+        // Waiting 0 keeps only the estimates already in when the marks are.
+        let graded = grade_with_second_opinion(
+            &primary,
+            Some(&second),
+            &tasks,
+            &[0, 1, 2],
+            8,
+            std::time::Duration::ZERO,
+        )
+        .await;
+        assert_eq!(given_marks(&graded[0].1), Some(1.0));
+        assert!(matches!(graded[1].1, SecondOpinion::Missing));
+        assert!(matches!(graded[2].1, SecondOpinion::Missing));
+
+        // Without an embedded grader nothing is asked, whatever was chosen.
+        let graded =
+            grade_with_second_opinion(&primary, None, &tasks, &[0, 1], 8, Default::default()).await;
+        assert!(graded
+            .iter()
+            .all(|(_, opinion)| matches!(opinion, SecondOpinion::NotAsked)));
+    }
+
+    #[test]
+    fn a_missing_second_opinion_is_flagged_and_a_far_one_asks_for_review() {
+        let outcome = |marks: f64| GradeOutcome {
+            marks_awarded: Some(marks),
+            feedback: "ok".into(),
+            ..GradeOutcome::blank()
+        };
+        let flags = |second: SecondOpinion| {
+            item_from_outcome(0.4, &task("answer"), outcome(5.0), second)
+                .unwrap()
+                .flags
+        };
+        assert_eq!(
+            flags(SecondOpinion::Missing),
+            vec![SECOND_OPINION_MISSING_FLAG]
+        );
+        assert_eq!(
+            flags(SecondOpinion::Given(outcome(1.0))),
+            vec![NEEDS_REVIEW_FLAG]
+        );
+        assert!(flags(SecondOpinion::Given(outcome(4.0))).is_empty());
+        assert!(flags(SecondOpinion::NotAsked).is_empty());
     }
 
     #[test]
