@@ -968,6 +968,13 @@ fn run_scenario(
         over("examiner_llm_seconds", "role=\"verifier\"", stage_bound),
         over("examiner_llm_seconds", "role=\"arbiter\"", stage_bound)
     );
+    if opts.second_opinion.is_some() {
+        println!(
+            "  second opinion: {:.0} questions left without it (second_opinion_missing), {:.0} queued embedding jobs withdrawn",
+            metric_delta("examiner_second_opinions_missing_total", ""),
+            metric_delta("examiner_embed_jobs_withdrawn_total", "")
+        );
+    }
     println!(
         "  Examiner CPU {:.2} s = {:.1}% of one core = {:.1} µs per LLM call; by thread: {}",
         outcome.examiner_cpu,
