@@ -385,12 +385,30 @@ fn feedback_text(covered: &[String], missed: &[String], marks: f64, total: f64) 
     if covered.is_empty() {
         out.push_str("Your answer does not clearly match the expected points. ");
     } else {
-        out.push_str(&format!("Your answer covers: {}. ", covered.join("; ")));
+        out.push_str("Your answer covers: ");
+        out.push_str(&point_list(covered));
+        out.push(' ');
     }
     if missed.is_empty() {
         out.push_str("All the expected points are addressed.");
     } else {
-        out.push_str(&format!("Missing or unclear: {}.", missed.join("; ")));
+        out.push_str("Missing or unclear: ");
+        out.push_str(&point_list(missed));
+    }
+    out
+}
+
+/// Key points as one sentence: "a; b; c." Each point is a sentence of the standard answer,
+/// so its own closing punctuation is dropped rather than doubled, and a point shortened with
+/// an ellipsis ends the list without a full stop after it.
+fn point_list(points: &[String]) -> String {
+    let trimmed: Vec<&str> = points
+        .iter()
+        .map(|p| p.trim_end().trim_end_matches(['.', ';', ',', ':']))
+        .collect();
+    let mut out = trimmed.join("; ");
+    if !out.ends_with(['…', '?', '!']) {
+        out.push('.');
     }
     out
 }
@@ -540,6 +558,27 @@ mod tests {
             "{o:?}"
         );
         assert!(o.feedback.contains("Missing or unclear"), "{}", o.feedback);
+    }
+
+    #[test]
+    fn feedback_punctuates_key_points_once() {
+        let points = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let text = feedback_text(
+            &points(&["A stack is LIFO.", "Push adds on top"]),
+            &points(&["A queue is FIFO, the oldest item…"]),
+            2.5,
+            5.0,
+        );
+        assert_eq!(
+            text,
+            "2.5 of 5 marks. Your answer covers: A stack is LIFO; Push adds on top. \
+             Missing or unclear: A queue is FIFO, the oldest item…"
+        );
+        let text = feedback_text(&points(&["Is it LIFO?"]), &[], 5.0, 5.0);
+        assert_eq!(
+            text,
+            "5 of 5 marks. Your answer covers: Is it LIFO? All the expected points are addressed."
+        );
     }
 
     #[test]
