@@ -449,3 +449,48 @@ async fn fit_shipped_calibration() {
         eprintln!("wrote {}", out.display());
     }
 }
+
+/// Dumps, for every dev answer, how it matches each key point of its standard answer, beside
+/// its human mark: the data behind the feedback's "covers" / "missing" claims (GRADING.md,
+/// "Feedback"). Writes JSON lines to `KEY_POINTS_DUMP` (default `key-points.jsonl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the model and the dev data"]
+async fn dump_key_point_matches() {
+    let models = crate_path(default_models_dir());
+    let embedder = Arc::new(Embedder::load(&models).expect("model files (scripts/fetch-model.sh)"));
+    let grader = LocalGrader::new(Arc::new(EmbedPool::new(embedder, 2, 1, 8).unwrap()));
+    let path = std::env::var("KEY_POINTS_DUMP").unwrap_or_else(|_| "key-points.jsonl".into());
+    let mut out = String::new();
+    for (name, items) in load_dev_sets() {
+        let matches: Vec<_> = futures::stream::iter(items.iter().map(|it| {
+            let grader = &grader;
+            async move { grader.key_point_matches(&it.task()).await.expect("matches") }
+        }))
+        .buffered(8)
+        .collect()
+        .await;
+        for (item, matches) in items.iter().zip(matches) {
+            let human = item.gold_mark.unwrap_or_else(|| {
+                item.human_marks.iter().sum::<f64>() / item.human_marks.len().max(1) as f64
+            });
+            let points: Vec<_> = matches
+                .iter()
+                .map(|m| serde_json::json!([m.best_sim, m.word_share, m.token_recall, m.covered]))
+                .collect();
+            out.push_str(
+                &serde_json::json!({
+                    "set": name,
+                    "question": item.question_id,
+                    "max": item.max_marks,
+                    "human": human,
+                    "non_answer": is_non_answer(&item.student_answer),
+                    "points": points,
+                })
+                .to_string(),
+            );
+            out.push('\n');
+        }
+        eprintln!("{name}: {} answers", items.len());
+    }
+    std::fs::write(&path, out).unwrap();
+}

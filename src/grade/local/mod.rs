@@ -23,11 +23,9 @@ use super::{clamp_and_round, GradeOutcome, GradeTask, Grader, StageRecord, Stage
 use crate::embed::{cosine, EmbedError, EmbedPool, Embedder};
 
 pub use calibration::Calibration;
-pub use features::Features;
+pub use features::{Features, KeyPointMatch};
 
-use features::{
-    compute, prepare_tokens, reference_words, KeyPoint, KeyPointMatch, Reference, Student,
-};
+use features::{compute, prepare_tokens, reference_words, KeyPoint, Reference, Student};
 use text::{content_bigrams, content_words, shorten, split_pieces};
 
 /// Recorded as the stage's model.
@@ -90,6 +88,19 @@ impl LocalGrader {
     /// The calibration in use.
     pub fn calibration(&self) -> &Calibration {
         &self.calibration
+    }
+
+    /// How well the answer matches each key point of the standard answer, as the feedback
+    /// sees it (for measuring the feedback's claims against human marks).
+    pub async fn key_point_matches(
+        &self,
+        task: &GradeTask,
+    ) -> Result<Vec<KeyPointMatch>, EmbedError> {
+        let reference = self.reference(task).await?;
+        let student = self
+            .student(&task.student_answer, &reference.question_words)
+            .await?;
+        Ok(compute(&reference, &student).1)
     }
 
     /// Measure the features of an answer (empty answers included; no calibration applied).
@@ -558,6 +569,37 @@ mod tests {
             "{o:?}"
         );
         assert!(o.feedback.contains("Missing or unclear"), "{}", o.feedback);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feedback_does_not_credit_a_point_the_answer_only_names() {
+        // Expanding the acronym is on topic but says nothing of what OCR does.
+        let task = GradeTask {
+            question_number: "1.b".into(),
+            question_text: None,
+            student_answer: "OCR is Optical Character Recognition.".into(),
+            standard_answer:
+                "OCR is a technology that converts different types of documents into editable data."
+                    .into(),
+            total_marks: 10.0,
+            marks_step: 0.5,
+        };
+        let o = grader().grade(&task).await;
+        assert!(o.key_points_covered.is_empty(), "{o:?}");
+        assert_eq!(o.key_points_missed.len(), 1, "{o:?}");
+        assert!(
+            !o.feedback.contains("All the expected points"),
+            "{}",
+            o.feedback
+        );
+        // Saying what the standard answer says covers it.
+        let task = GradeTask {
+            student_answer: "OCR is a technology that converts various kinds of documents, such as scans, into editable data.".into(),
+            ..task
+        };
+        let o = grader().grade(&task).await;
+        assert_eq!(o.key_points_covered.len(), 1, "{o:?}");
+        assert!(o.key_points_missed.is_empty(), "{o:?}");
     }
 
     #[test]
