@@ -408,6 +408,11 @@ async fn fit_shipped_calibration() {
     let mut profiles: Vec<Profile> = Vec::new();
     for (name, lo, hi, member) in profile_specs() {
         let samples = samples_for(&train, member);
+        if samples.iter().all(|s| s.off_topic) {
+            // Only in a quick run (DEV_SETS) that leaves out every set of this profile.
+            eprintln!("no answers for the {name} profile in this run: not fitted");
+            continue;
+        }
         let refs: Vec<&Sample> = samples.iter().collect();
         let mut p = fit(&refs, &options(&SHIPPED_FEATURES));
         p.name = name.to_string();
@@ -438,13 +443,13 @@ async fn fit_shipped_calibration() {
         cv: serde_json::Value::Object(cv),
     };
     let text = serde_json::to_string_pretty(&calibration).unwrap();
-    Calibration::from_json(&text).expect("valid");
     let out = std::env::var("CALIBRATION_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| crate_path(PathBuf::from("calibration/local-grader-v1.json")));
     if std::env::var("DEV_SETS").is_ok() {
         eprintln!("DEV_SETS is set: not writing {}", out.display());
     } else {
+        Calibration::from_json(&text).expect("valid");
         std::fs::write(&out, text + "\n").unwrap();
         eprintln!("wrote {}", out.display());
     }
