@@ -134,6 +134,8 @@ pub enum LlmCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
+    /// Print every setting in force, with defaults filled in, as TOML (API keys are never
+    /// part of it: settings name the environment variables that hold them).
     Show,
 }
 
