@@ -457,14 +457,17 @@ async fn fit_shipped_calibration() {
 
 /// Dumps, for every dev answer, how it matches each key point of its standard answer, beside
 /// its human mark: the data behind the feedback's "covers" / "missing" claims (GRADING.md,
-/// "Feedback"). Writes JSON lines to `KEY_POINTS_DUMP` (default `key-points.jsonl`).
+/// "Feedback"). Writes JSON lines to `KEY_POINTS_DUMP` (default `key-points.jsonl` in the
+/// system's temporary directory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the model and the dev data"]
 async fn dump_key_point_matches() {
     let models = crate_path(default_models_dir());
     let embedder = Arc::new(Embedder::load(&models).expect("model files (scripts/fetch-model.sh)"));
     let grader = LocalGrader::new(Arc::new(EmbedPool::new(embedder, 2, 1, 8).unwrap()));
-    let path = std::env::var("KEY_POINTS_DUMP").unwrap_or_else(|_| "key-points.jsonl".into());
+    let path = std::env::var("KEY_POINTS_DUMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("key-points.jsonl"));
     let mut out = String::new();
     for (name, items) in load_dev_sets() {
         let matches: Vec<_> = futures::stream::iter(items.iter().map(|it| {
@@ -498,4 +501,5 @@ async fn dump_key_point_matches() {
         eprintln!("{name}: {} answers", items.len());
     }
     std::fs::write(&path, out).unwrap();
+    eprintln!("wrote {}", path.display());
 }
