@@ -754,6 +754,14 @@ mod tests {
             .collect()
     }
 
+    /// One value read from the settings with one environment variable set, or the error
+    /// loading them gave.
+    fn with_env<T>(name: &str, value: &str, read: impl Fn(&Settings) -> T) -> Result<T, String> {
+        Settings::load_from(None, &env(&[(name, value)]), &Overrides::default())
+            .map(|s| read(&s))
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn defaults_are_valid() {
         let settings = Settings::load_from(None, &[], &Overrides::default()).unwrap();
@@ -814,9 +822,9 @@ mod tests {
     #[test]
     fn tesseract_time_limit() {
         let limit = |value: &str| {
-            let vars = env(&[("EXAMINER_OCR__TESSERACT_TIME_LIMIT_SECS", value)]);
-            Settings::load_from(None, &vars, &Overrides::default())
-                .map(|s| s.ocr.tesseract_time_limit())
+            with_env("EXAMINER_OCR__TESSERACT_TIME_LIMIT_SECS", value, |s| {
+                s.ocr.tesseract_time_limit()
+            })
         };
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(
@@ -829,7 +837,7 @@ mod tests {
         );
         assert_eq!(limit("0").unwrap(), None);
         for bad in ["-1", "NaN", "1e9"] {
-            let err = limit(bad).unwrap_err().to_string();
+            let err = limit(bad).unwrap_err();
             assert!(
                 err.contains("ocr.tesseract_time_limit_secs"),
                 "{bad}: {err}"
@@ -852,9 +860,9 @@ mod tests {
     #[test]
     fn second_opinion_wait() {
         let wait = |value: &str| {
-            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_WAIT_SECS", value)]);
-            Settings::load_from(None, &vars, &Overrides::default())
-                .map(|s| s.grading.second_opinion_wait())
+            with_env("EXAMINER_GRADING__SECOND_OPINION_WAIT_SECS", value, |s| {
+                s.grading.second_opinion_wait()
+            })
         };
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(
@@ -864,7 +872,7 @@ mod tests {
         assert_eq!(wait("0.25").unwrap(), std::time::Duration::from_millis(250));
         assert_eq!(wait("0").unwrap(), std::time::Duration::ZERO);
         for bad in ["-1", "NaN", "86400"] {
-            let err = wait(bad).unwrap_err().to_string();
+            let err = wait(bad).unwrap_err();
             assert!(
                 err.contains("grading.second_opinion_wait_secs must be between 0 and 3600"),
                 "{bad}: {err}"
@@ -875,16 +883,16 @@ mod tests {
     #[test]
     fn second_opinion_share() {
         let share = |value: &str| {
-            let vars = env(&[("EXAMINER_GRADING__SECOND_OPINION_FRACTION", value)]);
-            Settings::load_from(None, &vars, &Overrides::default())
-                .map(|s| s.grading.second_opinion_fraction)
+            with_env("EXAMINER_GRADING__SECOND_OPINION_FRACTION", value, |s| {
+                s.grading.second_opinion_fraction
+            })
         };
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(defaults.grading.second_opinion_fraction, 1.0);
         assert_eq!(share("0.25").unwrap(), 0.25);
         assert_eq!(share("0").unwrap(), 0.0);
         for bad in ["1.5", "-0.1", "NaN"] {
-            let err = share(bad).unwrap_err().to_string();
+            let err = share(bad).unwrap_err();
             assert!(
                 err.contains("grading.second_opinion_fraction must be between 0"),
                 "{bad}: {err}"
