@@ -24,6 +24,16 @@ enum Job {
     ),
 }
 
+impl Job {
+    /// The caller dropped its end of the reply channel.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Plain(_, reply) => reply.is_closed(),
+            Job::Spans(_, reply) => reply.is_closed(),
+        }
+    }
+}
+
 /// N embedding workers sharing one [`Embedder`]; clone-free, share it with an `Arc`.
 pub struct EmbedPool {
     tx: mpsc::Sender<Job>,
@@ -126,8 +136,7 @@ fn worker_loop(embedder: &Embedder, rx: &Mutex<mpsc::Receiver<Job>>, withdrawn: 
             None => return,
             // A caller that gave up while its job queued (a request that stopped waiting for
             // an advisory second opinion, say) gets no work done for it.
-            Some(Job::Plain(_, reply)) if reply.is_closed() => withdraw(withdrawn),
-            Some(Job::Spans(_, reply)) if reply.is_closed() => withdraw(withdrawn),
+            Some(job) if job.abandoned() => withdraw(withdrawn),
             Some(Job::Plain(texts, reply)) => {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 // The caller may give up while the model runs; nothing to do then.

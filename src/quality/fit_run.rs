@@ -27,6 +27,14 @@ fn crate_path(p: PathBuf) -> PathBuf {
     }
 }
 
+/// The embedding workers the fitting runs grade with: the model from the models directory,
+/// two single-threaded workers.
+fn dev_embed_pool() -> Arc<EmbedPool> {
+    let models = crate_path(default_models_dir());
+    let embedder = Arc::new(Embedder::load(&models).expect("model files (scripts/fetch-model.sh)"));
+    Arc::new(EmbedPool::new(embedder, 2, 1, 8).unwrap())
+}
+
 /// All dev sets, in a fixed order, with their items.
 pub(crate) fn load_dev_sets() -> Vec<(String, Vec<AsagItem>)> {
     let dir =
@@ -190,9 +198,7 @@ fn fmt(x: Option<f64>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the model and the dev data; writes the calibration file (see GRADING.md)"]
 async fn fit_shipped_calibration() {
-    let models = crate_path(default_models_dir());
-    let embedder = Arc::new(Embedder::load(&models).expect("model files (scripts/fetch-model.sh)"));
-    let pool = Arc::new(EmbedPool::new(embedder, 2, 1, 8).unwrap());
+    let pool = dev_embed_pool();
     let pooling = match std::env::var("LOCAL_POOLING").as_deref() {
         Ok("separate") => Pooling::Separate,
         _ => Pooling::Spans,
@@ -462,9 +468,7 @@ async fn fit_shipped_calibration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the model and the dev data"]
 async fn dump_key_point_matches() {
-    let models = crate_path(default_models_dir());
-    let embedder = Arc::new(Embedder::load(&models).expect("model files (scripts/fetch-model.sh)"));
-    let grader = LocalGrader::new(Arc::new(EmbedPool::new(embedder, 2, 1, 8).unwrap()));
+    let grader = LocalGrader::new(dev_embed_pool());
     let path = std::env::var("KEY_POINTS_DUMP")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("key-points.jsonl"));
@@ -478,9 +482,6 @@ async fn dump_key_point_matches() {
         .collect()
         .await;
         for (item, matches) in items.iter().zip(matches) {
-            let human = item.gold_mark.unwrap_or_else(|| {
-                item.human_marks.iter().sum::<f64>() / item.human_marks.len().max(1) as f64
-            });
             let points: Vec<_> = matches
                 .iter()
                 .map(|m| serde_json::json!([m.best_sim, m.word_share, m.token_recall, m.covered]))
@@ -490,7 +491,7 @@ async fn dump_key_point_matches() {
                     "set": name,
                     "question": item.question_id,
                     "max": item.max_marks,
-                    "human": human,
+                    "human": item.target(),
                     "non_answer": is_non_answer(&item.student_answer),
                     "points": points,
                 })

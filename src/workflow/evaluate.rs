@@ -401,18 +401,18 @@ async fn grade_with_second_opinion(
     concurrency: usize,
     wait: std::time::Duration,
 ) -> Vec<(GradeOutcome, SecondOpinion)> {
-    let picked: Vec<GradeTask> = match second {
-        Some(_) => chosen.iter().map(|&i| tasks[i].clone()).collect(),
-        None => Vec::new(),
+    let Some(second) = second else {
+        let outcomes = grade_all(primary, tasks, concurrency).await;
+        return outcomes
+            .into_iter()
+            .map(|outcome| (outcome, SecondOpinion::NotAsked))
+            .collect();
     };
+    let picked: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
     let mut found: Vec<Option<GradeOutcome>> = picked.iter().map(|_| None).collect();
     let outcomes = {
         let mut primary = std::pin::pin!(grade_all(primary, tasks, concurrency));
-        let mut seconds = std::pin::pin!(async {
-            if let Some(grader) = second {
-                grade_into(grader, &picked, concurrency, &mut found).await;
-            }
-        });
+        let mut seconds = std::pin::pin!(grade_into(second, &picked, concurrency, &mut found));
         let mut seconds_done = false;
         let outcomes = loop {
             tokio::select! {
@@ -426,20 +426,18 @@ async fn grade_with_second_opinion(
         outcomes
     };
     let mut opinions: Vec<SecondOpinion> = tasks.iter().map(|_| SecondOpinion::NotAsked).collect();
-    if second.is_some() {
-        let mut missing = 0u64;
-        for (&index, outcome) in chosen.iter().zip(found) {
-            opinions[index] = match outcome {
-                Some(outcome) => SecondOpinion::Given(outcome),
-                None => {
-                    missing += 1;
-                    SecondOpinion::Missing
-                }
-            };
-        }
-        if missing > 0 {
-            metrics::counter!("examiner_second_opinions_missing_total").increment(missing);
-        }
+    let mut missing = 0u64;
+    for (&index, outcome) in chosen.iter().zip(found) {
+        opinions[index] = match outcome {
+            Some(outcome) => SecondOpinion::Given(outcome),
+            None => {
+                missing += 1;
+                SecondOpinion::Missing
+            }
+        };
+    }
+    if missing > 0 {
+        metrics::counter!("examiner_second_opinions_missing_total").increment(missing);
     }
     outcomes.into_iter().zip(opinions).collect()
 }

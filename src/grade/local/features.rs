@@ -391,12 +391,9 @@ pub fn compute(r: &Reference, s: &Student) -> (Features, Vec<KeyPointMatch>) {
             (!inside.is_empty()).then(|| inside.iter().sum::<f64>() / inside.len() as f64)
         })
         .collect();
-    if per_key_point.len() == matches.len() {
-        for (m, recall) in matches.iter_mut().zip(&per_key_point) {
-            m.token_recall = *recall;
-        }
-    }
-    for m in &mut matches {
+    // One span per key point, or none at all (then no key point has a token recall).
+    for (i, m) in matches.iter_mut().enumerate() {
+        m.token_recall = per_key_point.get(i).copied().flatten();
         m.covered = (m.best_sim >= COVERED_SIM
             && m.token_recall.unwrap_or(m.best_sim) >= COVERED_TOKENS)
             || m.word_share >= COVERED_WORDS;

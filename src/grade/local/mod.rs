@@ -96,20 +96,23 @@ impl LocalGrader {
         &self,
         task: &GradeTask,
     ) -> Result<Vec<KeyPointMatch>, EmbedError> {
-        let reference = self.reference(task).await?;
-        let student = self
-            .student(&task.student_answer, &reference.question_words)
-            .await?;
-        Ok(compute(&reference, &student).1)
+        Ok(self.measure(task).await?.1)
     }
 
     /// Measure the features of an answer (empty answers included; no calibration applied).
     pub async fn features(&self, task: &GradeTask) -> Result<Features, EmbedError> {
+        Ok(self.measure(task).await?.0)
+    }
+
+    async fn measure(
+        &self,
+        task: &GradeTask,
+    ) -> Result<(Features, Vec<KeyPointMatch>), EmbedError> {
         let reference = self.reference(task).await?;
         let student = self
             .student(&task.student_answer, &reference.question_words)
             .await?;
-        Ok(compute(&reference, &student).0)
+        Ok(compute(&reference, &student))
     }
 
     async fn reference(&self, task: &GradeTask) -> Result<Arc<Reference>, EmbedError> {
