@@ -148,7 +148,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
     let url = settings.database_url();
     let store = crate::store::open_with(&url, &settings.store_options())
         .await
-        .with_context(|| format!("opening the database {url}"))?;
+        .with_context(|| format!("opening the database {}", crate::store::redact_url(&url)))?;
     if let Some(seed) = &settings.seed_catalog {
         seed_catalog(store.as_ref(), seed).await?;
     }

@@ -23,8 +23,11 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Directory for the embedded database and other state; `EXAMINER_DATA_DIR` / `--data-dir`.
     pub data_dir: PathBuf,
-    /// Database URL; empty means SQLite at `<data_dir>/examiner.db`.
+    /// Database URL: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`;
+    /// empty means SQLite at `<data_dir>/examiner.db`.
     pub database_url: String,
+    /// Connections a PostgreSQL store keeps open at most; `EXAMINER_DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
     /// Memoised results kept (LLM stage replies, OCR page texts) before the oldest are
     /// deleted; `EXAMINER_MEMO_MAX_ENTRIES`. About 1 KB each.
     pub memo_max_entries: u64,
@@ -45,6 +48,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: String::new(),
+            database_max_connections: crate::store::DEFAULT_MAX_CONNECTIONS,
             memo_max_entries: crate::store::DEFAULT_MEMO_MAX_ENTRIES,
             seed_catalog: None,
             server: ServerSettings::default(),
@@ -427,6 +431,10 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("EXAMINER_LISTEN", "listen"),
     ("EXAMINER_DATA_DIR", "data_dir"),
     ("EXAMINER_DATABASE_URL", "database_url"),
+    (
+        "EXAMINER_DATABASE_MAX_CONNECTIONS",
+        "database_max_connections",
+    ),
     ("EXAMINER_MEMO_MAX_ENTRIES", "memo_max_entries"),
     ("EXAMINER_SEED_CATALOG", "seed_catalog"),
     ("EXAMINER_FETCH_ALLOW_HOSTS", "fetch.allow_hosts"),
@@ -521,6 +529,10 @@ impl Settings {
             ("ocr.max_pixels", self.ocr.max_pixels as f64),
             ("memo_max_entries", self.memo_max_entries as f64),
             (
+                "database_max_connections",
+                f64::from(self.database_max_connections),
+            ),
+            (
                 "grading.default_marks_step",
                 self.grading.default_marks_step,
             ),
@@ -606,6 +618,7 @@ impl Settings {
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             memo_max_entries: self.memo_max_entries,
+            max_connections: self.database_max_connections,
         }
     }
 

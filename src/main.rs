@@ -98,7 +98,9 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
         Command::Config {
             command: ConfigCommand::Show,
         } => {
-            println!("{}", toml::to_string_pretty(&settings)?);
+            let mut shown = settings.clone();
+            shown.database_url = examiner::store::redact_url(&shown.database_url);
+            println!("{}", toml::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
         }
     }

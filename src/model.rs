@@ -229,6 +229,32 @@ pub struct NewEvaluation {
     pub items: Vec<EvaluationItem>,
 }
 
+impl NewEvaluation {
+    /// The record as stored under `evaluation_id` and `version`; the items move, not copied.
+    pub fn into_record(
+        self,
+        evaluation_id: String,
+        version: i64,
+        created_at: DateTime<Utc>,
+    ) -> EvaluationRecord {
+        EvaluationRecord {
+            evaluation_id,
+            version,
+            user_id: self.user_id,
+            course_code: self.course_code,
+            exam_code: self.exam_code,
+            question_paper_code: self.question_paper_code,
+            submission_id: self.submission_id,
+            grader: self.grader,
+            total_exam_marks: self.total_exam_marks,
+            final_score: self.final_score,
+            status: self.status,
+            items: self.items,
+            created_at,
+        }
+    }
+}
+
 /// A stored evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EvaluationRecord {

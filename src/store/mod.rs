@@ -7,14 +7,21 @@
 //! writing a record that exists with identical content succeeds, different content is a
 //! [`StoreError::Conflict`].
 //!
-//! SQLite (WAL) is the embedded default; the SQL is kept to what PostgreSQL also runs
-//! (`$n` placeholders, `TEXT`/`BIGINT`/`DOUBLE PRECISION`, timestamps as RFC 3339 text), so
-//! a PostgreSQL backend is a second implementation of this trait, not a rewrite.
+//! SQLite (WAL) is the embedded default; PostgreSQL serves deployments where several
+//! processes share one database. The backend is chosen once, from the URL's scheme. Both run
+//! the same SQL for every record ([`sql`]); each backend decides which connection a call
+//! gets and keeps its memo its own way.
 
+#[cfg(test)]
+mod contract_tests;
+mod known;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::model::{
@@ -28,15 +35,22 @@ pub struct StoreOptions {
     /// Memoised results kept (LLM stage replies and OCR page texts); past this the oldest
     /// are deleted. The default, a million, is about 1 GB of replies.
     pub memo_max_entries: u64,
+    /// Connections a PostgreSQL store keeps open at most. (SQLite's pool is fixed: one
+    /// writer and a few readers per file.)
+    pub max_connections: u32,
 }
 
 /// The default bound of the memo.
 pub const DEFAULT_MEMO_MAX_ENTRIES: u64 = 1_000_000;
 
+/// The default bound of a PostgreSQL store's connection pool.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             memo_max_entries: DEFAULT_MEMO_MAX_ENTRIES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -65,7 +79,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The database URL names a backend this build does not have.
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH")]
+    #[error(
+        "unsupported database URL {0:?}: expected sqlite://PATH or postgres://USER@HOST/DATABASE"
+    )]
     Unsupported(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -188,7 +204,19 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by `url` (`sqlite://path`), creating and migrating it.
+/// `url` with its password, if any, replaced by `***`: for logs, errors and `config show`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Opens the store named by `url` (`sqlite://path` or `postgres://…`), creating and
+/// migrating it.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     open_with(url, &StoreOptions::default()).await
 }
@@ -200,7 +228,11 @@ pub async fn open_with(
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(std::sync::Arc::new(SqliteStore::open(path, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            PostgresStore::open(url, options).await?,
+        ))
     } else {
-        Err(StoreError::Unsupported(url.to_string()))
+        Err(StoreError::Unsupported(redact_url(url)))
     }
 }

@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
+use super::known::Known;
+use super::sql::{self, Arg, Conn};
 use super::{Filter, Store, StoreError, StoreOptions, Written};
 use crate::model::{
-    ApiKey, Catalog, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
-    IdempotencyState, ItemStatus, NewEvaluation, Question, QuestionPaper, Role, StoredQaPair,
-    Submission, SubmissionImage, SubmissionSummary, User,
+    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
 };
-use crate::segment::QuestionNumber;
 
 /// SQLite behind the [`Store`] trait: the records in the database file given, memoised
 /// results in a second file beside it ([`memo_path`]).
@@ -35,10 +35,11 @@ use crate::segment::QuestionNumber;
 pub struct SqliteStore {
     main: Database,
     memo: Arc<memo::Memo>,
-    known: Arc<known::Known>,
+    known: Arc<Known>,
 }
 
-mod known;
+#[cfg(test)]
+mod known_tests;
 mod memo;
 
 /// One SQLite file. Reads share a pool of connections; every write goes through one
@@ -197,400 +198,67 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Rows per multi-row INSERT of evaluation items (14 bound values each).
-const ITEM_ROWS_PER_STATEMENT: usize = 500;
-
-fn now() -> String {
-    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    args: Vec<Arg<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for arg in args {
+        query = match arg {
+            Arg::Text(value) => query.bind(value),
+            Arg::Int(value) => query.bind(value),
+            Arg::Real(value) => query.bind(value),
+        };
+    }
+    query
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {text:?}: {e}")))
-}
+#[async_trait]
+impl Conn for SqliteConnection {
+    type Row = SqliteRow;
 
-fn parse_number(text: &str) -> Result<QuestionNumber, StoreError> {
-    QuestionNumber::parse(text)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad question number {text:?}")))
-}
+    async fn execute(&mut self, sql: &str, args: Vec<Arg<'_>>) -> Result<u64, sqlx::Error> {
+        Ok(bind_all(sqlx::query(sql), args)
+            .execute(self)
+            .await?
+            .rows_affected())
+    }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
-}
+    async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        args: Vec<Arg<'_>>,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        bind_all(sqlx::query(sql), args).fetch_optional(self).await
+    }
 
-/// Inserts are the first statement of a write so SQLite takes its write lock up front; a
-/// dangling link then shows up as a foreign-key failure, reported as the missing record.
-fn missing_link(error: sqlx::Error, kind: &'static str, key: &str) -> StoreError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::MissingLink {
-            kind,
-            key: key.to_string(),
-        },
-        _ => StoreError::Database(error),
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: Vec<Arg<'_>>,
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        bind_all(sqlx::query(sql), args).fetch_all(self).await
     }
 }
 
-/// Compares a stored record with the one being written.
-fn settle<T: PartialEq>(
-    existing: Option<T>,
-    wanted: &T,
-    kind: &'static str,
-    key: &str,
-) -> Result<Written, StoreError> {
-    match existing {
-        Some(existing) if existing == *wanted => Ok(Written::Unchanged),
-        Some(_) => Err(StoreError::Conflict {
-            kind,
-            key: key.to_string(),
-        }),
-        None => Err(StoreError::Corrupt(format!(
-            "{kind} {key:?} neither inserted nor found"
-        ))),
-    }
-}
-
-fn course_from(row: &SqliteRow) -> Result<Course, StoreError> {
-    Ok(Course {
-        course_code: row.try_get("course_code")?,
-        course_name: row.try_get("course_name")?,
-        description: row.try_get("description")?,
-    })
-}
-
-fn exam_from(row: &SqliteRow) -> Result<Exam, StoreError> {
-    Ok(Exam {
-        exam_code: row.try_get("exam_code")?,
-        course_code: row.try_get("course_code")?,
-        exam_name: row.try_get("exam_name")?,
-        total_exam_marks: row.try_get("total_exam_marks")?,
-    })
-}
-
-fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
-    Ok(User {
-        user_id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        email: row.try_get("email")?,
-    })
-}
-
-async fn put_course_in(conn: &mut SqliteConnection, c: &Course) -> Result<Written, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO courses (course_code, course_name, description, created_at)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (course_code) DO NOTHING",
-    )
-    .bind(&c.course_code)
-    .bind(&c.course_name)
-    .bind(&c.description)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Written::Created);
-    }
-    let existing = get_course_in(conn, &c.course_code).await?;
-    settle(existing, c, "course", &c.course_code)
-}
-
-async fn get_course_in(
-    conn: &mut SqliteConnection,
-    code: &str,
-) -> Result<Option<Course>, StoreError> {
-    sqlx::query("SELECT course_code, course_name, description FROM courses WHERE course_code = $1")
-        .bind(code)
-        .fetch_optional(conn)
-        .await?
-        .map(|row| course_from(&row))
-        .transpose()
-}
-
-async fn put_exam_in(conn: &mut SqliteConnection, e: &Exam) -> Result<Written, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO exams (exam_code, course_code, exam_name, total_exam_marks, created_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (exam_code) DO NOTHING",
-    )
-    .bind(&e.exam_code)
-    .bind(&e.course_code)
-    .bind(&e.exam_name)
-    .bind(e.total_exam_marks)
-    .bind(now())
-    .execute(&mut *conn)
-    .await
-    .map_err(|err| missing_link(err, "course", &e.course_code))?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Written::Created);
-    }
-    let existing = get_exam_in(conn, &e.exam_code).await?;
-    settle(existing, e, "exam", &e.exam_code)
-}
-
-async fn get_exam_in(conn: &mut SqliteConnection, code: &str) -> Result<Option<Exam>, StoreError> {
-    sqlx::query(
-        "SELECT exam_code, course_code, exam_name, total_exam_marks FROM exams WHERE exam_code = $1",
-    )
-    .bind(code)
-    .fetch_optional(conn)
-    .await?
-    .map(|row| exam_from(&row))
-    .transpose()
-}
-
-async fn put_paper_in(
-    conn: &mut SqliteConnection,
-    p: &QuestionPaper,
-) -> Result<Written, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO question_papers (question_paper_code, exam_code, title, marks_step, created_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (question_paper_code) DO NOTHING",
-    )
-    .bind(&p.question_paper_code)
-    .bind(&p.exam_code)
-    .bind(&p.title)
-    .bind(p.marks_step)
-    .bind(now())
-    .execute(&mut *conn)
-    .await
-    .map_err(|err| missing_link(err, "exam", &p.exam_code))?
-    .rows_affected();
-    if inserted == 0 {
-        let existing = get_paper_in(conn, &p.question_paper_code).await?;
-        return settle(existing, p, "question paper", &p.question_paper_code);
-    }
-    for (position, q) in p.questions.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO questions (question_paper_code, position, question_number, question_text,
-                                    standard_answer, total_marks)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&p.question_paper_code)
-        .bind(position as i64)
-        .bind(q.question_number.as_str())
-        .bind(&q.question_text)
-        .bind(&q.standard_answer)
-        .bind(q.total_marks)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(Written::Created)
-}
-
-async fn get_paper_in(
-    conn: &mut SqliteConnection,
-    code: &str,
-) -> Result<Option<QuestionPaper>, StoreError> {
-    let Some(row) = sqlx::query(
-        "SELECT question_paper_code, exam_code, title, marks_step
-         FROM question_papers WHERE question_paper_code = $1",
-    )
-    .bind(code)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let rows = sqlx::query(
-        "SELECT question_number, question_text, standard_answer, total_marks
-         FROM questions WHERE question_paper_code = $1 ORDER BY position",
-    )
-    .bind(code)
-    .fetch_all(&mut *conn)
-    .await?;
-    let questions = rows
-        .iter()
-        .map(|r| {
-            Ok(Question {
-                question_number: parse_number(r.try_get("question_number")?)?,
-                question_text: r.try_get("question_text")?,
-                standard_answer: r.try_get("standard_answer")?,
-                total_marks: r.try_get("total_marks")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Some(QuestionPaper {
-        question_paper_code: row.try_get("question_paper_code")?,
-        exam_code: row.try_get("exam_code")?,
-        title: row.try_get("title")?,
-        marks_step: row.try_get("marks_step")?,
-        questions,
-    }))
-}
-
-async fn put_user_in(conn: &mut SqliteConnection, u: &User) -> Result<Written, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO users (user_id, name, email, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (user_id) DO NOTHING",
-    )
-    .bind(&u.user_id)
-    .bind(&u.name)
-    .bind(&u.email)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Written::Created);
-    }
-    let existing = get_user_in(conn, &u.user_id).await?;
-    settle(existing, u, "user", &u.user_id)
-}
-
-async fn get_user_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<User>, StoreError> {
-    sqlx::query("SELECT user_id, name, email FROM users WHERE user_id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .map(|row| user_from(&row))
-        .transpose()
-}
-
-async fn get_submission_in(
-    conn: &mut SqliteConnection,
-    id: &str,
-) -> Result<Option<Submission>, StoreError> {
-    let Some(row) = sqlx::query(
-        "SELECT submission_id, user_id, course_code, exam_code, question_paper_code,
-                extracted_text, unassigned_text, created_at
-         FROM submissions WHERE submission_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let images = sqlx::query(
-        "SELECT image_id, image_url, content_sha256, media_type, byte_size, width, height,
-                ocr_text, ocr_confidence, ocr_engine
-         FROM submission_images WHERE submission_id = $1 ORDER BY position",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(SubmissionImage {
-            image_id: r.try_get("image_id")?,
-            image_url: r.try_get("image_url")?,
-            content_sha256: r.try_get("content_sha256")?,
-            media_type: r.try_get("media_type")?,
-            byte_size: r.try_get("byte_size")?,
-            width: r.try_get("width")?,
-            height: r.try_get("height")?,
-            ocr_text: r.try_get("ocr_text")?,
-            ocr_confidence: r.try_get("ocr_confidence")?,
-            ocr_engine: r.try_get("ocr_engine")?,
-        })
-    })
-    .collect::<Result<Vec<_>, StoreError>>()?;
-    let qa_pairs = sqlx::query(
-        "SELECT question_number, answer, ocr_confidence, ocr_engine, low_ocr_confidence
-         FROM submission_answers WHERE submission_id = $1 ORDER BY position",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(StoredQaPair {
-            question_number: parse_number(r.try_get("question_number")?)?,
-            answer: r.try_get("answer")?,
-            ocr_confidence: r.try_get("ocr_confidence")?,
-            ocr_engine: r.try_get("ocr_engine")?,
-            low_ocr_confidence: r.try_get::<i64, _>("low_ocr_confidence")? != 0,
-        })
-    })
-    .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Some(Submission {
-        submission_id: row.try_get("submission_id")?,
-        user_id: row.try_get("user_id")?,
-        course_code: row.try_get("course_code")?,
-        exam_code: row.try_get("exam_code")?,
-        question_paper_code: row.try_get("question_paper_code")?,
-        images,
-        extracted_text: row.try_get("extracted_text")?,
-        unassigned_text: row.try_get("unassigned_text")?,
-        qa_pairs,
-        created_at: parse_time(row.try_get("created_at")?)?,
-    }))
-}
-
-fn item_from(row: &SqliteRow) -> Result<EvaluationItem, StoreError> {
-    let flags: String = row.try_get("flags")?;
-    let stages: String = row.try_get("stages")?;
-    let status: String = row.try_get("status")?;
-    Ok(EvaluationItem {
-        question_number: parse_number(row.try_get("question_number")?)?,
-        student_answer: row.try_get("student_answer")?,
-        standard_answer: row.try_get("standard_answer")?,
-        total_marks: row.try_get("total_marks")?,
-        marks_awarded: row.try_get("marks_awarded")?,
-        llm_evaluation: row.try_get("llm_evaluation")?,
-        reasoning: row.try_get("reasoning")?,
-        status: serde_json::from_value(serde_json::Value::String(status.clone()))
-            .map_err(|_| StoreError::Corrupt(format!("bad item status {status:?}")))?,
-        error: row.try_get("error")?,
-        flags: serde_json::from_str(&flags)
-            .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))?,
-        final_stage: row.try_get("final_stage")?,
-        stages: serde_json::from_str(&stages)
-            .map_err(|e| StoreError::Corrupt(format!("bad stages: {e}")))?,
-    })
-}
-
-fn api_key_from(row: &SqliteRow) -> Result<ApiKey, StoreError> {
-    let role: String = row.try_get("role")?;
-    let revoked_at: Option<String> = row.try_get("revoked_at")?;
-    Ok(ApiKey {
-        key_id: row.try_get("key_id")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad role {role:?}")))?,
-        user_id: row.try_get("user_id")?,
-        label: row.try_get("label")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        revoked: revoked_at.is_some(),
-    })
-}
-
-fn status_text(status: ItemStatus) -> &'static str {
-    match status {
-        ItemStatus::Graded => "graded",
-        ItemStatus::NotAnswered => "not_answered",
-        ItemStatus::Failed => "failed",
-    }
-}
-
-const EVALUATION_COLUMNS: &str = "evaluation_id, version, user_id, course_code, exam_code,
-    question_paper_code, submission_id, grader, total_exam_marks, final_score, status, created_at";
-
+/// Reads go to the pool of readers, writes to the one writer connection (see [`Database`]);
+/// a write of several statements runs in a transaction on it.
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_course(&self, course: &Course) -> Result<Written, StoreError> {
-        let mut conn = self.main.writer.acquire().await?;
-        put_course_in(&mut conn, course).await
+        sql::put_course(&mut *self.main.writer.acquire().await?, course).await
     }
 
     async fn get_course(&self, code: &str) -> Result<Option<Course>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        get_course_in(&mut conn, code).await
+        sql::get_course(&mut *self.main.pool.acquire().await?, code).await
     }
 
     async fn list_courses(&self) -> Result<Vec<Course>, StoreError> {
-        sqlx::query(
-            "SELECT course_code, course_name, description FROM courses ORDER BY course_code",
-        )
-        .fetch_all(&self.main.pool)
-        .await?
-        .iter()
-        .map(course_from)
-        .collect()
+        sql::list_courses(&mut *self.main.pool.acquire().await?).await
     }
 
     async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError> {
         let mut tx = self.main.writer.begin().await?;
-        let written = put_exam_in(&mut tx, exam).await?;
+        let written = sql::put_exam(&mut *tx, exam).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -599,8 +267,7 @@ impl Store for SqliteStore {
         if let Some(exam) = self.known.exam(code) {
             return Ok(Some(exam));
         }
-        let mut conn = self.main.pool.acquire().await?;
-        let exam = get_exam_in(&mut conn, code).await?;
+        let exam = sql::get_exam(&mut *self.main.pool.acquire().await?, code).await?;
         if let Some(exam) = &exam {
             self.known.remember_exam(exam);
         }
@@ -608,21 +275,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_exams(&self, course_code: Option<&str>) -> Result<Vec<Exam>, StoreError> {
-        sqlx::query(
-            "SELECT exam_code, course_code, exam_name, total_exam_marks FROM exams
-             WHERE $1 IS NULL OR course_code = $1 ORDER BY exam_code",
-        )
-        .bind(course_code)
-        .fetch_all(&self.main.pool)
-        .await?
-        .iter()
-        .map(exam_from)
-        .collect()
+        sql::list_exams(&mut *self.main.pool.acquire().await?, course_code).await
     }
 
     async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError> {
         let mut tx = self.main.writer.begin().await?;
-        let written = put_paper_in(&mut tx, paper).await?;
+        let written = sql::put_paper(&mut *tx, paper).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -631,8 +289,7 @@ impl Store for SqliteStore {
         if let Some(paper) = self.known.paper(code) {
             return Ok(Some(paper));
         }
-        let mut conn = self.main.pool.acquire().await?;
-        let paper = get_paper_in(&mut conn, code).await?;
+        let paper = sql::get_paper(&mut *self.main.pool.acquire().await?, code).await?;
         if let Some(paper) = &paper {
             self.known.remember_paper(paper);
         }
@@ -643,177 +300,64 @@ impl Store for SqliteStore {
         &self,
         exam_code: Option<&str>,
     ) -> Result<Vec<QuestionPaper>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        let codes: Vec<String> = sqlx::query_scalar(
-            "SELECT question_paper_code FROM question_papers
-             WHERE $1 IS NULL OR exam_code = $1 ORDER BY question_paper_code",
-        )
-        .bind(exam_code)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut papers = Vec::with_capacity(codes.len());
-        for code in codes {
-            if let Some(paper) = get_paper_in(&mut conn, &code).await? {
-                papers.push(paper);
-            }
-        }
-        Ok(papers)
+        sql::list_papers(&mut *self.main.pool.acquire().await?, exam_code).await
     }
 
     async fn put_user(&self, user: &User) -> Result<Written, StoreError> {
-        let mut conn = self.main.writer.acquire().await?;
-        put_user_in(&mut conn, user).await
+        sql::put_user(&mut *self.main.writer.acquire().await?, user).await
     }
 
     async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        get_user_in(&mut conn, user_id).await
+        sql::get_user(&mut *self.main.pool.acquire().await?, user_id).await
     }
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
-        sqlx::query("SELECT user_id, name, email FROM users ORDER BY user_id")
-            .fetch_all(&self.main.pool)
-            .await?
-            .iter()
-            .map(user_from)
-            .collect()
+        sql::list_users(&mut *self.main.pool.acquire().await?).await
     }
 
     async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError> {
         let mut tx = self.main.writer.begin().await?;
-        let mut created = 0;
-        for course in &catalog.courses {
-            created += usize::from(put_course_in(&mut tx, course).await? == Written::Created);
-        }
-        for exam in &catalog.exams {
-            created += usize::from(put_exam_in(&mut tx, exam).await? == Written::Created);
-        }
-        for paper in &catalog.question_papers {
-            created += usize::from(put_paper_in(&mut tx, paper).await? == Written::Created);
-        }
-        for user in &catalog.users {
-            created += usize::from(put_user_in(&mut tx, user).await? == Written::Created);
-        }
+        let created = sql::import_catalog(&mut *tx, catalog).await?;
         tx.commit().await?;
         Ok(created)
     }
 
     async fn insert_submission(
         &self,
-        s: &Submission,
+        submission: &Submission,
         images_digest: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.main.writer.begin().await?;
-        // Registering the user first also takes the write lock for the whole transaction.
-        sqlx::query(
-            "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(&s.user_id)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO submissions (submission_id, user_id, course_code, exam_code,
-                 question_paper_code, extracted_text, unassigned_text, created_at, images_digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&s.submission_id)
-        .bind(&s.user_id)
-        .bind(&s.course_code)
-        .bind(&s.exam_code)
-        .bind(&s.question_paper_code)
-        .bind(&s.extracted_text)
-        .bind(&s.unassigned_text)
-        .bind(
-            s.created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        )
-        .bind(images_digest)
-        .execute(&mut *tx)
-        .await?;
-        for (position, image) in s.images.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO submission_images (submission_id, position, image_id, image_url,
-                     content_sha256, media_type, byte_size, width, height, ocr_text,
-                     ocr_confidence, ocr_engine)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(&s.submission_id)
-            .bind(position as i64)
-            .bind(&image.image_id)
-            .bind(&image.image_url)
-            .bind(&image.content_sha256)
-            .bind(&image.media_type)
-            .bind(image.byte_size)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(&image.ocr_text)
-            .bind(image.ocr_confidence)
-            .bind(&image.ocr_engine)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (position, pair) in s.qa_pairs.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO submission_answers (submission_id, position, question_number, answer,
-                     ocr_confidence, ocr_engine, low_ocr_confidence)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&s.submission_id)
-            .bind(position as i64)
-            .bind(pair.question_number.as_str())
-            .bind(&pair.answer)
-            .bind(pair.ocr_confidence)
-            .bind(&pair.ocr_engine)
-            .bind(i64::from(pair.low_ocr_confidence))
-            .execute(&mut *tx)
-            .await?;
-        }
+        sql::insert_submission(&mut *tx, submission, images_digest).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
+    async fn find_submission_by_images(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+        images_digest: &str,
+    ) -> Result<Option<Submission>, StoreError> {
         let mut conn = self.main.pool.acquire().await?;
-        get_submission_in(&mut conn, id).await
+        sql::latest_submission(
+            &mut *conn,
+            user_id,
+            question_paper_code,
+            Some(images_digest),
+        )
+        .await
+    }
+
+    async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
+        sql::get_submission(&mut *self.main.pool.acquire().await?, id).await
     }
 
     async fn list_submissions(
         &self,
         filter: &Filter,
     ) -> Result<Vec<SubmissionSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.submission_id, s.user_id, s.course_code, s.exam_code,
-                    s.question_paper_code, s.created_at,
-                    (SELECT COUNT(*) FROM submission_images i
-                      WHERE i.submission_id = s.submission_id) AS image_count,
-                    (SELECT COUNT(*) FROM submission_answers a
-                      WHERE a.submission_id = s.submission_id) AS question_count
-             FROM submissions s
-             WHERE ($1 IS NULL OR s.user_id = $1) AND ($2 IS NULL OR s.question_paper_code = $2)
-             ORDER BY s.created_at DESC, s.submission_id DESC
-             LIMIT $3",
-        )
-        .bind(&filter.user_id)
-        .bind(&filter.question_paper_code)
-        .bind(filter.limit)
-        .fetch_all(&self.main.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SubmissionSummary {
-                    submission_id: r.try_get("submission_id")?,
-                    user_id: r.try_get("user_id")?,
-                    course_code: r.try_get("course_code")?,
-                    exam_code: r.try_get("exam_code")?,
-                    question_paper_code: r.try_get("question_paper_code")?,
-                    image_count: r.try_get("image_count")?,
-                    question_count: r.try_get("question_count")?,
-                    created_at: parse_time(r.try_get("created_at")?)?,
-                })
-            })
-            .collect()
+        sql::list_submissions(&mut *self.main.pool.acquire().await?, filter).await
     }
 
     async fn latest_submission(
@@ -822,120 +366,45 @@ impl Store for SqliteStore {
         question_paper_code: &str,
     ) -> Result<Option<Submission>, StoreError> {
         let mut conn = self.main.pool.acquire().await?;
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT submission_id FROM submissions
-             WHERE user_id = $1 AND question_paper_code = $2
-             ORDER BY created_at DESC, submission_id DESC LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(question_paper_code)
-        .fetch_optional(&mut *conn)
-        .await?;
-        match id {
-            Some(id) => get_submission_in(&mut conn, &id).await,
-            None => Ok(None),
-        }
+        sql::latest_submission(&mut *conn, user_id, question_paper_code, None).await
     }
 
     async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         let created_at = Utc::now();
         let register_user = !self.known.has_user(&e.user_id);
-        let version = insert_evaluation_retrying(
-            &self.main.writer,
-            &e,
-            &evaluation_id,
-            created_at,
-            register_user,
-        )
-        .await?;
+        let mut attempt = 0;
+        // Another process storing an evaluation of the same paper may take the version number
+        // first: then this one runs again with the next, so both are kept.
+        let version = loop {
+            attempt += 1;
+            let result = async {
+                let mut tx = self.main.writer.begin().await?;
+                let version =
+                    sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
+                        .await?;
+                tx.commit().await?;
+                Ok(version)
+            }
+            .await;
+            match result {
+                Err(err) if attempt < 5 && sql::is_unique_violation(&err) => continue,
+                other => break other?,
+            }
+        };
         self.known.remember_user(&e.user_id);
-        Ok(EvaluationRecord {
-            evaluation_id,
-            version,
-            user_id: e.user_id,
-            course_code: e.course_code,
-            exam_code: e.exam_code,
-            question_paper_code: e.question_paper_code,
-            submission_id: e.submission_id,
-            grader: e.grader,
-            total_exam_marks: e.total_exam_marks,
-            final_score: e.final_score,
-            status: e.status,
-            items: e.items,
-            created_at,
-        })
+        Ok(e.into_record(evaluation_id, version, created_at))
     }
 
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        let Some(row) = sqlx::query(&format!(
-            "SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE evaluation_id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let items = sqlx::query(
-            "SELECT question_number, student_answer, standard_answer, total_marks, marks_awarded,
-                    llm_evaluation, reasoning, status, error, flags, final_stage, stages
-             FROM evaluation_items WHERE evaluation_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(item_from)
-        .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(EvaluationRecord {
-            evaluation_id: row.try_get("evaluation_id")?,
-            version: row.try_get("version")?,
-            user_id: row.try_get("user_id")?,
-            course_code: row.try_get("course_code")?,
-            exam_code: row.try_get("exam_code")?,
-            question_paper_code: row.try_get("question_paper_code")?,
-            submission_id: row.try_get("submission_id")?,
-            grader: row.try_get("grader")?,
-            total_exam_marks: row.try_get("total_exam_marks")?,
-            final_score: row.try_get("final_score")?,
-            status: row.try_get("status")?,
-            items,
-            created_at: parse_time(row.try_get("created_at")?)?,
-        }))
+        sql::get_evaluation(&mut *self.main.pool.acquire().await?, id).await
     }
 
     async fn list_evaluations(
         &self,
         filter: &Filter,
     ) -> Result<Vec<EvaluationSummary>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVALUATION_COLUMNS} FROM evaluations
-             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR question_paper_code = $2)
-             ORDER BY created_at DESC, evaluation_id DESC LIMIT $3"
-        ))
-        .bind(&filter.user_id)
-        .bind(&filter.question_paper_code)
-        .bind(filter.limit)
-        .fetch_all(&self.main.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EvaluationSummary {
-                    evaluation_id: r.try_get("evaluation_id")?,
-                    version: r.try_get("version")?,
-                    user_id: r.try_get("user_id")?,
-                    question_paper_code: r.try_get("question_paper_code")?,
-                    submission_id: r.try_get("submission_id")?,
-                    grader: r.try_get("grader")?,
-                    total_exam_marks: r.try_get("total_exam_marks")?,
-                    final_score: r.try_get("final_score")?,
-                    status: r.try_get("status")?,
-                    created_at: parse_time(r.try_get("created_at")?)?,
-                })
-            })
-            .collect()
+        sql::list_evaluations(&mut *self.main.pool.acquire().await?, filter).await
     }
 
     async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
@@ -956,82 +425,20 @@ impl Store for SqliteStore {
         self.memo.put_many(namespace, entries).await
     }
 
-    async fn find_submission_by_images(
-        &self,
-        user_id: &str,
-        question_paper_code: &str,
-        images_digest: &str,
-    ) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT submission_id FROM submissions
-             WHERE user_id = $1 AND question_paper_code = $2 AND images_digest = $3
-             ORDER BY created_at DESC, submission_id DESC LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(question_paper_code)
-        .bind(images_digest)
-        .fetch_optional(&mut *conn)
-        .await?;
-        match id {
-            Some(id) => get_submission_in(&mut conn, &id).await,
-            None => Ok(None),
-        }
-    }
-
     async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (key_id, key_hash, role, user_id, label, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&key.key_id)
-        .bind(key_hash)
-        .bind(key.role.as_str())
-        .bind(&key.user_id)
-        .bind(&key.label)
-        .bind(
-            key.created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        )
-        .execute(&self.main.writer)
-        .await?;
-        Ok(())
+        sql::create_api_key(&mut *self.main.writer.acquire().await?, key, key_hash).await
     }
 
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        sqlx::query(
-            "SELECT key_id, role, user_id, label, created_at, revoked_at FROM api_keys
-             WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.main.pool)
-        .await?
-        .map(|row| api_key_from(&row))
-        .transpose()
+        sql::find_api_key(&mut *self.main.pool.acquire().await?, key_hash).await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        sqlx::query(
-            "SELECT key_id, role, user_id, label, created_at, revoked_at FROM api_keys
-             ORDER BY created_at, key_id",
-        )
-        .fetch_all(&self.main.pool)
-        .await?
-        .iter()
-        .map(api_key_from)
-        .collect()
+        sql::list_api_keys(&mut *self.main.pool.acquire().await?).await
     }
 
     async fn revoke_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
-        let revoked = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now())
-        .bind(key_id)
-        .execute(&self.main.writer)
-        .await?
-        .rows_affected();
-        Ok(revoked == 1)
+        sql::revoke_api_key(&mut *self.main.writer.acquire().await?, key_id).await
     }
 
     async fn idempotency_begin(
@@ -1043,64 +450,15 @@ impl Store for SqliteStore {
         stale_after_secs: i64,
     ) -> Result<IdempotencyState, StoreError> {
         let mut tx = self.main.writer.begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, endpoint, key, request_hash, state, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5)
-             ON CONFLICT (scope, endpoint, key) DO NOTHING",
+        let state = sql::idempotency_begin(
+            &mut *tx,
+            (scope, endpoint, key),
+            request_hash,
+            stale_after_secs,
         )
-        .bind(scope)
-        .bind(endpoint)
-        .bind(key)
-        .bind(request_hash)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 1 {
-            tx.commit().await?;
-            return Ok(IdempotencyState::Fresh);
-        }
-        let row = sqlx::query(
-            "SELECT request_hash, state, status_code, response, created_at FROM idempotency_keys
-             WHERE scope = $1 AND endpoint = $2 AND key = $3",
-        )
-        .bind(scope)
-        .bind(endpoint)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
-        let stored_hash: String = row.try_get("request_hash")?;
-        if stored_hash != request_hash {
-            return Ok(IdempotencyState::Mismatch);
-        }
-        let state: String = row.try_get("state")?;
-        if state == "completed" {
-            let status: i64 = row.try_get::<Option<i64>, _>("status_code")?.unwrap_or(200);
-            let body: String = row
-                .try_get::<Option<String>, _>("response")?
-                .unwrap_or_default();
-            return Ok(IdempotencyState::Completed {
-                status: u16::try_from(status).unwrap_or(200),
-                body,
-            });
-        }
-        let claimed_at = parse_time(row.try_get("created_at")?)?;
-        if (Utc::now() - claimed_at).num_seconds() < stale_after_secs {
-            return Ok(IdempotencyState::InProgress);
-        }
-        // The claiming request died (a crash or a kill); this one takes over.
-        sqlx::query(
-            "UPDATE idempotency_keys SET created_at = $1
-             WHERE scope = $2 AND endpoint = $3 AND key = $4 AND state = 'pending'",
-        )
-        .bind(now())
-        .bind(scope)
-        .bind(endpoint)
-        .bind(key)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(IdempotencyState::Fresh)
+        Ok(state)
     }
 
     async fn idempotency_complete(
@@ -1111,18 +469,8 @@ impl Store for SqliteStore {
         status: u16,
         body: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET state = 'completed', status_code = $1, response = $2
-             WHERE scope = $3 AND endpoint = $4 AND key = $5",
-        )
-        .bind(i64::from(status))
-        .bind(body)
-        .bind(scope)
-        .bind(endpoint)
-        .bind(key)
-        .execute(&self.main.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.main.writer.acquire().await?;
+        sql::idempotency_complete(&mut *conn, (scope, endpoint, key), status, body).await
     }
 
     async fn idempotency_release(
@@ -1131,16 +479,8 @@ impl Store for SqliteStore {
         endpoint: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys
-             WHERE scope = $1 AND endpoint = $2 AND key = $3 AND state = 'pending'",
-        )
-        .bind(scope)
-        .bind(endpoint)
-        .bind(key)
-        .execute(&self.main.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.main.writer.acquire().await?;
+        sql::idempotency_release(&mut *conn, (scope, endpoint, key)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1150,115 +490,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// One evaluation in its own transaction. Another process storing an evaluation of the same
-/// paper may take the version number first: then this one retries with the next, so both
-/// are kept.
-async fn insert_evaluation_retrying(
-    writer: &SqlitePool,
-    e: &NewEvaluation,
-    evaluation_id: &str,
-    created_at: DateTime<Utc>,
-    register_user: bool,
-) -> Result<i64, StoreError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = async {
-            let mut tx = writer.begin().await?;
-            let version =
-                insert_evaluation_in(&mut tx, e, evaluation_id, created_at, register_user).await?;
-            tx.commit().await?;
-            Ok(version)
-        }
-        .await;
-        match result {
-            Err(StoreError::Database(err)) if attempt < 5 && is_unique_violation(&err) => continue,
-            other => return other,
-        }
-    }
-}
-
-/// Writes one evaluation and its items inside the caller's transaction; returns its version.
-async fn insert_evaluation_in(
-    tx: &mut SqliteConnection,
-    e: &NewEvaluation,
-    evaluation_id: &str,
-    created_at: DateTime<Utc>,
-    register_user: bool,
-) -> Result<i64, StoreError> {
-    // As with uploads, a user graded for the first time is registered (unless this process
-    // knows the user is stored: users are never deleted).
-    if register_user {
-        sqlx::query(
-            "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(&e.user_id)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-    }
-    // The version is computed inside the INSERT so the transaction's first statement is
-    // a write (see the module docs).
-    let version: i64 = sqlx::query_scalar(&format!(
-        "INSERT INTO evaluations ({EVALUATION_COLUMNS})
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
-             FROM evaluations WHERE user_id = $2 AND question_paper_code = $5
-             RETURNING version"
-    ))
-    .bind(evaluation_id)
-    .bind(&e.user_id)
-    .bind(&e.course_code)
-    .bind(&e.exam_code)
-    .bind(&e.question_paper_code)
-    .bind(&e.submission_id)
-    .bind(&e.grader)
-    .bind(e.total_exam_marks)
-    .bind(e.final_score)
-    .bind(&e.status)
-    .bind(created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    .fetch_one(&mut *tx)
-    .await?;
-    let mut rows = Vec::with_capacity(e.items.len());
-    for (position, item) in e.items.iter().enumerate() {
-        let flags = serde_json::to_string(&item.flags)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        let stages = serde_json::to_string(&item.stages)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        rows.push((position as i64, item, flags, stages));
-    }
-    // One statement for a script's items rather than one each: every statement is a
-    // round trip to the connection's thread while the write lock is held.
-    for chunk in rows.chunks(ITEM_ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO evaluation_items (evaluation_id, position, question_number,
-                     student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
-                     reasoning, status, error, flags, final_stage, stages) ",
-        );
-        insert.push_values(chunk, |mut row, (position, item, flags, stages)| {
-            row.push_bind(evaluation_id)
-                .push_bind(*position)
-                .push_bind(item.question_number.as_str())
-                .push_bind(&item.student_answer)
-                .push_bind(&item.standard_answer)
-                .push_bind(item.total_marks)
-                .push_bind(item.marks_awarded)
-                .push_bind(&item.llm_evaluation)
-                .push_bind(&item.reasoning)
-                .push_bind(status_text(item.status))
-                .push_bind(&item.error)
-                .push_bind(flags)
-                .push_bind(&item.final_stage)
-                .push_bind(stages);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    Ok(version)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{EvaluationItem, ItemStatus};
+    use crate::segment::QuestionNumber;
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
         let path = dir.path().join("examiner.db");
@@ -1303,7 +539,7 @@ mod tests {
     async fn items_beyond_one_statement_are_stored_in_order_with_versions_counting_up() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(&dir).await;
-        let big = evaluation(ITEM_ROWS_PER_STATEMENT + 7);
+        let big = evaluation(sql::ITEM_ROWS_PER_STATEMENT + 7);
         let first = store.insert_evaluation(big.clone()).await.unwrap();
         let second = store.insert_evaluation(evaluation(2)).await.unwrap();
         assert_eq!((first.version, second.version), (1, 2));

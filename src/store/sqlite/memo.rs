@@ -19,7 +19,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::{now, Database};
+use super::Database;
+use crate::store::sql::now;
 use crate::store::StoreError;
 
 /// Rows per multi-row INSERT: 4 bound values each keeps a statement well under SQLite's
@@ -304,6 +305,7 @@ mod tests {
             path.to_str().unwrap(),
             &StoreOptions {
                 memo_max_entries: max_entries,
+                ..StoreOptions::default()
             },
         )
         .await

@@ -1,0 +1,556 @@
+//! One test story for every backend: each scenario runs against SQLite in a temp dir and
+//! against PostgreSQL in a fresh schema of the database named by
+//! `EXAMINER_TEST_POSTGRES_URL` (skipped, with a notice, when it is unset).
+
+use std::sync::Arc;
+
+use chrono::{SubsecRound, Utc};
+use sqlx::Connection;
+
+use super::{open_with, Filter, Store, StoreError, StoreOptions, Written};
+use crate::model::{
+    ApiKey, Catalog, Course, EvaluationItem, Exam, IdempotencyState, ItemStatus, NewEvaluation,
+    Question, QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage, User,
+};
+use crate::segment::QuestionNumber;
+
+/// The variable naming the PostgreSQL database the tests may create schemas in.
+const POSTGRES_URL_VAR: &str = "EXAMINER_TEST_POSTGRES_URL";
+
+/// A store under test and what must be cleaned up after it.
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl Backend {
+    async fn sqlite(options: &StoreOptions) -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("examiner.db").display());
+        Backend {
+            store: open_with(&url, options).await.unwrap(),
+            _dir: Some(dir),
+            schema: None,
+        }
+    }
+
+    async fn postgres(options: &StoreOptions) -> Option<Backend> {
+        let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
+            eprintln!(
+                "skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL store is not tested"
+            );
+            return None;
+        };
+        let schema = format!("examiner_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} does not connect: {e}"));
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options%5Bsearch_path%5D={schema}");
+        Some(Backend {
+            store: open_with(&url, options).await.unwrap(),
+            _dir: None,
+            schema: Some((base, schema)),
+        })
+    }
+
+    /// Drops the test's schema (a failed test leaves it behind, for a look).
+    async fn finish(self) {
+        if let Some((base, schema)) = self.schema {
+            drop(self.store);
+            let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs `$story(store)` as one test per backend.
+macro_rules! on_every_backend {
+    ($story:ident) => {
+        on_every_backend!($story, StoreOptions::default());
+    };
+    ($story:ident, $options:expr) => {
+        mod $story {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let backend = Backend::sqlite(&$options).await;
+                super::$story(backend.store.as_ref()).await;
+                backend.finish().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(backend) = Backend::postgres(&$options).await {
+                    super::$story(backend.store.as_ref()).await;
+                    backend.finish().await;
+                }
+            }
+        }
+    };
+}
+
+fn course(code: &str) -> Course {
+    Course {
+        course_code: code.into(),
+        course_name: format!("Course {code}"),
+        description: Some("a course".into()),
+    }
+}
+
+fn exam(code: &str, course_code: &str) -> Exam {
+    Exam {
+        exam_code: code.into(),
+        course_code: course_code.into(),
+        exam_name: format!("Exam {code}"),
+        total_exam_marks: Some(20.0),
+    }
+}
+
+fn number(text: &str) -> QuestionNumber {
+    QuestionNumber::parse(text).unwrap()
+}
+
+fn paper(code: &str, exam_code: &str) -> QuestionPaper {
+    QuestionPaper {
+        question_paper_code: code.into(),
+        exam_code: exam_code.into(),
+        title: Some("Paper".into()),
+        marks_step: Some(0.5),
+        questions: vec![
+            Question {
+                question_number: number("1.a"),
+                question_text: Some("Define going concern.".into()),
+                standard_answer: "A business continues to operate.".into(),
+                total_marks: 5.0,
+            },
+            Question {
+                question_number: number("2"),
+                question_text: None,
+                standard_answer: "Assets equal liabilities plus capital.".into(),
+                total_marks: 15.0,
+            },
+        ],
+    }
+}
+
+fn user(id: &str) -> User {
+    User {
+        user_id: id.into(),
+        name: Some(format!("Student {id}")),
+        email: None,
+    }
+}
+
+async fn catalog(store: &dyn Store) {
+    assert_eq!(
+        store.put_course(&course("C1")).await.unwrap(),
+        Written::Created
+    );
+    assert_eq!(
+        store.put_course(&course("C1")).await.unwrap(),
+        Written::Unchanged
+    );
+    let mut changed = course("C1");
+    changed.course_name = "Renamed".into();
+    assert!(matches!(
+        store.put_course(&changed).await,
+        Err(StoreError::Conflict { kind: "course", .. })
+    ));
+    assert!(matches!(
+        store.put_exam(&exam("E1", "NO-SUCH-COURSE")).await,
+        Err(StoreError::MissingLink { kind: "course", .. })
+    ));
+    assert_eq!(
+        store.put_exam(&exam("E1", "C1")).await.unwrap(),
+        Written::Created
+    );
+    assert!(matches!(
+        store
+            .put_question_paper(&paper("QP1", "NO-SUCH-EXAM"))
+            .await,
+        Err(StoreError::MissingLink { kind: "exam", .. })
+    ));
+    assert_eq!(
+        store.put_question_paper(&paper("QP1", "E1")).await.unwrap(),
+        Written::Created
+    );
+    assert_eq!(
+        store.put_question_paper(&paper("QP1", "E1")).await.unwrap(),
+        Written::Unchanged
+    );
+    let mut other = paper("QP1", "E1");
+    other.questions[1].total_marks = 10.0;
+    assert!(matches!(
+        store.put_question_paper(&other).await,
+        Err(StoreError::Conflict {
+            kind: "question paper",
+            ..
+        })
+    ));
+    assert_eq!(store.put_user(&user("U1")).await.unwrap(), Written::Created);
+
+    assert_eq!(store.get_course("C1").await.unwrap(), Some(course("C1")));
+    assert_eq!(store.get_exam("E1").await.unwrap(), Some(exam("E1", "C1")));
+    assert_eq!(
+        store.get_question_paper("QP1").await.unwrap(),
+        Some(paper("QP1", "E1"))
+    );
+    assert_eq!(store.get_user("U1").await.unwrap(), Some(user("U1")));
+    assert_eq!(store.get_course("C9").await.unwrap(), None);
+    assert_eq!(store.get_question_paper("QP9").await.unwrap(), None);
+    assert_eq!(store.list_courses().await.unwrap(), vec![course("C1")]);
+    assert_eq!(store.list_exams(Some("C1")).await.unwrap().len(), 1);
+    assert!(store.list_exams(Some("C9")).await.unwrap().is_empty());
+    assert_eq!(
+        store.list_question_papers(None).await.unwrap(),
+        vec![paper("QP1", "E1")]
+    );
+    assert_eq!(store.list_users().await.unwrap(), vec![user("U1")]);
+
+    // An import is one transaction: a conflict anywhere stores none of it.
+    let mut import = Catalog {
+        courses: vec![course("C2"), course("C1")],
+        exams: vec![exam("E2", "C2")],
+        question_papers: vec![paper("QP2", "E2")],
+        users: vec![user("U2")],
+    };
+    import.courses[1].course_name = "Renamed".into();
+    assert!(store.import_catalog(&import).await.is_err());
+    assert_eq!(store.get_course("C2").await.unwrap(), None);
+    assert_eq!(store.get_question_paper("QP2").await.unwrap(), None);
+    import.courses[1] = course("C1");
+    assert_eq!(store.import_catalog(&import).await.unwrap(), 4);
+    assert_eq!(store.import_catalog(&import).await.unwrap(), 0);
+    assert_eq!(
+        store.list_question_papers(Some("E2")).await.unwrap().len(),
+        1
+    );
+}
+on_every_backend!(catalog);
+
+fn submission(id: &str, user_id: &str, at_offset_secs: i64) -> Submission {
+    Submission {
+        submission_id: id.into(),
+        user_id: user_id.into(),
+        course_code: "C1".into(),
+        exam_code: "E1".into(),
+        question_paper_code: "QP1".into(),
+        images: vec![SubmissionImage {
+            image_id: format!("{id}-img"),
+            image_url: "https://example.org/page1.png".into(),
+            content_sha256: "ab".repeat(32),
+            media_type: "image/png".into(),
+            byte_size: 1234,
+            width: 800,
+            height: 600,
+            ocr_text: "1.a going concern\n2 assets".into(),
+            ocr_confidence: 0.91,
+            ocr_engine: "tesseract".into(),
+        }],
+        extracted_text: "1.a going concern\n2 assets".into(),
+        unassigned_text: String::new(),
+        qa_pairs: vec![
+            StoredQaPair {
+                question_number: number("1.a"),
+                answer: "going concern".into(),
+                ocr_confidence: Some(0.91),
+                ocr_engine: Some("tesseract".into()),
+                low_ocr_confidence: false,
+            },
+            StoredQaPair {
+                question_number: number("2"),
+                answer: "assets".into(),
+                ocr_confidence: None,
+                ocr_engine: None,
+                low_ocr_confidence: true,
+            },
+        ],
+        // Stored to the microsecond.
+        created_at: Utc::now().trunc_subsecs(6) + chrono::Duration::seconds(at_offset_secs),
+    }
+}
+
+async fn submissions(store: &dyn Store) {
+    store
+        .import_catalog(&Catalog {
+            courses: vec![course("C1")],
+            exams: vec![exam("E1", "C1")],
+            question_papers: vec![paper("QP1", "E1")],
+            users: vec![],
+        })
+        .await
+        .unwrap();
+    let first = submission("S1", "U7", 0);
+    let second = submission("S2", "U7", 1);
+    store.insert_submission(&first, "digest-1").await.unwrap();
+    store.insert_submission(&second, "digest-2").await.unwrap();
+    // The user was registered by the upload.
+    assert_eq!(store.get_user("U7").await.unwrap().unwrap().user_id, "U7");
+    assert_eq!(
+        store.get_submission("S1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_submission("S9").await.unwrap(), None);
+    assert_eq!(
+        store.latest_submission("U7", "QP1").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(store.latest_submission("U8", "QP1").await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_submission_by_images("U7", "QP1", "digest-1")
+            .await
+            .unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store
+            .find_submission_by_images("U7", "QP1", "digest-3")
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = store
+        .list_submissions(&Filter {
+            user_id: Some("U7".into()),
+            question_paper_code: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| (s.submission_id.as_str(), s.image_count, s.question_count))
+            .collect::<Vec<_>>(),
+        vec![("S2", 1, 2), ("S1", 1, 2)]
+    );
+    let limited = store
+        .list_submissions(&Filter {
+            limit: 1,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    // A duplicate id stores nothing more, not even its images.
+    assert!(store
+        .insert_submission(&submission("S1", "U7", 5), "digest-9")
+        .await
+        .is_err());
+    assert_eq!(
+        store
+            .find_submission_by_images("U7", "QP1", "digest-9")
+            .await
+            .unwrap(),
+        None
+    );
+}
+on_every_backend!(submissions);
+
+fn evaluation(user_id: &str, items: usize) -> NewEvaluation {
+    NewEvaluation {
+        user_id: user_id.into(),
+        course_code: "C1".into(),
+        exam_code: "E1".into(),
+        question_paper_code: "QP1".into(),
+        submission_id: None,
+        grader: "llm".into(),
+        total_exam_marks: 20.0,
+        final_score: 3.5,
+        status: "partial".into(),
+        items: (0..items)
+            .map(|n| EvaluationItem {
+                question_number: number(&format!("{}", n + 1)),
+                student_answer: format!("answer {n} with 'quotes' and \"doubles\" and ünïcode"),
+                standard_answer: "standard".into(),
+                total_marks: 5.0,
+                marks_awarded: (n % 2 == 0).then_some(3.5),
+                llm_evaluation: format!("feedback {n}"),
+                reasoning: None,
+                status: if n % 2 == 0 {
+                    ItemStatus::Graded
+                } else {
+                    ItemStatus::Failed
+                },
+                error: (n % 2 == 1).then(|| "the evaluator timed out".to_string()),
+                flags: vec!["possible_prompt_injection".into()],
+                final_stage: Some("arbiter".into()),
+                stages: serde_json::json!([{"role": "evaluator", "marks": n}]),
+            })
+            .collect(),
+    }
+}
+
+async fn evaluations(store: &dyn Store) {
+    let first = store.insert_evaluation(evaluation("U1", 3)).await.unwrap();
+    let second = store.insert_evaluation(evaluation("U1", 1)).await.unwrap();
+    let other = store.insert_evaluation(evaluation("U2", 0)).await.unwrap();
+    assert_eq!((first.version, second.version, other.version), (1, 2, 1));
+    let read = store
+        .get_evaluation(&first.evaluation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.items, evaluation("U1", 3).items);
+    assert_eq!(read.status, "partial");
+    assert_eq!(
+        read.created_at.timestamp_micros(),
+        first.created_at.timestamp_micros()
+    );
+    assert_eq!(store.get_evaluation("nope").await.unwrap(), None);
+    let listed = store
+        .list_evaluations(&Filter {
+            user_id: Some("U1".into()),
+            question_paper_code: Some("QP1".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    // Users graded for the first time are registered.
+    assert!(store.get_user("U2").await.unwrap().is_some());
+
+    // Concurrent evaluations of one paper each get their own version.
+    let writes = (0..8).map(|_| store.insert_evaluation(evaluation("U3", 2)));
+    let mut versions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|stored| stored.unwrap().version)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+}
+on_every_backend!(evaluations);
+
+async fn memo(store: &dyn Store) {
+    assert_eq!(store.cache_get("llm", "k1").await.unwrap(), None);
+    store.cache_put("llm", "k1", "v1").await.unwrap();
+    assert_eq!(
+        store.cache_get("llm", "k1").await.unwrap().as_deref(),
+        Some("v1")
+    );
+    // Namespaces are apart; a later value supersedes, also within one batch.
+    assert_eq!(store.cache_get("ocr", "k1").await.unwrap(), None);
+    let batch = vec![
+        ("k1".to_string(), "v1-new".to_string()),
+        ("k2".to_string(), "first".to_string()),
+        ("k2".to_string(), "second".to_string()),
+    ];
+    store.cache_put_many("llm", &batch).await.unwrap();
+    assert_eq!(
+        store.cache_get("llm", "k1").await.unwrap().as_deref(),
+        Some("v1-new")
+    );
+    assert_eq!(
+        store.cache_get("llm", "k2").await.unwrap().as_deref(),
+        Some("second")
+    );
+    store.cache_put_many("llm", &[]).await.unwrap();
+
+    // Bounded at 100 entries: the oldest go, the newest stay.
+    let entries: Vec<(String, String)> = (0..250)
+        .map(|n| (format!("bulk-{n}"), format!("value-{n}")))
+        .collect();
+    for chunk in entries.chunks(50) {
+        store.cache_put_many("ocr", chunk).await.unwrap();
+    }
+    assert_eq!(store.cache_get("ocr", "bulk-0").await.unwrap(), None);
+    assert_eq!(
+        store.cache_get("ocr", "bulk-249").await.unwrap().as_deref(),
+        Some("value-249")
+    );
+    let mut kept = 0;
+    for (key, _) in &entries {
+        kept += usize::from(store.cache_get("ocr", key).await.unwrap().is_some());
+    }
+    assert!((50..=100).contains(&kept), "{kept} entries kept");
+}
+on_every_backend!(
+    memo,
+    StoreOptions {
+        memo_max_entries: 100,
+        ..StoreOptions::default()
+    }
+);
+
+async fn api_keys(store: &dyn Store) {
+    let key = ApiKey {
+        key_id: "K1".into(),
+        role: Role::Student,
+        user_id: Some("U1".into()),
+        label: Some("phone".into()),
+        created_at: Utc::now().trunc_subsecs(6),
+        revoked: false,
+    };
+    store.create_api_key(&key, "hash-1").await.unwrap();
+    assert!(store.create_api_key(&key, "hash-1").await.is_err());
+    assert_eq!(
+        store.find_api_key("hash-1").await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(store.find_api_key("hash-2").await.unwrap(), None);
+    assert!(store.revoke_api_key("K1").await.unwrap());
+    assert!(!store.revoke_api_key("K1").await.unwrap());
+    assert_eq!(store.find_api_key("hash-1").await.unwrap(), None);
+    let listed = store.list_api_keys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked);
+    store.ping().await.unwrap();
+}
+on_every_backend!(api_keys);
+
+async fn idempotency(store: &dyn Store) {
+    let begin = |hash: &'static str, stale: i64| {
+        store.idempotency_begin("U1", "/evaluate-answers", "key-1", hash, stale)
+    };
+    assert_eq!(begin("h1", 600).await.unwrap(), IdempotencyState::Fresh);
+    assert_eq!(
+        begin("h1", 600).await.unwrap(),
+        IdempotencyState::InProgress
+    );
+    assert_eq!(begin("h2", 600).await.unwrap(), IdempotencyState::Mismatch);
+    // A claim older than the stale bound is taken over.
+    assert_eq!(begin("h1", -1).await.unwrap(), IdempotencyState::Fresh);
+    store
+        .idempotency_complete("U1", "/evaluate-answers", "key-1", 201, "{\"ok\":true}")
+        .await
+        .unwrap();
+    assert_eq!(
+        begin("h1", 600).await.unwrap(),
+        IdempotencyState::Completed {
+            status: 201,
+            body: "{\"ok\":true}".into()
+        }
+    );
+    // A released claim lets the request run again; a completed one is never released.
+    store
+        .idempotency_release("U1", "/evaluate-answers", "key-1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        begin("h1", 600).await.unwrap(),
+        IdempotencyState::Completed { .. }
+    ));
+    let other = || store.idempotency_begin("U2", "/upload-exam-answers", "key-1", "h", 600);
+    assert_eq!(other().await.unwrap(), IdempotencyState::Fresh);
+    store
+        .idempotency_release("U2", "/upload-exam-answers", "key-1")
+        .await
+        .unwrap();
+    assert_eq!(other().await.unwrap(), IdempotencyState::Fresh);
+}
+on_every_backend!(idempotency);

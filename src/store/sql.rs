@@ -1,0 +1,1091 @@
+//! The SQL both backends run: every record's reads and writes, written once against
+//! [`Conn`], a connection that runs a statement with its arguments. SQLite and PostgreSQL
+//! each implement `Conn` for their connection type; what differs between them — which
+//! connection a call gets, transactions' retries, the memo, what is kept in memory — stays
+//! in their own modules.
+//!
+//! The SQL is the subset both databases run: `$n` placeholders, `ON CONFLICT … DO NOTHING`,
+//! `RETURNING`, `TEXT`/`BIGINT`/`DOUBLE PRECISION` columns, and timestamps as RFC 3339 text
+//! with microseconds in UTC, which sort as they read.
+//!
+//! Functions here run inside whatever the caller holds: a writer that must be atomic passes
+//! a transaction's connection and commits it afterwards.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, Written};
+use crate::model::{
+    ApiKey, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    ItemStatus, NewEvaluation, Question, QuestionPaper, Role, StoredQaPair, Submission,
+    SubmissionImage, SubmissionSummary, User,
+};
+use crate::segment::QuestionNumber;
+
+/// One bound value. Three kinds cover every column of the schema.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+    Real(Option<f64>),
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(value: &'a str) -> Self {
+        Arg::Text(Some(value))
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(value: &'a String) -> Self {
+        Arg::Text(Some(value))
+    }
+}
+
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(value: &'a Option<String>) -> Self {
+        Arg::Text(value.as_deref())
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(value: Option<&'a str>) -> Self {
+        Arg::Text(value)
+    }
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(value: i64) -> Self {
+        Arg::Int(Some(value))
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(value: Option<i64>) -> Self {
+        Arg::Int(value)
+    }
+}
+
+impl From<f64> for Arg<'_> {
+    fn from(value: f64) -> Self {
+        Arg::Real(Some(value))
+    }
+}
+
+impl From<Option<f64>> for Arg<'_> {
+    fn from(value: Option<f64>) -> Self {
+        Arg::Real(value)
+    }
+}
+
+/// The arguments of one statement, in placeholder order.
+macro_rules! args {
+    ($($value:expr),* $(,)?) => {
+        vec![$($crate::store::sql::Arg::from($value)),*]
+    };
+}
+pub(super) use args;
+
+/// A database connection (or transaction) that runs one statement at a time.
+#[async_trait]
+pub(super) trait Conn: Send {
+    type Row: Columns + Send + 'static;
+
+    /// Runs a statement; returns the rows it changed.
+    async fn execute(&mut self, sql: &str, args: Vec<Arg<'_>>) -> Result<u64, sqlx::Error>;
+    async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        args: Vec<Arg<'_>>,
+    ) -> Result<Option<Self::Row>, sqlx::Error>;
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: Vec<Arg<'_>>,
+    ) -> Result<Vec<Self::Row>, sqlx::Error>;
+}
+
+/// A column type both databases decode.
+pub(super) trait Column:
+    Sized
+    + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+    + sqlx::Type<sqlx::Sqlite>
+    + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+{
+}
+
+impl<T> Column for T where
+    T: Sized
+        + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+{
+}
+
+/// A result row whose columns are read by name.
+pub(super) trait Columns {
+    fn col<T: Column>(&self, name: &str) -> Result<T, StoreError>;
+}
+
+impl Columns for sqlx::sqlite::SqliteRow {
+    fn col<T: Column>(&self, name: &str) -> Result<T, StoreError> {
+        Ok(sqlx::Row::try_get(self, name)?)
+    }
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn col<T: Column>(&self, name: &str) -> Result<T, StoreError> {
+        Ok(sqlx::Row::try_get(self, name)?)
+    }
+}
+
+pub(super) fn now() -> String {
+    timestamp(Utc::now())
+}
+
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {text:?}: {e}")))
+}
+
+fn time_col(row: &impl Columns, name: &str) -> Result<DateTime<Utc>, StoreError> {
+    parse_time(&row.col::<String>(name)?)
+}
+
+fn number_col(row: &impl Columns, name: &str) -> Result<QuestionNumber, StoreError> {
+    let text: String = row.col(name)?;
+    QuestionNumber::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad question number {text:?}")))
+}
+
+pub(super) fn is_unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+}
+
+/// Inserts are the first statement of a write (SQLite then takes its write lock up front);
+/// a dangling link shows up as a foreign-key failure, reported as the missing record.
+fn missing_link(error: sqlx::Error, kind: &'static str, key: &str) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::MissingLink {
+            kind,
+            key: key.to_string(),
+        },
+        _ => StoreError::Database(error),
+    }
+}
+
+/// Compares a stored record with the one being written.
+fn settle<T: PartialEq>(
+    existing: Option<T>,
+    wanted: &T,
+    kind: &'static str,
+    key: &str,
+) -> Result<Written, StoreError> {
+    match existing {
+        Some(existing) if existing == *wanted => Ok(Written::Unchanged),
+        Some(_) => Err(StoreError::Conflict {
+            kind,
+            key: key.to_string(),
+        }),
+        None => Err(StoreError::Corrupt(format!(
+            "{kind} {key:?} neither inserted nor found"
+        ))),
+    }
+}
+
+/// `($1, …, $k), ($k+1, …)`: placeholders for `rows` rows of `columns` values.
+pub(super) fn placeholders(rows: usize, columns: usize) -> String {
+    let mut text = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        text.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            text.push('$');
+            text.push_str(&(row * columns + column + 1).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
+fn course_from(row: &impl Columns) -> Result<Course, StoreError> {
+    Ok(Course {
+        course_code: row.col("course_code")?,
+        course_name: row.col("course_name")?,
+        description: row.col("description")?,
+    })
+}
+
+fn exam_from(row: &impl Columns) -> Result<Exam, StoreError> {
+    Ok(Exam {
+        exam_code: row.col("exam_code")?,
+        course_code: row.col("course_code")?,
+        exam_name: row.col("exam_name")?,
+        total_exam_marks: row.col("total_exam_marks")?,
+    })
+}
+
+fn user_from(row: &impl Columns) -> Result<User, StoreError> {
+    Ok(User {
+        user_id: row.col("user_id")?,
+        name: row.col("name")?,
+        email: row.col("email")?,
+    })
+}
+
+fn api_key_from(row: &impl Columns) -> Result<ApiKey, StoreError> {
+    let role: String = row.col("role")?;
+    let revoked_at: Option<String> = row.col("revoked_at")?;
+    Ok(ApiKey {
+        key_id: row.col("key_id")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad role {role:?}")))?,
+        user_id: row.col("user_id")?,
+        label: row.col("label")?,
+        created_at: time_col(row, "created_at")?,
+        revoked: revoked_at.is_some(),
+    })
+}
+
+fn item_from(row: &impl Columns) -> Result<EvaluationItem, StoreError> {
+    let flags: String = row.col("flags")?;
+    let stages: String = row.col("stages")?;
+    let status: String = row.col("status")?;
+    Ok(EvaluationItem {
+        question_number: number_col(row, "question_number")?,
+        student_answer: row.col("student_answer")?,
+        standard_answer: row.col("standard_answer")?,
+        total_marks: row.col("total_marks")?,
+        marks_awarded: row.col("marks_awarded")?,
+        llm_evaluation: row.col("llm_evaluation")?,
+        reasoning: row.col("reasoning")?,
+        status: serde_json::from_value(serde_json::Value::String(status.clone()))
+            .map_err(|_| StoreError::Corrupt(format!("bad item status {status:?}")))?,
+        error: row.col("error")?,
+        flags: serde_json::from_str(&flags)
+            .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))?,
+        final_stage: row.col("final_stage")?,
+        stages: serde_json::from_str(&stages)
+            .map_err(|e| StoreError::Corrupt(format!("bad stages: {e}")))?,
+    })
+}
+
+fn status_text(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::Graded => "graded",
+        ItemStatus::NotAnswered => "not_answered",
+        ItemStatus::Failed => "failed",
+    }
+}
+
+// ---- catalog ----
+
+pub(super) async fn put_course<C: Conn + ?Sized>(
+    conn: &mut C,
+    c: &Course,
+) -> Result<Written, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO courses (course_code, course_name, description, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (course_code) DO NOTHING",
+            args![&c.course_code, &c.course_name, &c.description, &now()],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(Written::Created);
+    }
+    let existing = get_course(conn, &c.course_code).await?;
+    settle(existing, c, "course", &c.course_code)
+}
+
+pub(super) async fn get_course<C: Conn + ?Sized>(
+    conn: &mut C,
+    code: &str,
+) -> Result<Option<Course>, StoreError> {
+    conn.fetch_optional(
+        "SELECT course_code, course_name, description FROM courses WHERE course_code = $1",
+        args![code],
+    )
+    .await?
+    .map(|row| course_from(&row))
+    .transpose()
+}
+
+pub(super) async fn list_courses<C: Conn + ?Sized>(
+    conn: &mut C,
+) -> Result<Vec<Course>, StoreError> {
+    conn.fetch_all(
+        "SELECT course_code, course_name, description FROM courses ORDER BY course_code",
+        args![],
+    )
+    .await?
+    .iter()
+    .map(course_from)
+    .collect()
+}
+
+pub(super) async fn put_exam<C: Conn + ?Sized>(
+    conn: &mut C,
+    e: &Exam,
+) -> Result<Written, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO exams (exam_code, course_code, exam_name, total_exam_marks, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (exam_code) DO NOTHING",
+            args![
+                &e.exam_code,
+                &e.course_code,
+                &e.exam_name,
+                e.total_exam_marks,
+                &now()
+            ],
+        )
+        .await
+        .map_err(|err| missing_link(err, "course", &e.course_code))?;
+    if inserted == 1 {
+        return Ok(Written::Created);
+    }
+    let existing = get_exam(conn, &e.exam_code).await?;
+    settle(existing, e, "exam", &e.exam_code)
+}
+
+pub(super) async fn get_exam<C: Conn + ?Sized>(
+    conn: &mut C,
+    code: &str,
+) -> Result<Option<Exam>, StoreError> {
+    conn.fetch_optional(
+        "SELECT exam_code, course_code, exam_name, total_exam_marks FROM exams
+         WHERE exam_code = $1",
+        args![code],
+    )
+    .await?
+    .map(|row| exam_from(&row))
+    .transpose()
+}
+
+pub(super) async fn list_exams<C: Conn + ?Sized>(
+    conn: &mut C,
+    course_code: Option<&str>,
+) -> Result<Vec<Exam>, StoreError> {
+    conn.fetch_all(
+        "SELECT exam_code, course_code, exam_name, total_exam_marks FROM exams
+         WHERE $1 IS NULL OR course_code = $1 ORDER BY exam_code",
+        args![course_code],
+    )
+    .await?
+    .iter()
+    .map(exam_from)
+    .collect()
+}
+
+pub(super) async fn put_paper<C: Conn + ?Sized>(
+    conn: &mut C,
+    p: &QuestionPaper,
+) -> Result<Written, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO question_papers (question_paper_code, exam_code, title, marks_step,
+                                          created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (question_paper_code) DO NOTHING",
+            args![
+                &p.question_paper_code,
+                &p.exam_code,
+                &p.title,
+                p.marks_step,
+                &now()
+            ],
+        )
+        .await
+        .map_err(|err| missing_link(err, "exam", &p.exam_code))?;
+    if inserted == 0 {
+        let existing = get_paper(conn, &p.question_paper_code).await?;
+        return settle(existing, p, "question paper", &p.question_paper_code);
+    }
+    for (position, q) in p.questions.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO questions (question_paper_code, position, question_number, question_text,
+                                    standard_answer, total_marks)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            args![
+                &p.question_paper_code,
+                position as i64,
+                q.question_number.as_str(),
+                &q.question_text,
+                &q.standard_answer,
+                q.total_marks
+            ],
+        )
+        .await?;
+    }
+    Ok(Written::Created)
+}
+
+pub(super) async fn get_paper<C: Conn + ?Sized>(
+    conn: &mut C,
+    code: &str,
+) -> Result<Option<QuestionPaper>, StoreError> {
+    let Some(row) = conn
+        .fetch_optional(
+            "SELECT question_paper_code, exam_code, title, marks_step
+             FROM question_papers WHERE question_paper_code = $1",
+            args![code],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let questions = conn
+        .fetch_all(
+            "SELECT question_number, question_text, standard_answer, total_marks
+             FROM questions WHERE question_paper_code = $1 ORDER BY position",
+            args![code],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Question {
+                question_number: number_col(r, "question_number")?,
+                question_text: r.col("question_text")?,
+                standard_answer: r.col("standard_answer")?,
+                total_marks: r.col("total_marks")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(QuestionPaper {
+        question_paper_code: row.col("question_paper_code")?,
+        exam_code: row.col("exam_code")?,
+        title: row.col("title")?,
+        marks_step: row.col("marks_step")?,
+        questions,
+    }))
+}
+
+pub(super) async fn list_papers<C: Conn + ?Sized>(
+    conn: &mut C,
+    exam_code: Option<&str>,
+) -> Result<Vec<QuestionPaper>, StoreError> {
+    let codes = conn
+        .fetch_all(
+            "SELECT question_paper_code FROM question_papers
+             WHERE $1 IS NULL OR exam_code = $1 ORDER BY question_paper_code",
+            args![exam_code],
+        )
+        .await?
+        .iter()
+        .map(|row| row.col::<String>("question_paper_code"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut papers = Vec::with_capacity(codes.len());
+    for code in codes {
+        if let Some(paper) = get_paper(conn, &code).await? {
+            papers.push(paper);
+        }
+    }
+    Ok(papers)
+}
+
+pub(super) async fn put_user<C: Conn + ?Sized>(
+    conn: &mut C,
+    u: &User,
+) -> Result<Written, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO users (user_id, name, email, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id) DO NOTHING",
+            args![&u.user_id, &u.name, &u.email, &now()],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(Written::Created);
+    }
+    let existing = get_user(conn, &u.user_id).await?;
+    settle(existing, u, "user", &u.user_id)
+}
+
+/// Registers a user by id alone if unknown (uploads and evaluations name users not yet
+/// created through the catalog).
+pub(super) async fn register_user<C: Conn + ?Sized>(
+    conn: &mut C,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO NOTHING",
+        args![user_id, &now()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn get_user<C: Conn + ?Sized>(
+    conn: &mut C,
+    id: &str,
+) -> Result<Option<User>, StoreError> {
+    conn.fetch_optional(
+        "SELECT user_id, name, email FROM users WHERE user_id = $1",
+        args![id],
+    )
+    .await?
+    .map(|row| user_from(&row))
+    .transpose()
+}
+
+pub(super) async fn list_users<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<User>, StoreError> {
+    conn.fetch_all(
+        "SELECT user_id, name, email FROM users ORDER BY user_id",
+        args![],
+    )
+    .await?
+    .iter()
+    .map(user_from)
+    .collect()
+}
+
+/// Imports a whole catalog inside the caller's transaction; returns how many records were new.
+pub(super) async fn import_catalog<C: Conn + ?Sized>(
+    conn: &mut C,
+    catalog: &crate::model::Catalog,
+) -> Result<usize, StoreError> {
+    let mut created = 0;
+    for course in &catalog.courses {
+        created += usize::from(put_course(conn, course).await? == Written::Created);
+    }
+    for exam in &catalog.exams {
+        created += usize::from(put_exam(conn, exam).await? == Written::Created);
+    }
+    for paper in &catalog.question_papers {
+        created += usize::from(put_paper(conn, paper).await? == Written::Created);
+    }
+    for user in &catalog.users {
+        created += usize::from(put_user(conn, user).await? == Written::Created);
+    }
+    Ok(created)
+}
+
+// ---- submissions ----
+
+/// Writes a submission inside the caller's transaction, registering its user first (which,
+/// on SQLite, also takes the write lock for the whole transaction).
+pub(super) async fn insert_submission<C: Conn + ?Sized>(
+    conn: &mut C,
+    s: &Submission,
+    images_digest: &str,
+) -> Result<(), StoreError> {
+    register_user(conn, &s.user_id).await?;
+    conn.execute(
+        "INSERT INTO submissions (submission_id, user_id, course_code, exam_code,
+             question_paper_code, extracted_text, unassigned_text, created_at, images_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        args![
+            &s.submission_id,
+            &s.user_id,
+            &s.course_code,
+            &s.exam_code,
+            &s.question_paper_code,
+            &s.extracted_text,
+            &s.unassigned_text,
+            &timestamp(s.created_at),
+            images_digest
+        ],
+    )
+    .await?;
+    for (position, image) in s.images.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO submission_images (submission_id, position, image_id, image_url,
+                 content_sha256, media_type, byte_size, width, height, ocr_text,
+                 ocr_confidence, ocr_engine)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            args![
+                &s.submission_id,
+                position as i64,
+                &image.image_id,
+                &image.image_url,
+                &image.content_sha256,
+                &image.media_type,
+                image.byte_size,
+                image.width,
+                image.height,
+                &image.ocr_text,
+                image.ocr_confidence,
+                &image.ocr_engine
+            ],
+        )
+        .await?;
+    }
+    for (position, pair) in s.qa_pairs.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO submission_answers (submission_id, position, question_number, answer,
+                 ocr_confidence, ocr_engine, low_ocr_confidence)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            args![
+                &s.submission_id,
+                position as i64,
+                pair.question_number.as_str(),
+                &pair.answer,
+                pair.ocr_confidence,
+                &pair.ocr_engine,
+                i64::from(pair.low_ocr_confidence)
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn get_submission<C: Conn + ?Sized>(
+    conn: &mut C,
+    id: &str,
+) -> Result<Option<Submission>, StoreError> {
+    let Some(row) = conn
+        .fetch_optional(
+            "SELECT submission_id, user_id, course_code, exam_code, question_paper_code,
+                    extracted_text, unassigned_text, created_at
+             FROM submissions WHERE submission_id = $1",
+            args![id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let images = conn
+        .fetch_all(
+            "SELECT image_id, image_url, content_sha256, media_type, byte_size, width, height,
+                    ocr_text, ocr_confidence, ocr_engine
+             FROM submission_images WHERE submission_id = $1 ORDER BY position",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SubmissionImage {
+                image_id: r.col("image_id")?,
+                image_url: r.col("image_url")?,
+                content_sha256: r.col("content_sha256")?,
+                media_type: r.col("media_type")?,
+                byte_size: r.col("byte_size")?,
+                width: r.col("width")?,
+                height: r.col("height")?,
+                ocr_text: r.col("ocr_text")?,
+                ocr_confidence: r.col("ocr_confidence")?,
+                ocr_engine: r.col("ocr_engine")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let qa_pairs = conn
+        .fetch_all(
+            "SELECT question_number, answer, ocr_confidence, ocr_engine, low_ocr_confidence
+             FROM submission_answers WHERE submission_id = $1 ORDER BY position",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredQaPair {
+                question_number: number_col(r, "question_number")?,
+                answer: r.col("answer")?,
+                ocr_confidence: r.col("ocr_confidence")?,
+                ocr_engine: r.col("ocr_engine")?,
+                low_ocr_confidence: r.col::<i64>("low_ocr_confidence")? != 0,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(Submission {
+        submission_id: row.col("submission_id")?,
+        user_id: row.col("user_id")?,
+        course_code: row.col("course_code")?,
+        exam_code: row.col("exam_code")?,
+        question_paper_code: row.col("question_paper_code")?,
+        images,
+        extracted_text: row.col("extracted_text")?,
+        unassigned_text: row.col("unassigned_text")?,
+        qa_pairs,
+        created_at: time_col(&row, "created_at")?,
+    }))
+}
+
+pub(super) async fn list_submissions<C: Conn + ?Sized>(
+    conn: &mut C,
+    filter: &super::Filter,
+) -> Result<Vec<SubmissionSummary>, StoreError> {
+    conn.fetch_all(
+        "SELECT s.submission_id, s.user_id, s.course_code, s.exam_code,
+                s.question_paper_code, s.created_at,
+                (SELECT COUNT(*) FROM submission_images i
+                  WHERE i.submission_id = s.submission_id) AS image_count,
+                (SELECT COUNT(*) FROM submission_answers a
+                  WHERE a.submission_id = s.submission_id) AS question_count
+         FROM submissions s
+         WHERE ($1 IS NULL OR s.user_id = $1) AND ($2 IS NULL OR s.question_paper_code = $2)
+         ORDER BY s.created_at DESC, s.submission_id DESC
+         LIMIT $3",
+        args![&filter.user_id, &filter.question_paper_code, filter.limit],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(SubmissionSummary {
+            submission_id: r.col("submission_id")?,
+            user_id: r.col("user_id")?,
+            course_code: r.col("course_code")?,
+            exam_code: r.col("exam_code")?,
+            question_paper_code: r.col("question_paper_code")?,
+            image_count: r.col("image_count")?,
+            question_count: r.col("question_count")?,
+            created_at: time_col(r, "created_at")?,
+        })
+    })
+    .collect()
+}
+
+/// The newest submission of a user for a paper, of these images when `images_digest` is given.
+pub(super) async fn latest_submission<C: Conn + ?Sized>(
+    conn: &mut C,
+    user_id: &str,
+    question_paper_code: &str,
+    images_digest: Option<&str>,
+) -> Result<Option<Submission>, StoreError> {
+    let id = conn
+        .fetch_optional(
+            "SELECT submission_id FROM submissions
+             WHERE user_id = $1 AND question_paper_code = $2
+               AND ($3 IS NULL OR images_digest = $3)
+             ORDER BY created_at DESC, submission_id DESC LIMIT 1",
+            args![user_id, question_paper_code, images_digest],
+        )
+        .await?
+        .map(|row| row.col::<String>("submission_id"))
+        .transpose()?;
+    match id {
+        Some(id) => get_submission(conn, &id).await,
+        None => Ok(None),
+    }
+}
+
+// ---- evaluations ----
+
+/// Rows per multi-row INSERT of evaluation items (14 bound values each, well under SQLite's
+/// 32,766 and PostgreSQL's 65,535).
+pub(super) const ITEM_ROWS_PER_STATEMENT: usize = 500;
+
+const EVALUATION_COLUMNS: &str = "evaluation_id, version, user_id, course_code, exam_code,
+    question_paper_code, submission_id, grader, total_exam_marks, final_score, status, created_at";
+
+/// Writes one evaluation and its items inside the caller's transaction; returns its version.
+/// Another writer may take the same version first: the caller then sees a unique violation
+/// ([`is_unique_violation`]) and runs the transaction again.
+pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
+    conn: &mut C,
+    e: &NewEvaluation,
+    evaluation_id: &str,
+    created_at: DateTime<Utc>,
+    register: bool,
+) -> Result<i64, StoreError> {
+    // As with uploads, a user graded for the first time is registered (unless the caller
+    // knows the user is stored: users are never deleted).
+    if register {
+        register_user(conn, &e.user_id).await?;
+    }
+    // The version is computed inside the INSERT so that, without the registration, the
+    // transaction's first statement is a write (see the SQLite backend).
+    let row = conn
+        .fetch_optional(
+            &format!(
+                "INSERT INTO evaluations ({EVALUATION_COLUMNS})
+                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+                 FROM evaluations WHERE user_id = $2 AND question_paper_code = $5
+                 RETURNING version"
+            ),
+            args![
+                evaluation_id,
+                &e.user_id,
+                &e.course_code,
+                &e.exam_code,
+                &e.question_paper_code,
+                &e.submission_id,
+                &e.grader,
+                e.total_exam_marks,
+                e.final_score,
+                &e.status,
+                &timestamp(created_at)
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("the evaluation insert returned no row".into()))?;
+    let version: i64 = row.col("version")?;
+    let mut rows = Vec::with_capacity(e.items.len());
+    for (position, item) in e.items.iter().enumerate() {
+        let flags = serde_json::to_string(&item.flags)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let stages = serde_json::to_string(&item.stages)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        rows.push((position as i64, item, flags, stages));
+    }
+    // One statement for a script's items rather than one each: every statement is a round
+    // trip to the database (on SQLite, to the connection's thread) while the write lock is held.
+    for chunk in rows.chunks(ITEM_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO evaluation_items (evaluation_id, position, question_number,
+                 student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
+                 reasoning, status, error, flags, final_stage, stages) VALUES {}",
+            placeholders(chunk.len(), 14)
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 14);
+        for (position, item, flags, stages) in chunk {
+            values.extend(args![
+                evaluation_id,
+                *position,
+                item.question_number.as_str(),
+                &item.student_answer,
+                &item.standard_answer,
+                item.total_marks,
+                item.marks_awarded,
+                &item.llm_evaluation,
+                &item.reasoning,
+                status_text(item.status),
+                &item.error,
+                flags,
+                &item.final_stage,
+                stages
+            ]);
+        }
+        conn.execute(&sql, values).await?;
+    }
+    Ok(version)
+}
+
+pub(super) async fn get_evaluation<C: Conn + ?Sized>(
+    conn: &mut C,
+    id: &str,
+) -> Result<Option<EvaluationRecord>, StoreError> {
+    let Some(row) = conn
+        .fetch_optional(
+            &format!("SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE evaluation_id = $1"),
+            args![id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let items = conn
+        .fetch_all(
+            "SELECT question_number, student_answer, standard_answer, total_marks, marks_awarded,
+                    llm_evaluation, reasoning, status, error, flags, final_stage, stages
+             FROM evaluation_items WHERE evaluation_id = $1 ORDER BY position",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(item_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(EvaluationRecord {
+        evaluation_id: row.col("evaluation_id")?,
+        version: row.col("version")?,
+        user_id: row.col("user_id")?,
+        course_code: row.col("course_code")?,
+        exam_code: row.col("exam_code")?,
+        question_paper_code: row.col("question_paper_code")?,
+        submission_id: row.col("submission_id")?,
+        grader: row.col("grader")?,
+        total_exam_marks: row.col("total_exam_marks")?,
+        final_score: row.col("final_score")?,
+        status: row.col("status")?,
+        items,
+        created_at: time_col(&row, "created_at")?,
+    }))
+}
+
+pub(super) async fn list_evaluations<C: Conn + ?Sized>(
+    conn: &mut C,
+    filter: &super::Filter,
+) -> Result<Vec<EvaluationSummary>, StoreError> {
+    conn.fetch_all(
+        &format!(
+            "SELECT {EVALUATION_COLUMNS} FROM evaluations
+             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR question_paper_code = $2)
+             ORDER BY created_at DESC, evaluation_id DESC LIMIT $3"
+        ),
+        args![&filter.user_id, &filter.question_paper_code, filter.limit],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(EvaluationSummary {
+            evaluation_id: r.col("evaluation_id")?,
+            version: r.col("version")?,
+            user_id: r.col("user_id")?,
+            question_paper_code: r.col("question_paper_code")?,
+            submission_id: r.col("submission_id")?,
+            grader: r.col("grader")?,
+            total_exam_marks: r.col("total_exam_marks")?,
+            final_score: r.col("final_score")?,
+            status: r.col("status")?,
+            created_at: time_col(r, "created_at")?,
+        })
+    })
+    .collect()
+}
+
+// ---- API keys ----
+
+pub(super) async fn create_api_key<C: Conn + ?Sized>(
+    conn: &mut C,
+    key: &ApiKey,
+    key_hash: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO api_keys (key_id, key_hash, role, user_id, label, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        args![
+            &key.key_id,
+            key_hash,
+            key.role.as_str(),
+            &key.user_id,
+            &key.label,
+            &timestamp(key.created_at)
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn find_api_key<C: Conn + ?Sized>(
+    conn: &mut C,
+    key_hash: &str,
+) -> Result<Option<ApiKey>, StoreError> {
+    conn.fetch_optional(
+        "SELECT key_id, role, user_id, label, created_at, revoked_at FROM api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL",
+        args![key_hash],
+    )
+    .await?
+    .map(|row| api_key_from(&row))
+    .transpose()
+}
+
+pub(super) async fn list_api_keys<C: Conn + ?Sized>(
+    conn: &mut C,
+) -> Result<Vec<ApiKey>, StoreError> {
+    conn.fetch_all(
+        "SELECT key_id, role, user_id, label, created_at, revoked_at FROM api_keys
+         ORDER BY created_at, key_id",
+        args![],
+    )
+    .await?
+    .iter()
+    .map(api_key_from)
+    .collect()
+}
+
+pub(super) async fn revoke_api_key<C: Conn + ?Sized>(
+    conn: &mut C,
+    key_id: &str,
+) -> Result<bool, StoreError> {
+    let revoked = conn
+        .execute(
+            "UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL",
+            args![&now(), key_id],
+        )
+        .await?;
+    Ok(revoked == 1)
+}
+
+// ---- idempotency keys ----
+
+/// Claims a key inside the caller's transaction, which the caller commits whatever the
+/// answer: only a fresh claim or a takeover wrote anything.
+pub(super) async fn idempotency_begin<C: Conn + ?Sized>(
+    conn: &mut C,
+    (scope, endpoint, key): (&str, &str, &str),
+    request_hash: &str,
+    stale_after_secs: i64,
+) -> Result<IdempotencyState, StoreError> {
+    let claimed = conn
+        .execute(
+            "INSERT INTO idempotency_keys (scope, endpoint, key, request_hash, state, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5)
+             ON CONFLICT (scope, endpoint, key) DO NOTHING",
+            args![scope, endpoint, key, request_hash, &now()],
+        )
+        .await?;
+    if claimed == 1 {
+        return Ok(IdempotencyState::Fresh);
+    }
+    let row = conn
+        .fetch_optional(
+            "SELECT request_hash, state, status_code, response, created_at FROM idempotency_keys
+             WHERE scope = $1 AND endpoint = $2 AND key = $3",
+            args![scope, endpoint, key],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("idempotency key {key:?} vanished")))?;
+    if row.col::<String>("request_hash")? != request_hash {
+        return Ok(IdempotencyState::Mismatch);
+    }
+    if row.col::<String>("state")? == "completed" {
+        let status = row.col::<Option<i64>>("status_code")?.unwrap_or(200);
+        let body = row.col::<Option<String>>("response")?.unwrap_or_default();
+        return Ok(IdempotencyState::Completed {
+            status: u16::try_from(status).unwrap_or(200),
+            body,
+        });
+    }
+    let claimed_at = time_col(&row, "created_at")?;
+    if (Utc::now() - claimed_at).num_seconds() < stale_after_secs {
+        return Ok(IdempotencyState::InProgress);
+    }
+    // The claiming request died (a crash or a kill); this one takes over.
+    conn.execute(
+        "UPDATE idempotency_keys SET created_at = $1
+         WHERE scope = $2 AND endpoint = $3 AND key = $4 AND state = 'pending'",
+        args![&now(), scope, endpoint, key],
+    )
+    .await?;
+    Ok(IdempotencyState::Fresh)
+}
+
+pub(super) async fn idempotency_complete<C: Conn + ?Sized>(
+    conn: &mut C,
+    (scope, endpoint, key): (&str, &str, &str),
+    status: u16,
+    body: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE idempotency_keys SET state = 'completed', status_code = $1, response = $2
+         WHERE scope = $3 AND endpoint = $4 AND key = $5",
+        args![i64::from(status), body, scope, endpoint, key],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn idempotency_release<C: Conn + ?Sized>(
+    conn: &mut C,
+    (scope, endpoint, key): (&str, &str, &str),
+) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM idempotency_keys
+         WHERE scope = $1 AND endpoint = $2 AND key = $3 AND state = 'pending'",
+        args![scope, endpoint, key],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_value_of_every_row() {
+        assert_eq!(placeholders(1, 2), "($1, $2)");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}
