@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::fake_llm::{arbiter, evaluator, prompt_text, verifier, FakeLlm, Reply, Stage};
-use crate::helpers::{png, spawn_app_with, stage_roles, upload_body, ImageServer};
+use crate::helpers::{png, spawn_app_with, stage_roles, upload_body, ImageServer, PostgresSchema};
 
 /// The request body of the contract's example, verbatim.
 fn spec_example() -> Value {
@@ -51,8 +51,25 @@ fn agreeing(stage: Stage, body: &Value) -> Reply {
 
 #[tokio::test]
 async fn the_spec_example_is_graded_with_two_calls_per_question() {
+    spec_example_is_graded(None).await;
+}
+
+#[tokio::test]
+async fn the_spec_example_is_graded_and_stored_on_postgres() {
+    if let Some(schema) = PostgresSchema::create().await {
+        spec_example_is_graded(Some(&schema.url)).await;
+        schema.drop_schema().await;
+    }
+}
+
+/// The contract's example, on the given database (`None`: the embedded SQLite).
+async fn spec_example_is_graded(database_url: Option<&str>) {
     let llm = FakeLlm::start(agreeing).await;
-    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let app = spawn_app_with(|s| {
+        llm.configure(s);
+        s.database_url = database_url.unwrap_or_default().to_string();
+    })
+    .await;
 
     let (status, body, content_type) = app.post("/evaluate-answers", &spec_example()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -206,6 +223,19 @@ async fn nothing_graded_is_a_failure_with_502() {
 
 #[tokio::test]
 async fn stored_answers_are_graded_against_the_stored_paper() {
+    stored_answers_are_graded(None).await;
+}
+
+#[tokio::test]
+async fn stored_answers_are_uploaded_and_graded_on_postgres() {
+    if let Some(schema) = PostgresSchema::create().await {
+        stored_answers_are_graded(Some(&schema.url)).await;
+        schema.drop_schema().await;
+    }
+}
+
+/// Upload, then grade the stored answers, on the given database (`None`: SQLite).
+async fn stored_answers_are_graded(database_url: Option<&str>) {
     let llm = FakeLlm::start(|stage, body| {
         let text = prompt_text(body);
         let marks = if text.contains("going concern") {
@@ -220,7 +250,11 @@ async fn stored_answers_are_graded_against_the_stored_paper() {
         }
     })
     .await;
-    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let app = spawn_app_with(|s| {
+        llm.configure(s);
+        s.database_url = database_url.unwrap_or_default().to_string();
+    })
+    .await;
     app.seed_catalog().await;
     let images = ImageServer::start().await;
     let page = images.add(
