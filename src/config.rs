@@ -923,6 +923,21 @@ mod tests {
     }
 
     #[test]
+    fn database_pool_bound() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.store_options().max_connections, 16);
+        let vars = env(&[("EXAMINER_DATABASE_MAX_CONNECTIONS", "64")]);
+        let settings = Settings::load_from(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(settings.store_options().max_connections, 64);
+        let vars = env(&[("EXAMINER_DATABASE_MAX_CONNECTIONS", "0")]);
+        let err = Settings::load_from(None, &vars, &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("database_max_connections"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn memo_bound() {
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(defaults.store_options().memo_max_entries, 1_000_000);

@@ -236,3 +236,37 @@ pub async fn open_with(
         Err(StoreError::Unsupported(redact_url(url)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            redact_url("postgres://examiner:s3cret@db:5432/examiner?sslmode=require"),
+            "postgres://examiner:***@db:5432/examiner?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("sqlite:///data/examiner.db"),
+            "sqlite:///data/examiner.db"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_refused_without_echoing_a_password() {
+        let Err(err) = open("mysql://root:pw@localhost/examiner").await else {
+            panic!("a mysql URL was accepted");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("expected sqlite://PATH or postgres://"),
+            "{text}"
+        );
+        assert!(!text.contains("pw@"), "{text}");
+    }
+}
