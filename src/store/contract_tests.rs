@@ -1,27 +1,23 @@
 //! One test story for every backend: each scenario runs against SQLite in a temp dir and
-//! against PostgreSQL in a fresh schema of the database named by
-//! `EXAMINER_TEST_POSTGRES_URL` (skipped, with a notice, when it is unset).
+//! against PostgreSQL in a fresh schema ([`PostgresSchema`]; skipped, with a notice, when
+//! `EXAMINER_TEST_POSTGRES_URL` is unset).
 
 use std::sync::Arc;
 
-use chrono::{SubsecRound, Utc};
-use sqlx::Connection;
-
+use super::testing::PostgresSchema;
 use super::{open_with, Filter, Store, StoreError, StoreOptions, Written};
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationItem, Exam, IdempotencyState, ItemStatus, NewEvaluation,
     Question, QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage, User,
 };
 use crate::segment::QuestionNumber;
-
-/// The variable naming the PostgreSQL database the tests may create schemas in.
-const POSTGRES_URL_VAR: &str = "EXAMINER_TEST_POSTGRES_URL";
+use chrono::{SubsecRound, Utc};
 
 /// A store under test and what must be cleaned up after it.
 struct Backend {
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
+    schema: Option<PostgresSchema>,
 }
 
 impl Backend {
@@ -36,38 +32,18 @@ impl Backend {
     }
 
     async fn postgres(options: &StoreOptions) -> Option<Backend> {
-        let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
-            eprintln!(
-                "skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL store is not tested"
-            );
-            return None;
-        };
-        let schema = format!("examiner_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} does not connect: {e}"));
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options%5Bsearch_path%5D={schema}");
+        let schema = PostgresSchema::create().await?;
         Some(Backend {
-            store: open_with(&url, options).await.unwrap(),
+            store: open_with(&schema.url, options).await.unwrap(),
             _dir: None,
-            schema: Some((base, schema)),
+            schema: Some(schema),
         })
     }
 
-    /// Drops the test's schema (a failed test leaves it behind, for a look).
     async fn finish(self) {
-        if let Some((base, schema)) = self.schema {
-            drop(self.store);
-            let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+        drop(self.store);
+        if let Some(schema) = self.schema {
+            schema.drop_schema().await;
         }
     }
 }

@@ -17,11 +17,15 @@ mod contract_tests;
 mod known;
 mod postgres;
 mod sql;
+mod sql_store;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use async_trait::async_trait;
 
 pub use postgres::PostgresStore;
+pub use sql_store::{Memo, SqlStore};
 pub use sqlite::SqliteStore;
 
 use crate::model::{

@@ -105,6 +105,72 @@ pub(super) trait Conn: Send {
     ) -> Result<Vec<Self::Row>, sqlx::Error>;
 }
 
+/// Binds a statement's [`Arg`]s in order.
+pub(super) fn bind_all<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    args: Vec<Arg<'q>>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for arg in args {
+        query = match arg {
+            Arg::Text(value) => query.bind(value),
+            Arg::Int(value) => query.bind(value),
+            Arg::Real(value) => query.bind(value),
+        };
+    }
+    query
+}
+
+/// Implements [`Conn`] for one sqlx driver's connection type. Statements are prepared once
+/// per connection and kept (sqlx's statement cache), as with `sqlx::query` anywhere.
+macro_rules! impl_conn {
+    ($database:ty, $connection:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::sql::Conn for $connection {
+            type Row = <$database as sqlx::Database>::Row;
+
+            async fn execute(
+                &mut self,
+                sql: &str,
+                args: Vec<$crate::store::sql::Arg<'_>>,
+            ) -> Result<u64, sqlx::Error> {
+                Ok(
+                    $crate::store::sql::bind_all::<$database>(sqlx::query(sql), args)
+                        .execute(self)
+                        .await?
+                        .rows_affected(),
+                )
+            }
+
+            async fn fetch_optional(
+                &mut self,
+                sql: &str,
+                args: Vec<$crate::store::sql::Arg<'_>>,
+            ) -> Result<Option<Self::Row>, sqlx::Error> {
+                $crate::store::sql::bind_all::<$database>(sqlx::query(sql), args)
+                    .fetch_optional(self)
+                    .await
+            }
+
+            async fn fetch_all(
+                &mut self,
+                sql: &str,
+                args: Vec<$crate::store::sql::Arg<'_>>,
+            ) -> Result<Vec<Self::Row>, sqlx::Error> {
+                $crate::store::sql::bind_all::<$database>(sqlx::query(sql), args)
+                    .fetch_all(self)
+                    .await
+            }
+        }
+    };
+}
+pub(super) use impl_conn;
+
 /// A column type both databases decode.
 pub(super) trait Column:
     Sized
@@ -1076,6 +1142,12 @@ pub(super) async fn idempotency_release<C: Conn + ?Sized>(
         args![scope, endpoint, key],
     )
     .await?;
+    Ok(())
+}
+
+/// A round trip to the database.
+pub(super) async fn ping<C: Conn + ?Sized>(conn: &mut C) -> Result<(), StoreError> {
+    conn.execute("SELECT 1", args![]).await?;
     Ok(())
 }
 

@@ -10,33 +10,23 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::Utc;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::known::Known;
-use super::sql::{self, Arg, Conn};
-use super::{Filter, Store, StoreError, StoreOptions, Written};
-use crate::model::{
-    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
-};
+use super::sql;
+use super::sql_store::{AbortOnDrop, SqlStore};
+use super::{StoreError, StoreOptions};
 
-/// SQLite behind the [`Store`] trait: the records in the database file given, memoised
-/// results in a second file beside it ([`memo_path`]).
+/// SQLite behind the [`Store`](super::Store) trait: the records in the database file given,
+/// memoised results in a second file beside it ([`memo_path`]), as an append-only log
+/// ([`memo::MemoLog`]).
 ///
 /// SQLite lets one writer at a time into a file. The memo's writes (16 rows per graded script,
 /// then under random keys) used to share the one file with the evaluations, and an
 /// evaluation's commit waited behind a batch of them: at 100 concurrent requests 6–14 % of
 /// inserts took over 50 ms. In a file of their own they run beside the records' writes
 /// instead of in front of them.
-#[derive(Clone)]
-pub struct SqliteStore {
-    main: Database,
-    memo: Arc<memo::Memo>,
-    known: Arc<Known>,
-}
+pub type SqliteStore = SqlStore<sqlx::Sqlite, memo::MemoLog>;
 
 #[cfg(test)]
 mod known_tests;
@@ -74,16 +64,17 @@ impl SqliteStore {
             4,
         )
         .await?;
-        let memo = Arc::new(memo::Memo::new(memo, options.memo_max_entries));
+        let memo = Arc::new(memo::MemoLog::new(memo, options.memo_max_entries));
         tokio::spawn({
             let memo = memo.clone();
             async move { memo.warm().await }
         });
-        Ok(Self {
-            main,
+        Ok(SqlStore::new(
+            main.pool,
+            main.writer,
             memo,
-            known: Arc::default(),
-        })
+            Some(main._checkpointer),
+        ))
     }
 }
 
@@ -189,312 +180,14 @@ async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std
     }
 }
 
-/// Stops a background task when the last clone of its owner goes.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    args: Vec<Arg<'q>>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    for arg in args {
-        query = match arg {
-            Arg::Text(value) => query.bind(value),
-            Arg::Int(value) => query.bind(value),
-            Arg::Real(value) => query.bind(value),
-        };
-    }
-    query
-}
-
-#[async_trait]
-impl Conn for SqliteConnection {
-    type Row = SqliteRow;
-
-    async fn execute(&mut self, sql: &str, args: Vec<Arg<'_>>) -> Result<u64, sqlx::Error> {
-        Ok(bind_all(sqlx::query(sql), args)
-            .execute(self)
-            .await?
-            .rows_affected())
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &str,
-        args: Vec<Arg<'_>>,
-    ) -> Result<Option<SqliteRow>, sqlx::Error> {
-        bind_all(sqlx::query(sql), args).fetch_optional(self).await
-    }
-
-    async fn fetch_all(
-        &mut self,
-        sql: &str,
-        args: Vec<Arg<'_>>,
-    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        bind_all(sqlx::query(sql), args).fetch_all(self).await
-    }
-}
-
-/// Reads go to the pool of readers, writes to the one writer connection (see [`Database`]);
-/// a write of several statements runs in a transaction on it.
-#[async_trait]
-impl Store for SqliteStore {
-    async fn put_course(&self, course: &Course) -> Result<Written, StoreError> {
-        sql::put_course(&mut *self.main.writer.acquire().await?, course).await
-    }
-
-    async fn get_course(&self, code: &str) -> Result<Option<Course>, StoreError> {
-        sql::get_course(&mut *self.main.pool.acquire().await?, code).await
-    }
-
-    async fn list_courses(&self) -> Result<Vec<Course>, StoreError> {
-        sql::list_courses(&mut *self.main.pool.acquire().await?).await
-    }
-
-    async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError> {
-        let mut tx = self.main.writer.begin().await?;
-        let written = sql::put_exam(&mut *tx, exam).await?;
-        tx.commit().await?;
-        Ok(written)
-    }
-
-    async fn get_exam(&self, code: &str) -> Result<Option<Exam>, StoreError> {
-        if let Some(exam) = self.known.exam(code) {
-            return Ok(Some(exam));
-        }
-        let exam = sql::get_exam(&mut *self.main.pool.acquire().await?, code).await?;
-        if let Some(exam) = &exam {
-            self.known.remember_exam(exam);
-        }
-        Ok(exam)
-    }
-
-    async fn list_exams(&self, course_code: Option<&str>) -> Result<Vec<Exam>, StoreError> {
-        sql::list_exams(&mut *self.main.pool.acquire().await?, course_code).await
-    }
-
-    async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError> {
-        let mut tx = self.main.writer.begin().await?;
-        let written = sql::put_paper(&mut *tx, paper).await?;
-        tx.commit().await?;
-        Ok(written)
-    }
-
-    async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError> {
-        if let Some(paper) = self.known.paper(code) {
-            return Ok(Some(paper));
-        }
-        let paper = sql::get_paper(&mut *self.main.pool.acquire().await?, code).await?;
-        if let Some(paper) = &paper {
-            self.known.remember_paper(paper);
-        }
-        Ok(paper)
-    }
-
-    async fn list_question_papers(
-        &self,
-        exam_code: Option<&str>,
-    ) -> Result<Vec<QuestionPaper>, StoreError> {
-        sql::list_papers(&mut *self.main.pool.acquire().await?, exam_code).await
-    }
-
-    async fn put_user(&self, user: &User) -> Result<Written, StoreError> {
-        sql::put_user(&mut *self.main.writer.acquire().await?, user).await
-    }
-
-    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
-        sql::get_user(&mut *self.main.pool.acquire().await?, user_id).await
-    }
-
-    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
-        sql::list_users(&mut *self.main.pool.acquire().await?).await
-    }
-
-    async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError> {
-        let mut tx = self.main.writer.begin().await?;
-        let created = sql::import_catalog(&mut *tx, catalog).await?;
-        tx.commit().await?;
-        Ok(created)
-    }
-
-    async fn insert_submission(
-        &self,
-        submission: &Submission,
-        images_digest: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.main.writer.begin().await?;
-        sql::insert_submission(&mut *tx, submission, images_digest).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn find_submission_by_images(
-        &self,
-        user_id: &str,
-        question_paper_code: &str,
-        images_digest: &str,
-    ) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        sql::latest_submission(
-            &mut *conn,
-            user_id,
-            question_paper_code,
-            Some(images_digest),
-        )
-        .await
-    }
-
-    async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
-        sql::get_submission(&mut *self.main.pool.acquire().await?, id).await
-    }
-
-    async fn list_submissions(
-        &self,
-        filter: &Filter,
-    ) -> Result<Vec<SubmissionSummary>, StoreError> {
-        sql::list_submissions(&mut *self.main.pool.acquire().await?, filter).await
-    }
-
-    async fn latest_submission(
-        &self,
-        user_id: &str,
-        question_paper_code: &str,
-    ) -> Result<Option<Submission>, StoreError> {
-        let mut conn = self.main.pool.acquire().await?;
-        sql::latest_submission(&mut *conn, user_id, question_paper_code, None).await
-    }
-
-    async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
-        let evaluation_id = uuid::Uuid::now_v7().to_string();
-        let created_at = Utc::now();
-        let register_user = !self.known.has_user(&e.user_id);
-        let mut attempt = 0;
-        // Another process storing an evaluation of the same paper may take the version number
-        // first: then this one runs again with the next, so both are kept.
-        let version = loop {
-            attempt += 1;
-            let result = async {
-                let mut tx = self.main.writer.begin().await?;
-                let version =
-                    sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
-                        .await?;
-                tx.commit().await?;
-                Ok(version)
-            }
-            .await;
-            match result {
-                Err(err) if attempt < 5 && sql::is_unique_violation(&err) => continue,
-                other => break other?,
-            }
-        };
-        self.known.remember_user(&e.user_id);
-        Ok(e.into_record(evaluation_id, version, created_at))
-    }
-
-    async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
-        sql::get_evaluation(&mut *self.main.pool.acquire().await?, id).await
-    }
-
-    async fn list_evaluations(
-        &self,
-        filter: &Filter,
-    ) -> Result<Vec<EvaluationSummary>, StoreError> {
-        sql::list_evaluations(&mut *self.main.pool.acquire().await?, filter).await
-    }
-
-    async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.memo.get(namespace, key).await
-    }
-
-    async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.memo
-            .put_many(namespace, &[(key.to_string(), value.to_string())])
-            .await
-    }
-
-    async fn cache_put_many(
-        &self,
-        namespace: &str,
-        entries: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        self.memo.put_many(namespace, entries).await
-    }
-
-    async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError> {
-        sql::create_api_key(&mut *self.main.writer.acquire().await?, key, key_hash).await
-    }
-
-    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        sql::find_api_key(&mut *self.main.pool.acquire().await?, key_hash).await
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        sql::list_api_keys(&mut *self.main.pool.acquire().await?).await
-    }
-
-    async fn revoke_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
-        sql::revoke_api_key(&mut *self.main.writer.acquire().await?, key_id).await
-    }
-
-    async fn idempotency_begin(
-        &self,
-        scope: &str,
-        endpoint: &str,
-        key: &str,
-        request_hash: &str,
-        stale_after_secs: i64,
-    ) -> Result<IdempotencyState, StoreError> {
-        let mut tx = self.main.writer.begin().await?;
-        let state = sql::idempotency_begin(
-            &mut *tx,
-            (scope, endpoint, key),
-            request_hash,
-            stale_after_secs,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    async fn idempotency_complete(
-        &self,
-        scope: &str,
-        endpoint: &str,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.main.writer.acquire().await?;
-        sql::idempotency_complete(&mut *conn, (scope, endpoint, key), status, body).await
-    }
-
-    async fn idempotency_release(
-        &self,
-        scope: &str,
-        endpoint: &str,
-        key: &str,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.main.writer.acquire().await?;
-        sql::idempotency_release(&mut *conn, (scope, endpoint, key)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.main.pool).await?;
-        sqlx::query("SELECT 1").execute(&self.memo.db.pool).await?;
-        Ok(())
-    }
-}
+sql::impl_conn!(sqlx::Sqlite, SqliteConnection);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EvaluationItem, ItemStatus};
+    use crate::model::{EvaluationItem, ItemStatus, NewEvaluation};
     use crate::segment::QuestionNumber;
+    use crate::store::Store;
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
         let path = dir.path().join("examiner.db");
@@ -583,7 +276,7 @@ mod tests {
         // The main file no longer has a memo table.
         let tables: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'cache_entries'")
-                .fetch_all(&store.main.pool)
+                .fetch_all(&store.reader)
                 .await
                 .unwrap();
         assert!(tables.is_empty());

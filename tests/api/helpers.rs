@@ -300,44 +300,4 @@ pub async fn submission_count(app: &TestApp) -> usize {
     body.as_array().map_or(0, Vec::len)
 }
 
-/// A fresh schema in the PostgreSQL database named by `EXAMINER_TEST_POSTGRES_URL`, for a
-/// service to store into; `None` (with a notice) when the variable is unset.
-pub struct PostgresSchema {
-    base: String,
-    schema: String,
-    /// The URL a service is given: the database, with the schema as its search path.
-    pub url: String,
-}
-
-impl PostgresSchema {
-    pub async fn create() -> Option<Self> {
-        use sqlx::Connection;
-        let Ok(base) = std::env::var("EXAMINER_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "skipped: EXAMINER_TEST_POSTGRES_URL is not set, so nothing runs on PostgreSQL"
-            );
-            return None;
-        };
-        let schema = format!("examiner_api_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
-            .await
-            .expect("EXAMINER_TEST_POSTGRES_URL connects");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options%5Bsearch_path%5D={schema}");
-        Some(Self { base, schema, url })
-    }
-
-    /// Drops the schema (a failed test leaves it, for a look).
-    pub async fn drop_schema(self) {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&self.base).await.unwrap();
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
-}
+pub use examiner::store::testing::PostgresSchema;

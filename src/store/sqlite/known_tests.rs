@@ -44,10 +44,7 @@ async fn catalog(store: &SqliteStore) -> (Exam, QuestionPaper) {
 }
 
 async fn sql(store: &SqliteStore, statement: &str) {
-    sqlx::query(statement)
-        .execute(&store.main.writer)
-        .await
-        .unwrap();
+    sqlx::query(statement).execute(&store.writer).await.unwrap();
 }
 
 #[tokio::test]
@@ -92,7 +89,7 @@ fn evaluation(user_id: &str) -> NewEvaluation {
 async fn user_stored(store: &SqliteStore, user_id: &str) -> bool {
     sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE user_id = $1")
         .bind(user_id)
-        .fetch_one(&store.main.pool)
+        .fetch_one(&store.reader)
         .await
         .unwrap()
         == 1

@@ -21,15 +21,16 @@ use sha2::{Digest, Sha256};
 
 use super::Database;
 use crate::store::sql::now;
+use crate::store::sql_store::Memo;
 use crate::store::StoreError;
 
 /// Rows per multi-row INSERT: 4 bound values each keeps a statement well under SQLite's
 /// limit of 32,766 variables.
 pub(super) const ROWS_PER_STATEMENT: usize = 1_000;
 
-pub(super) struct Memo {
+pub struct MemoLog {
     pub(super) db: Database,
-    /// Loaded on first use, or by [`Memo::warm`] in the background: at the default bound a
+    /// Loaded on first use, or by [`MemoLog::warm`] in the background: at the default bound a
     /// million addresses took about three seconds to read, which neither the service's start
     /// nor a CLI command that never touches the memo should wait for.
     index: tokio::sync::OnceCell<Mutex<MemoIndex>>,
@@ -61,9 +62,9 @@ fn address(namespace: &str, key: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-impl Memo {
+impl MemoLog {
     pub(super) fn new(db: Database, max_entries: u64) -> Self {
-        Memo {
+        MemoLog {
             db,
             index: tokio::sync::OnceCell::new(),
             writing: tokio::sync::Mutex::new(()),
@@ -103,11 +104,7 @@ impl Memo {
         self.index().await.unwrap().count
     }
 
-    pub(super) async fn get(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn lookup(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
         let Some(id) = self
             .index()
             .await?
@@ -130,14 +127,11 @@ impl Memo {
 
     /// Appends the entries in one transaction (a later entry under a key supersedes an
     /// earlier one) and trims the log if it passed its bound.
-    pub(super) async fn put_many(
+    async fn append(
         &self,
         namespace: &str,
         entries: &[(String, String)],
     ) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
         let _writing = self.writing.lock().await;
         let before = self.index().await?.count;
         let addresses: Vec<u64> = entries
@@ -236,6 +230,26 @@ impl Memo {
 /// the memo's connections are not held up behind one long scan.
 /// (Small under test, so that the tests' logs span several reads.)
 const LOAD_CHUNK: i64 = if cfg!(test) { 100 } else { 50_000 };
+
+#[async_trait::async_trait]
+impl Memo for MemoLog {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.lookup(namespace, key).await
+    }
+
+    async fn put_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.append(namespace, entries).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.db.pool).await?;
+        Ok(())
+    }
+}
 
 /// The index from the addresses table, in id order (a later entry under an address wins).
 async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {

@@ -1,0 +1,340 @@
+//! [`Store`] for any SQL database sqlx drives whose connections implement [`Conn`]: SQLite and
+//! PostgreSQL. The records' SQL is in [`super::sql`]; what a backend brings is its pools (which
+//! connection reads, which writes) and its memo ([`Memo`]).
+//!
+//! Exams, papers and users already seen are served from memory ([`super::known`]): they never
+//! change once stored, whichever process stored them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::Pool;
+
+use super::known::Known;
+use super::sql::{self, Conn};
+use super::{Filter, Store, StoreError, Written};
+use crate::model::{
+    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+};
+
+/// Memoised values by content address: each backend keeps them its own way.
+#[async_trait]
+pub trait Memo: Send + Sync + 'static {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Stores the entries at once; a later entry under a key supersedes an earlier one.
+    async fn put_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Stops a background task when the last clone of its owner goes.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The records in one database, the memo beside them.
+pub struct SqlStore<DB: sqlx::Database, M> {
+    /// Reads.
+    pub(super) reader: Pool<DB>,
+    /// Writes; on SQLite one connection (see `sqlite.rs`), on PostgreSQL the reader pool.
+    pub(super) writer: Pool<DB>,
+    pub(super) memo: Arc<M>,
+    pub(super) known: Arc<Known>,
+    /// Background work that lives as long as the store (SQLite's checkpoints).
+    pub(super) _background: Option<Arc<AbortOnDrop>>,
+}
+
+impl<DB: sqlx::Database, M> Clone for SqlStore<DB, M> {
+    fn clone(&self) -> Self {
+        Self {
+            reader: self.reader.clone(),
+            writer: self.writer.clone(),
+            memo: self.memo.clone(),
+            known: self.known.clone(),
+            _background: self._background.clone(),
+        }
+    }
+}
+
+impl<DB: sqlx::Database, M> SqlStore<DB, M> {
+    pub(super) fn new(
+        reader: Pool<DB>,
+        writer: Pool<DB>,
+        memo: Arc<M>,
+        background: Option<Arc<AbortOnDrop>>,
+    ) -> Self {
+        Self {
+            reader,
+            writer,
+            memo,
+            known: Arc::default(),
+            _background: background,
+        }
+    }
+}
+
+/// A write of several statements runs in a transaction on the writer; a read takes a reader.
+#[async_trait]
+impl<DB, M> Store for SqlStore<DB, M>
+where
+    DB: sqlx::Database,
+    DB::Connection: Conn,
+    M: Memo,
+{
+    async fn put_course(&self, course: &Course) -> Result<Written, StoreError> {
+        sql::put_course(&mut *self.writer.acquire().await?, course).await
+    }
+
+    async fn get_course(&self, code: &str) -> Result<Option<Course>, StoreError> {
+        sql::get_course(&mut *self.reader.acquire().await?, code).await
+    }
+
+    async fn list_courses(&self) -> Result<Vec<Course>, StoreError> {
+        sql::list_courses(&mut *self.reader.acquire().await?).await
+    }
+
+    async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let written = sql::put_exam(&mut *tx, exam).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn get_exam(&self, code: &str) -> Result<Option<Exam>, StoreError> {
+        if let Some(exam) = self.known.exam(code) {
+            return Ok(Some(exam));
+        }
+        let exam = sql::get_exam(&mut *self.reader.acquire().await?, code).await?;
+        if let Some(exam) = &exam {
+            self.known.remember_exam(exam);
+        }
+        Ok(exam)
+    }
+
+    async fn list_exams(&self, course_code: Option<&str>) -> Result<Vec<Exam>, StoreError> {
+        sql::list_exams(&mut *self.reader.acquire().await?, course_code).await
+    }
+
+    async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let written = sql::put_paper(&mut *tx, paper).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError> {
+        if let Some(paper) = self.known.paper(code) {
+            return Ok(Some(paper));
+        }
+        let paper = sql::get_paper(&mut *self.reader.acquire().await?, code).await?;
+        if let Some(paper) = &paper {
+            self.known.remember_paper(paper);
+        }
+        Ok(paper)
+    }
+
+    async fn list_question_papers(
+        &self,
+        exam_code: Option<&str>,
+    ) -> Result<Vec<QuestionPaper>, StoreError> {
+        sql::list_papers(&mut *self.reader.acquire().await?, exam_code).await
+    }
+
+    async fn put_user(&self, user: &User) -> Result<Written, StoreError> {
+        sql::put_user(&mut *self.writer.acquire().await?, user).await
+    }
+
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        sql::get_user(&mut *self.reader.acquire().await?, user_id).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        sql::list_users(&mut *self.reader.acquire().await?).await
+    }
+
+    async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let created = sql::import_catalog(&mut *tx, catalog).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn insert_submission(
+        &self,
+        submission: &Submission,
+        images_digest: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sql::insert_submission(&mut *tx, submission, images_digest).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_submission_by_images(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+        images_digest: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        sql::latest_submission(
+            &mut *conn,
+            user_id,
+            question_paper_code,
+            Some(images_digest),
+        )
+        .await
+    }
+
+    async fn get_submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
+        sql::get_submission(&mut *self.reader.acquire().await?, id).await
+    }
+
+    async fn list_submissions(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<SubmissionSummary>, StoreError> {
+        sql::list_submissions(&mut *self.reader.acquire().await?, filter).await
+    }
+
+    async fn latest_submission(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        sql::latest_submission(&mut *conn, user_id, question_paper_code, None).await
+    }
+
+    async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
+        let evaluation_id = uuid::Uuid::now_v7().to_string();
+        let created_at = Utc::now();
+        let register_user = !self.known.has_user(&e.user_id);
+        // Another process storing an evaluation of the same paper may take the version number
+        // first: the unique (user, paper, version) refuses this one, which runs again with the
+        // next number, so both are kept.
+        let mut attempt = 0;
+        let version = loop {
+            attempt += 1;
+            let result = async {
+                let mut tx = self.writer.begin().await?;
+                let version =
+                    sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
+                        .await?;
+                tx.commit().await?;
+                Ok(version)
+            }
+            .await;
+            match result {
+                Err(err) if attempt < 5 && sql::is_unique_violation(&err) => continue,
+                other => break other?,
+            }
+        };
+        self.known.remember_user(&e.user_id);
+        Ok(e.into_record(evaluation_id, version, created_at))
+    }
+
+    async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
+        sql::get_evaluation(&mut *self.reader.acquire().await?, id).await
+    }
+
+    async fn list_evaluations(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<EvaluationSummary>, StoreError> {
+        sql::list_evaluations(&mut *self.reader.acquire().await?, filter).await
+    }
+
+    async fn cache_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.memo.get(namespace, key).await
+    }
+
+    async fn cache_put(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        self.memo
+            .put_many(namespace, &[(key.to_string(), value.to_string())])
+            .await
+    }
+
+    async fn cache_put_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.memo.put_many(namespace, entries).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError> {
+        sql::create_api_key(&mut *self.writer.acquire().await?, key, key_hash).await
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        sql::find_api_key(&mut *self.reader.acquire().await?, key_hash).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        sql::list_api_keys(&mut *self.reader.acquire().await?).await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        sql::revoke_api_key(&mut *self.writer.acquire().await?, key_id).await
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+        request_hash: &str,
+        stale_after_secs: i64,
+    ) -> Result<IdempotencyState, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let state = sql::idempotency_begin(
+            &mut *tx,
+            (scope, endpoint, key),
+            request_hash,
+            stale_after_secs,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn idempotency_complete(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        sql::idempotency_complete(&mut *conn, (scope, endpoint, key), status, body).await
+    }
+
+    async fn idempotency_release(
+        &self,
+        scope: &str,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        sql::idempotency_release(&mut *conn, (scope, endpoint, key)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sql::ping(&mut *self.reader.acquire().await?).await?;
+        self.memo.ping().await
+    }
+}
