@@ -530,3 +530,36 @@ async fn idempotency(store: &dyn Store) {
     assert_eq!(other().await.unwrap(), IdempotencyState::Fresh);
 }
 on_every_backend!(idempotency);
+
+/// Two instances of the service on one PostgreSQL database: what one stores, the other
+/// reads, and concurrent evaluations of one paper from both are all kept, numbered apart.
+#[tokio::test]
+async fn two_instances_share_one_postgres_database() {
+    let Some(schema) = PostgresSchema::create().await else {
+        return;
+    };
+    let options = StoreOptions::default();
+    let first = open_with(&schema.url, &options).await.unwrap();
+    // The second start finds the schema migrated and leaves it be.
+    let second = open_with(&schema.url, &options).await.unwrap();
+    first.put_course(&course("C1")).await.unwrap();
+    assert_eq!(second.get_course("C1").await.unwrap(), Some(course("C1")));
+    first.cache_put("llm", "k", "paid for once").await.unwrap();
+    assert_eq!(
+        second.cache_get("llm", "k").await.unwrap().as_deref(),
+        Some("paid for once")
+    );
+    let writes = (0..12).map(|n| {
+        let store = if n % 2 == 0 { &first } else { &second };
+        store.insert_evaluation(evaluation("U1", 1))
+    });
+    let mut versions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|stored| stored.unwrap().version)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=12).collect::<Vec<_>>());
+    drop((first, second));
+    schema.drop_schema().await;
+}

@@ -39,7 +39,8 @@ impl PostgresStore {
             pool: pool.clone(),
             max_entries: i64::try_from(options.memo_max_entries.max(1)).unwrap_or(i64::MAX),
         };
-        Ok(SqlStore::new(pool.clone(), pool, Arc::new(memo), None))
+        Ok(SqlStore::new(pool.clone(), pool, Arc::new(memo), None)
+            .with_version_lock("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"))
     }
 }
 
@@ -77,8 +78,14 @@ impl MemoTable {
             return Ok(());
         }
         let keep = self.max_entries - self.max_entries / 10;
-        conn.execute("DELETE FROM memo WHERE id <= $1", args![newest - keep])
-            .await?;
+        // Rows another writer holds are left for a later trim rather than waited for, so a
+        // trim never waits on a batch that waits on it.
+        conn.execute(
+            "DELETE FROM memo WHERE id IN
+                 (SELECT id FROM memo WHERE id <= $1 FOR UPDATE SKIP LOCKED)",
+            args![newest - keep],
+        )
+        .await?;
         Ok(())
     }
 }

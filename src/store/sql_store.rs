@@ -51,6 +51,11 @@ pub struct SqlStore<DB: sqlx::Database, M> {
     pub(super) known: Arc<Known>,
     /// Background work that lives as long as the store (SQLite's checkpoints).
     pub(super) _background: Option<Arc<AbortOnDrop>>,
+    /// A statement that, run first in an evaluation's transaction with the user and paper
+    /// as its one argument, holds off other writers of that pair's versions until commit.
+    /// SQLite needs none (one writer at a time); on PostgreSQL concurrent transactions
+    /// would otherwise all compute the same next version and all but one start over.
+    pub(super) version_lock: Option<&'static str>,
 }
 
 impl<DB: sqlx::Database, M> Clone for SqlStore<DB, M> {
@@ -61,6 +66,7 @@ impl<DB: sqlx::Database, M> Clone for SqlStore<DB, M> {
             memo: self.memo.clone(),
             known: self.known.clone(),
             _background: self._background.clone(),
+            version_lock: self.version_lock,
         }
     }
 }
@@ -78,7 +84,14 @@ impl<DB: sqlx::Database, M> SqlStore<DB, M> {
             memo,
             known: Arc::default(),
             _background: background,
+            version_lock: None,
         }
+    }
+
+    /// Sets [`SqlStore::version_lock`].
+    pub(super) fn with_version_lock(mut self, statement: &'static str) -> Self {
+        self.version_lock = Some(statement);
+        self
     }
 }
 
@@ -219,14 +232,19 @@ where
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         let created_at = Utc::now();
         let register_user = !self.known.has_user(&e.user_id);
-        // Another process storing an evaluation of the same paper may take the version number
-        // first: the unique (user, paper, version) refuses this one, which runs again with the
-        // next number, so both are kept.
+        // Another writer storing an evaluation of the same paper may take the version number
+        // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
+        // (user, paper, version) refuses this one, which runs again with the next number, so
+        // both are kept.
         let mut attempt = 0;
         let version = loop {
             attempt += 1;
             let result = async {
                 let mut tx = self.writer.begin().await?;
+                if let Some(lock) = self.version_lock {
+                    let pair = format!("{}\u{1f}{}", e.user_id, e.question_paper_code);
+                    tx.execute(lock, sql::args![&pair]).await?;
+                }
                 let version =
                     sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
                         .await?;
