@@ -29,7 +29,10 @@
 //! - `EVAL_LOAD_SECOND_OPINION=SHARE`: let Examiner load the embedded grader from
 //!   `$EXAMINER_MODELS_DIR` (default `./models`) for its second opinion on that share of the
 //!   questions (`1`: every one; `grading.second_opinion_fraction`); off by default, so the bench
-//!   measures the three-stage LLM process alone.
+//!   measures the three-stage LLM process alone;
+//! - `EVAL_LOAD_POSTGRES_URL=postgres://…`: store into PostgreSQL (a fresh schema of that
+//!   database per scenario, dropped afterwards unless `EVAL_LOAD_KEEP`) instead of SQLite, and
+//!   report the CPU of the server's processes (every process named `postgres`) beside Examiner's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -93,6 +96,8 @@ struct Options {
     /// `grading.llm.lean_http1`, when chosen (unset: the binary's default, so an older build
     /// without the setting still starts).
     lean_http1: Option<bool>,
+    /// Store into a fresh schema of this PostgreSQL database instead of SQLite.
+    postgres: Option<String>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -280,6 +285,33 @@ fn stat_cpu(path: &Path) -> Option<f64> {
     Some((utime + stime) / clk_tck())
 }
 
+/// CPU seconds of every process named `name`, with that of their children already reaped
+/// (a PostgreSQL backend that exited is counted in the postmaster's).
+fn processes_cpu(name: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if std::fs::read_to_string(path.join("comm")).map_or(true, |comm| comm.trim() != name) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some(close) = text.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        // utime, stime, cutime, cstime.
+        total += (11..15)
+            .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total / clk_tck()
+}
+
 /// Per thread: (name without trailing digits, CPU seconds).
 type Threads = HashMap<String, (String, f64)>;
 
@@ -368,6 +400,8 @@ fn machine_cpu() -> (f64, f64) {
 
 struct Snapshot {
     at: Instant,
+    /// The PostgreSQL server's processes, when Examiner stores there.
+    postgres_cpu: f64,
     machine: (f64, f64),
     examiner_cpu: f64,
     examiner_threads: Threads,
@@ -387,12 +421,19 @@ struct Examiner {
     _data: tempfile::TempDir,
     db: std::path::PathBuf,
     log: std::path::PathBuf,
+    /// The PostgreSQL schema stored into, when not SQLite.
+    schema: Option<examiner::store::testing::PostgresSchema>,
 }
 
 impl Examiner {
     /// The examiner binary with the bench's environment: the fake as every role's backend,
     /// room for every call at once, and the chosen cache and log settings.
-    fn command(data: &Path, fake: SocketAddr, opts: &Options) -> Command {
+    fn command(
+        data: &Path,
+        fake: SocketAddr,
+        opts: &Options,
+        database_url: Option<&str>,
+    ) -> Command {
         let binary = std::env::var("EVAL_LOAD_EXAMINER")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_examiner").to_string());
         let mut cmd = Command::new(binary);
@@ -442,6 +483,9 @@ impl Examiner {
         if let Some(lean) = opts.lean_http1 {
             cmd.env("EXAMINER_GRADING__LLM__LEAN_HTTP1", lean.to_string());
         }
+        if let Some(url) = database_url {
+            cmd.env("EXAMINER_DATABASE_URL", url);
+        }
         cmd
     }
 
@@ -451,8 +495,17 @@ impl Examiner {
             data.disable_cleanup(true);
             eprintln!("keeping {}", data.path().display());
         }
+        let schema = opts.postgres.as_ref().map(|base| {
+            let base = base.clone();
+            let schema = on_own_runtime(async move {
+                examiner::store::testing::PostgresSchema::create_in(&base, "examiner_bench").await
+            });
+            eprintln!("storing into PostgreSQL schema {}", schema.name());
+            schema
+        });
+        let database_url = schema.as_ref().map(|s| s.url.as_str());
         // Requests authenticate as an examiner, as a grading client would in production.
-        let created = Self::command(data.path(), fake, opts)
+        let created = Self::command(data.path(), fake, opts, database_url)
             .args([
                 "keys",
                 "create",
@@ -476,7 +529,7 @@ impl Examiner {
             .expect("free port")
             .port();
         let log = data.path().join("examiner.log");
-        let child = Self::command(data.path(), fake, opts)
+        let child = Self::command(data.path(), fake, opts, database_url)
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -492,6 +545,7 @@ impl Examiner {
             _data: data,
             db,
             log,
+            schema,
         }
     }
 
@@ -522,15 +576,38 @@ impl Examiner {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(schema) = self.schema.take() {
+            if std::env::var_os("EVAL_LOAD_KEEP").is_some() {
+                eprintln!("keeping PostgreSQL schema {}", schema.name());
+            } else {
+                on_own_runtime(schema.drop_schema());
+            }
+        }
     }
+}
+
+/// Runs a future to completion on a runtime of its own, on a thread of its own (so it may be
+/// called from anywhere, a Tokio context included).
+fn on_own_runtime<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("the PostgreSQL setup thread")
 }
 
 /// The memo's database file beside the main one (`store::sqlite::memo_path`); older builds
@@ -822,6 +899,11 @@ fn run_scenario(
         let metrics = loadgen.block_on(scrape(&client, &examiner.base));
         Snapshot {
             at,
+            postgres_cpu: if opts.postgres.is_some() {
+                processes_cpu("postgres")
+            } else {
+                0.0
+            },
             machine: machine_cpu(),
             examiner_cpu,
             examiner_threads,
@@ -997,6 +1079,16 @@ fn run_scenario(
         outcome.fake_cpu / calls.max(1) as f64 * 1e6,
         outcome.bench_cpu - outcome.loadgen_cpu - outcome.fake_cpu
     );
+    if opts.postgres.is_some() {
+        let server = after.postgres_cpu - before.postgres_cpu;
+        println!(
+            "  PostgreSQL server CPU {:.2} s = {:.1}% of one core = {:.1} µs per LLM call (Examiner and server together {:.1} µs)",
+            server,
+            server / secs * 100.0,
+            server / calls.max(1) as f64 * 1e6,
+            (outcome.examiner_cpu + server) / calls.max(1) as f64 * 1e6
+        );
+    }
     let machine_busy = after.machine.0 - before.machine.0;
     let steal = after.machine.1 - before.machine.1;
     println!(
@@ -1005,12 +1097,19 @@ fn run_scenario(
         steal,
         steal / (secs * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64) * 100.0
     );
-    let rows = loadgen.block_on(count_rows(&examiner.db));
+    let databases = if opts.postgres.is_some() {
+        "in PostgreSQL".to_string()
+    } else {
+        let rows = loadgen.block_on(count_rows(&examiner.db));
+        format!(
+            "{:.1} MiB after the run ({rows})",
+            db_bytes as f64 / 1048576.0
+        )
+    };
     println!(
-        "  Examiner log {:.1} KiB ({:.0} B per request), databases {:.1} MiB after the run ({rows}); load average now {}",
+        "  Examiner log {:.1} KiB ({:.0} B per request), databases {databases}; load average now {}",
         log_bytes as f64 / 1024.0,
         log_bytes as f64 / samples.len().max(1) as f64,
-        db_bytes as f64 / 1048576.0,
         load_average()
     );
     outcome
@@ -1284,6 +1383,7 @@ fn main() {
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
         floor: env_u64("EVAL_LOAD_FLOOR").unwrap_or(0) != 0,
         lean_http1: env_u64("EVAL_LOAD_LEAN_HTTP1").map(|v| v != 0),
+        postgres: std::env::var("EVAL_LOAD_POSTGRES_URL").ok(),
         second_opinion: std::env::var("EVAL_LOAD_SECOND_OPINION")
             .ok()
             .and_then(|share| share.parse::<f64>().ok())

@@ -26,17 +26,31 @@ impl PostgresSchema {
             );
             return None;
         };
-        let schema = format!("examiner_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
+        Some(Self::create_in(&base, "examiner_test").await)
+    }
+
+    /// Creates a schema named `prefix_<random>` in the database at `base`.
+    pub async fn create_in(base: &str, prefix: &str) -> Self {
+        let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(base)
             .await
-            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} does not connect: {e}"));
+            .unwrap_or_else(|e| panic!("{base} does not connect: {e}"));
         sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&mut admin)
             .await
             .unwrap_or_else(|e| panic!("cannot create schema {schema}: {e}"));
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options%5Bsearch_path%5D={schema}");
-        Some(Self { base, schema, url })
+        Self {
+            base: base.to_string(),
+            schema,
+            url,
+        }
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.schema
     }
 
     /// Drops the schema and everything in it. A test that fails before this leaves its
@@ -44,7 +58,7 @@ impl PostgresSchema {
     pub async fn drop_schema(self) {
         let mut admin = sqlx::PgConnection::connect(&self.base)
             .await
-            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} does not connect: {e}"));
+            .unwrap_or_else(|e| panic!("{} does not connect: {e}", self.base));
         sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .execute(&mut admin)
             .await
