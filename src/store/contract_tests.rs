@@ -563,3 +563,36 @@ async fn two_instances_share_one_postgres_database() {
     drop((first, second));
     schema.drop_schema().await;
 }
+
+/// An entry served while among the oldest is kept; entries of its age not served go first.
+async fn memo_keeps_what_is_used(store: &dyn Store) {
+    let batch = |range: std::ops::Range<usize>| {
+        range
+            .map(|n| (format!("k{n}"), format!("v{n}")))
+            .collect::<Vec<_>>()
+    };
+    store.cache_put_many("ns", &batch(0..6)).await.unwrap();
+    assert_eq!(
+        store.cache_get("ns", "k0").await.unwrap().as_deref(),
+        Some("v0")
+    );
+    store.cache_put_many("ns", &batch(6..10)).await.unwrap();
+    store.cache_put_many("ns", &batch(10..14)).await.unwrap();
+    assert_eq!(
+        store.cache_get("ns", "k0").await.unwrap().as_deref(),
+        Some("v0"),
+        "the entry in use was trimmed"
+    );
+    assert_eq!(store.cache_get("ns", "k1").await.unwrap(), None);
+    assert_eq!(
+        store.cache_get("ns", "k13").await.unwrap().as_deref(),
+        Some("v13")
+    );
+}
+on_every_backend!(
+    memo_keeps_what_is_used,
+    StoreOptions {
+        memo_max_entries: 10,
+        ..StoreOptions::default()
+    }
+);

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
 use super::sql::{self, args, Columns, Conn};
-use super::sql_store::{Memo, SqlStore};
+use super::sql_store::{is_in_older_half, Memo, SqlStore};
 use super::{StoreError, StoreOptions};
 
 /// PostgreSQL behind the [`Store`](super::Store) trait.
@@ -49,7 +49,8 @@ const MEMO_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// The memo as a table keyed by (namespace, key), bounded by its ids: they grow with every
 /// insert, so the rows past the bound are found from the ends of the id index rather than by
-/// counting the table.
+/// counting the table. An entry served from the older half takes a new id (a second chance),
+/// so entries in use outlive those that are not.
 pub struct MemoTable {
     pool: PgPool,
     max_entries: i64,
@@ -93,16 +94,28 @@ impl MemoTable {
 #[async_trait::async_trait]
 impl Memo for MemoTable {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.pool
-            .acquire()
-            .await?
+        let mut conn = self.pool.acquire().await?;
+        let Some(row) = conn
             .fetch_optional(
-                "SELECT value FROM memo WHERE namespace = $1 AND key = $2",
+                "SELECT value, id, (SELECT MAX(id) FROM memo) AS newest FROM memo
+                 WHERE namespace = $1 AND key = $2",
                 args![namespace, key],
             )
             .await?
-            .map(|row| row.col("value"))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.col("id")?;
+        let newest: Option<i64> = row.col("newest")?;
+        if is_in_older_half(id, newest.unwrap_or(id), self.max_entries as u64) {
+            // A second chance: a newer id keeps the entry from the trims that come first.
+            conn.execute(
+                "UPDATE memo SET id = nextval(pg_get_serial_sequence('memo', 'id')) WHERE id = $1",
+                args![id],
+            )
+            .await?;
+        }
+        row.col("value")
     }
 
     /// Entries go in key order, so two processes writing overlapping batches lock their rows
