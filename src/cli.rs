@@ -93,6 +93,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Work on the database as a whole.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Print the settings in force (defaults, file and environment combined) as TOML.
     Config {
         #[command(subcommand)]
@@ -130,6 +135,23 @@ pub enum KeysCommand {
 pub enum LlmCommand {
     /// Call each configured backend once; report model, latency and structured-output support.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy every record (catalog, submissions, evaluations, API keys, idempotency keys) into
+    /// another database, e.g. from the embedded SQLite into PostgreSQL. The target is created
+    /// and migrated if needed and must hold no records; the copy lands whole or not at all.
+    /// Memoised results are not copied (they are a cache).
+    Copy {
+        /// The database to copy into: `postgres://USER:PASSWORD@HOST:PORT/DATABASE` or
+        /// `sqlite://PATH`.
+        #[arg(long)]
+        to: String,
+        /// The database to copy from (default: the configured one).
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use examiner::cli::{CatalogCommand, Cli, Command, ConfigCommand, LlmCommand};
+use examiner::cli::{CatalogCommand, Cli, Command, ConfigCommand, DbCommand, LlmCommand};
 
 /// Grading allocates and frees many small buffers per LLM call (prompts, JSON, HTTP
 /// frames) from several threads; mimalloc cut that cost (BENCHMARKS.md, "Evaluate").
@@ -95,6 +95,23 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             concurrency,
         } => examiner::cli::eval_ocr(&settings, &data, &engine, out.as_deref(), concurrency).await,
         Command::Keys { command } => examiner::cli::keys(&settings, command).await,
+        Command::Db {
+            command: DbCommand::Copy { to, from },
+        } => {
+            let from = from.unwrap_or_else(|| settings.database_url());
+            let (shown_from, shown_to) = (
+                examiner::store::redact_url(&from),
+                examiner::store::redact_url(&to),
+            );
+            eprintln!("copying {shown_from} into {shown_to}");
+            let report = examiner::store::copy_records(&from, &to, |table, rows| {
+                eprintln!("  {table}: {rows}");
+            })
+            .await?;
+            let total: u64 = report.iter().map(|(_, rows)| rows).sum();
+            println!("copied {total} records from {shown_from} into {shown_to}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Show,
         } => {
@@ -146,7 +163,14 @@ fn init_tracing(log: &examiner::config::LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // PostgreSQL's notices ("relation _sqlx_migrations already exists, skipping" on every
+        // start) are not news; its warnings still are.
+        .add_directive(
+            "sqlx::postgres::notice=warn"
+                .parse()
+                .expect("a valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

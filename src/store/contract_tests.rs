@@ -596,3 +596,129 @@ on_every_backend!(
         ..StoreOptions::default()
     }
 );
+
+/// Fills a store with one of every kind of record.
+async fn fill(store: &dyn Store) {
+    store
+        .import_catalog(&Catalog {
+            courses: vec![course("C1")],
+            exams: vec![exam("E1", "C1")],
+            question_papers: vec![paper("QP1", "E1")],
+            users: vec![user("U1")],
+        })
+        .await
+        .unwrap();
+    store
+        .insert_submission(&submission("S1", "U1", 0), "digest-1")
+        .await
+        .unwrap();
+    let mut graded = evaluation("U1", 3);
+    graded.submission_id = Some("S1".into());
+    store.insert_evaluation(graded).await.unwrap();
+    store.insert_evaluation(evaluation("U1", 2)).await.unwrap();
+    let key = ApiKey {
+        key_id: "K1".into(),
+        role: Role::Examiner,
+        user_id: None,
+        label: None,
+        created_at: Utc::now().trunc_subsecs(6),
+        revoked: false,
+    };
+    store.create_api_key(&key, "hash-1").await.unwrap();
+    store
+        .idempotency_begin("U1", "/evaluate-answers", "key-1", "h1", 600)
+        .await
+        .unwrap();
+    store
+        .idempotency_complete("U1", "/evaluate-answers", "key-1", 200, "{}")
+        .await
+        .unwrap();
+    store.cache_put("llm", "k", "not copied").await.unwrap();
+}
+
+/// What a reader of the store sees, for comparing two stores.
+async fn contents(store: &dyn Store) -> serde_json::Value {
+    let all = Filter {
+        limit: 1000,
+        ..Filter::default()
+    };
+    let mut evaluations = Vec::new();
+    for summary in store.list_evaluations(&all).await.unwrap() {
+        let record = store.get_evaluation(&summary.evaluation_id).await.unwrap();
+        evaluations.push(serde_json::to_value(record).unwrap());
+    }
+    serde_json::json!({
+        "courses": store.list_courses().await.unwrap(),
+        "exams": store.list_exams(None).await.unwrap(),
+        "papers": store.list_question_papers(None).await.unwrap(),
+        "users": store.list_users().await.unwrap(),
+        "submissions": store.list_submissions(&all).await.unwrap(),
+        "submission": store.get_submission("S1").await.unwrap(),
+        "by_images": store.find_submission_by_images("U1", "QP1", "digest-1").await.unwrap(),
+        "evaluations": evaluations,
+        "keys": store.list_api_keys().await.unwrap(),
+        "key": store.find_api_key("hash-1").await.unwrap(),
+        "replay": format!("{:?}", store
+            .idempotency_begin("U1", "/evaluate-answers", "key-1", "h1", 600)
+            .await
+            .unwrap()),
+    })
+}
+
+/// Copies a filled database of `from`'s kind into an empty one of `to`'s kind and compares
+/// what readers see in both.
+async fn copies_whole(from: &str, to: &str) {
+    let source = open_with(from, &StoreOptions::default()).await.unwrap();
+    fill(source.as_ref()).await;
+    let mut heard = Vec::new();
+    let report = super::copy_records(from, to, |table, rows| heard.push((table, rows)))
+        .await
+        .unwrap();
+    assert_eq!(report, heard);
+    let count = |name: &str| report.iter().find(|(t, _)| *t == name).unwrap().1;
+    assert_eq!(count("evaluation_items"), 5);
+    assert_eq!(count("questions"), 2);
+    let target = open_with(to, &StoreOptions::default()).await.unwrap();
+    assert_eq!(
+        contents(target.as_ref()).await,
+        contents(source.as_ref()).await
+    );
+    // Versions go on from the copied ones; memoised results stay behind.
+    assert_eq!(
+        target
+            .insert_evaluation(evaluation("U1", 1))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert_eq!(target.cache_get("llm", "k").await.unwrap(), None);
+    // A second copy finds the target holding records and changes nothing.
+    let before = contents(target.as_ref()).await;
+    let err = super::copy_records(from, to, |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("already holds records"), "{err}");
+    assert_eq!(contents(target.as_ref()).await, before);
+    assert!(super::copy_records(from, from, |_, _| {}).await.is_err());
+}
+
+#[tokio::test]
+async fn sqlite_is_copied_to_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    copies_whole(&url("from.db"), &url("to.db")).await;
+}
+
+#[tokio::test]
+async fn sqlite_is_copied_to_postgres_and_back() {
+    let Some(schema) = PostgresSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    copies_whole(&url("from.db"), &schema.url).await;
+    let back = PostgresSchema::create().await.unwrap();
+    // PostgreSQL to SQLite, from a fresh source so the fill is the only content.
+    copies_whole(&back.url, &url("back.db")).await;
+    schema.drop_schema().await;
+    back.drop_schema().await;
+}

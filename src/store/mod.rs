@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod contract_tests;
+mod copy;
 mod known;
 mod postgres;
 mod sql;
@@ -24,6 +25,7 @@ pub mod testing;
 
 use async_trait::async_trait;
 
+pub use copy::{copy_records, CopyReport};
 pub use postgres::PostgresStore;
 pub use sql_store::{Memo, SqlStore};
 pub use sqlite::SqliteStore;
@@ -89,6 +91,9 @@ pub enum StoreError {
     Unsupported(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A copy between databases that cannot be made.
+    #[error("cannot copy: {0}")]
+    Copy(String),
 }
 
 /// Filters for listing submissions and evaluations.
