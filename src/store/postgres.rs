@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection as _;
 use sqlx::{PgConnection, PgPool};
 
 use super::sql::{self, args, Columns, Conn};
@@ -29,6 +30,9 @@ impl PostgresStore {
     /// any parameter PostgreSQL's clients take, e.g. `sslmode`) and applies migrations.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect: PgConnectOptions = url.parse()?;
+        // One connection first, so a server that refuses or a wrong password is reported as
+        // such at once, not as the pool's timeout half a minute later.
+        PgConnection::connect_with(&connect).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
