@@ -699,6 +699,10 @@ async fn copies_whole(from: &str, to: &str) {
     assert!(err.to_string().contains("already holds records"), "{err}");
     assert_eq!(contents(target.as_ref()).await, before);
     assert!(super::copy_records(from, from, |_, _| {}).await.is_err());
+    let missing = super::copy_records("sqlite:///nonexistent/examiner.db", to, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("no database at"), "{missing}");
 }
 
 #[tokio::test]

@@ -275,6 +275,12 @@ pub async fn copy_records(
             "the source and the target are the same database".into(),
         ));
     }
+    if let Some(path) = from.strip_prefix("sqlite://") {
+        // Opening creates a missing database: a mistyped source would copy nothing, quietly.
+        if !std::path::Path::new(path).is_file() {
+            return Err(StoreError::Copy(format!("there is no database at {path}")));
+        }
+    }
     let source = Database::open(from).await?;
     let target = Database::open(to).await?;
     let progress = &mut progress;

@@ -42,7 +42,8 @@ mod memo;
 struct Database {
     pool: SqlitePool,
     writer: SqlitePool,
-    _checkpointer: Arc<AbortOnDrop>,
+    /// Runs checkpoints while any clone of the database is alive.
+    checkpointer: Arc<AbortOnDrop>,
 }
 
 /// The memo's file beside the main one: `examiner.db` → `examiner-memo.db`.
@@ -73,7 +74,7 @@ impl SqliteStore {
             main.pool,
             main.writer,
             memo,
-            Some(main._checkpointer),
+            Some(main.checkpointer),
         ))
     }
 }
@@ -129,7 +130,7 @@ impl Database {
         Ok(Self {
             pool,
             writer,
-            _checkpointer: Arc::new(checkpointer),
+            checkpointer: Arc::new(checkpointer),
         })
     }
 }
