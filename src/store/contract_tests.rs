@@ -437,6 +437,18 @@ async fn memo(store: &dyn Store) {
     );
     store.cache_put_many("llm", &[]).await.unwrap();
 
+    // Many lookups at once (PostgreSQL answers them in batches) each get their own answer.
+    let lookups = ["k1", "k2", "absent", "k1"]
+        .iter()
+        .cycle()
+        .take(200)
+        .map(|key| store.cache_get("llm", key));
+    let answers = futures::future::join_all(lookups).await;
+    for (n, answer) in answers.into_iter().enumerate() {
+        let expected = [Some("v1-new"), Some("second"), None, Some("v1-new")][n % 4];
+        assert_eq!(answer.unwrap().as_deref(), expected, "lookup {n}");
+    }
+
     // Bounded at 100 entries: the oldest go, the newest stay.
     let entries: Vec<(String, String)> = (0..250)
         .map(|n| (format!("bulk-{n}"), format!("value-{n}")))
