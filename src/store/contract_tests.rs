@@ -75,6 +75,25 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Options with the memo bounded at `entries`.
+fn memo_bound(entries: u64) -> StoreOptions {
+    StoreOptions {
+        memo_max_entries: entries,
+        ..StoreOptions::default()
+    }
+}
+
+fn api_key(key_id: &str, role: Role, user_id: Option<&str>) -> ApiKey {
+    ApiKey {
+        key_id: key_id.into(),
+        role,
+        user_id: user_id.map(str::to_string),
+        label: None,
+        created_at: Utc::now().trunc_subsecs(6),
+        revoked: false,
+    }
+}
+
 fn course(code: &str) -> Course {
     Course {
         course_code: code.into(),
@@ -467,22 +486,12 @@ async fn memo(store: &dyn Store) {
     }
     assert!((50..=100).contains(&kept), "{kept} entries kept");
 }
-on_every_backend!(
-    memo,
-    StoreOptions {
-        memo_max_entries: 100,
-        ..StoreOptions::default()
-    }
-);
+on_every_backend!(memo, memo_bound(100));
 
 async fn api_keys(store: &dyn Store) {
     let key = ApiKey {
-        key_id: "K1".into(),
-        role: Role::Student,
-        user_id: Some("U1".into()),
         label: Some("phone".into()),
-        created_at: Utc::now().trunc_subsecs(6),
-        revoked: false,
+        ..api_key("K1", Role::Student, Some("U1"))
     };
     store.create_api_key(&key, "hash-1").await.unwrap();
     assert!(store.create_api_key(&key, "hash-1").await.is_err());
@@ -601,13 +610,7 @@ async fn memo_keeps_what_is_used(store: &dyn Store) {
         Some("v13")
     );
 }
-on_every_backend!(
-    memo_keeps_what_is_used,
-    StoreOptions {
-        memo_max_entries: 10,
-        ..StoreOptions::default()
-    }
-);
+on_every_backend!(memo_keeps_what_is_used, memo_bound(10));
 
 /// Fills a store with one of every kind of record.
 async fn fill(store: &dyn Store) {
@@ -628,15 +631,10 @@ async fn fill(store: &dyn Store) {
     graded.submission_id = Some("S1".into());
     store.insert_evaluation(graded).await.unwrap();
     store.insert_evaluation(evaluation("U1", 2)).await.unwrap();
-    let key = ApiKey {
-        key_id: "K1".into(),
-        role: Role::Examiner,
-        user_id: None,
-        label: None,
-        created_at: Utc::now().trunc_subsecs(6),
-        revoked: false,
-    };
-    store.create_api_key(&key, "hash-1").await.unwrap();
+    store
+        .create_api_key(&api_key("K1", Role::Examiner, None), "hash-1")
+        .await
+        .unwrap();
     store
         .idempotency_begin("U1", "/evaluate-answers", "key-1", "h1", 600)
         .await
