@@ -61,8 +61,9 @@ pub struct MemoTable {
 }
 
 impl MemoTable {
-    /// Deletes the oldest tenth once the table holds more than its bound. Ids that a
-    /// rolled-back insert skipped make it trim a little early, never late.
+    /// Deletes the oldest tenth once the table holds more than its bound. Ids the sequence
+    /// handed out without a row to show for them (a rolled-back insert, an insert that
+    /// updated an existing entry instead) make it trim a little early, never late.
     async fn trim(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let Some(row) = conn
             .fetch_optional(
