@@ -421,13 +421,22 @@ async fn evaluations(store: &dyn Store) {
 
     // Concurrent evaluations of one paper each get their own version.
     let writes = (0..8).map(|_| store.insert_evaluation(evaluation("U3", 2)));
+    assert_eq!(versions_stored(writes).await, (1..=8).collect::<Vec<_>>());
+}
+
+/// The versions evaluations stored at once were given, in order.
+async fn versions_stored(
+    writes: impl Iterator<
+        Item = impl std::future::Future<Output = Result<crate::model::EvaluationRecord, StoreError>>,
+    >,
+) -> Vec<i64> {
     let mut versions: Vec<i64> = futures::future::join_all(writes)
         .await
         .into_iter()
         .map(|stored| stored.unwrap().version)
         .collect();
     versions.sort_unstable();
-    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+    versions
 }
 on_every_backend!(evaluations);
 
@@ -574,13 +583,7 @@ async fn two_instances_share_one_postgres_database() {
         let store = if n % 2 == 0 { &first } else { &second };
         store.insert_evaluation(evaluation("U1", 1))
     });
-    let mut versions: Vec<i64> = futures::future::join_all(writes)
-        .await
-        .into_iter()
-        .map(|stored| stored.unwrap().version)
-        .collect();
-    versions.sort_unstable();
-    assert_eq!(versions, (1..=12).collect::<Vec<_>>());
+    assert_eq!(versions_stored(writes).await, (1..=12).collect::<Vec<_>>());
     drop((first, second));
     schema.drop_schema().await;
 }
