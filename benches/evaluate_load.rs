@@ -277,12 +277,20 @@ fn clk_tck() -> f64 {
 
 /// utime + stime, in seconds, from a `/proc/.../stat` file.
 fn stat_cpu(path: &Path) -> Option<f64> {
+    stat_seconds(path, 11..13)
+}
+
+/// The sum of the given fields (counted after the command name) of a `/proc/.../stat` file,
+/// in seconds: 11..13 is utime and stime, 13..15 the same of the children already reaped.
+fn stat_seconds(path: &Path, fields: std::ops::Range<usize>) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clk_tck())
+    let values: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0.0;
+    for field in fields {
+        ticks += values.get(field)?.parse::<f64>().ok()?;
+    }
+    Some(ticks / clk_tck())
 }
 
 /// CPU seconds of every process named `name`, with that of their children already reaped
@@ -297,19 +305,9 @@ fn processes_cpu(name: &str) -> f64 {
         if std::fs::read_to_string(path.join("comm")).map_or(true, |comm| comm.trim() != name) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        let Some(close) = text.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-        // utime, stime, cutime, cstime.
-        total += (11..15)
-            .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
-            .sum::<f64>();
+        total += stat_seconds(&path.join("stat"), 11..15).unwrap_or(0.0);
     }
-    total / clk_tck()
+    total
 }
 
 /// Per thread: (name without trailing digits, CPU seconds).

@@ -275,16 +275,18 @@ fn submission(id: &str, user_id: &str, at_offset_secs: i64) -> Submission {
     }
 }
 
+/// Course C1, exam E1 and paper QP1, with these users.
+fn one_paper(users: Vec<User>) -> Catalog {
+    Catalog {
+        courses: vec![course("C1")],
+        exams: vec![exam("E1", "C1")],
+        question_papers: vec![paper("QP1", "E1")],
+        users,
+    }
+}
+
 async fn submissions(store: &dyn Store) {
-    store
-        .import_catalog(&Catalog {
-            courses: vec![course("C1")],
-            exams: vec![exam("E1", "C1")],
-            question_papers: vec![paper("QP1", "E1")],
-            users: vec![],
-        })
-        .await
-        .unwrap();
+    store.import_catalog(&one_paper(vec![])).await.unwrap();
     let first = submission("S1", "U7", 0);
     let second = submission("S2", "U7", 1);
     store.insert_submission(&first, "digest-1").await.unwrap();
@@ -618,12 +620,7 @@ on_every_backend!(memo_keeps_what_is_used, memo_bound(10));
 /// Fills a store with one of every kind of record.
 async fn fill(store: &dyn Store) {
     store
-        .import_catalog(&Catalog {
-            courses: vec![course("C1")],
-            exams: vec![exam("E1", "C1")],
-            question_papers: vec![paper("QP1", "E1")],
-            users: vec![user("U1")],
-        })
+        .import_catalog(&one_paper(vec![user("U1")]))
         .await
         .unwrap();
     store

@@ -3,8 +3,8 @@
 //! Exams, question papers and users are never changed once stored — a write of different
 //! content is a conflict — and nothing deletes them, so a record found once is the record for
 //! good, whichever process wrote it. Every graded script reads its exam and paper and
-//! registers its user; from memory that is three round trips to SQLite's connection threads
-//! fewer per request, each a wake-up of another thread (BENCHMARKS.md, step 17). Absence is
+//! registers its user; from memory that is three round trips to the database fewer per
+//! request (on SQLite each a wake-up of a connection's thread: BENCHMARKS.md, step 17). Absence is
 //! never remembered: a record missing now may be written a moment later.
 
 use std::collections::HashMap;

@@ -33,8 +33,8 @@ pub trait Memo: Send + Sync + 'static {
 }
 
 /// Whether memo row `id` is among the older half of a memo whose newest row is `newest`, i.e.
-/// among the rows the next trims delete: a hit there is written again (a second chance). Ids grow by one per appended row, so their distance
-/// counts the rows appended since.
+/// among the rows the next trims delete: a hit there is written again (a second chance). Ids
+/// grow by one per appended row, so their distance counts the rows appended since.
 pub(super) fn is_in_older_half(id: i64, newest: i64, max_entries: u64) -> bool {
     max_entries >= 2 && newest - id >= i64::try_from(max_entries / 2).unwrap_or(i64::MAX)
 }
