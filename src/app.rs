@@ -141,14 +141,19 @@ pub fn build_graders(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Resu
     }
 }
 
+/// Opens the configured store; an error names the database, its password hidden.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let url = settings.database_url();
+    crate::store::open_with(&url, &settings.store_options())
+        .await
+        .with_context(|| format!("opening the database {}", crate::store::redact_url(&url)))
+}
+
 /// Builds the application state: opens the store, starts the OCR workers, sets up the
 /// grader, and seeds the catalog on first start.
 pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
     let settings = Arc::new(settings);
-    let url = settings.database_url();
-    let store = crate::store::open_with(&url, &settings.store_options())
-        .await
-        .with_context(|| format!("opening the database {}", crate::store::redact_url(&url)))?;
+    let store = open_store(&settings).await?;
     if let Some(seed) = &settings.seed_catalog {
         seed_catalog(store.as_ref(), seed).await?;
     }

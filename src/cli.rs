@@ -295,8 +295,7 @@ pub async fn keys(
     settings: &Settings,
     command: KeysCommand,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let store =
-        crate::store::open_with(&settings.database_url(), &settings.store_options()).await?;
+    let store = crate::app::open_store(settings).await?;
     match command {
         KeysCommand::Create {
             role,

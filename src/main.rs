@@ -54,9 +54,7 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             command: CatalogCommand::Import { file },
         } => {
             let catalog = examiner::cli::read_catalog(&file)?;
-            let store =
-                examiner::store::open_with(&settings.database_url(), &settings.store_options())
-                    .await?;
+            let store = examiner::app::open_store(&settings).await?;
             let created = store.import_catalog(&catalog).await?;
             println!(
                 "imported {}: {} courses, {} exams, {} question papers, {} users ({created} new records)",

@@ -10,6 +10,43 @@ use utoipa::ToSchema;
 
 use crate::segment::QuestionNumber;
 
+/// The flags a graded question can carry (`EvaluationItem::flags`), named once so that
+/// listings can be filtered by them and a mistyped filter is refused, not silently empty.
+pub mod flag {
+    /// The answer is empty or a stock non-answer; it got 0 without a model.
+    pub const EMPTY_ANSWER: &str = "empty_answer";
+    /// The student answer looks like it addresses the grader; the arbiter decided.
+    pub const POSSIBLE_PROMPT_INJECTION: &str = "possible_prompt_injection";
+    /// The final marks and the embedded grader's estimate differ by more than
+    /// `grading.review_threshold_fraction` of the marks.
+    pub const NEEDS_REVIEW: &str = "needs_review";
+    /// The embedded grader's second opinion was asked for but not in by the time the request
+    /// stopped waiting (`grading.second_opinion_wait_secs`), so `needs_review` could not be
+    /// decided.
+    pub const SECOND_OPINION_MISSING: &str = "second_opinion_missing";
+    /// The answer graded was read from its page with low OCR confidence: the marks may
+    /// reflect the transcription rather than what the student wrote.
+    pub const LOW_OCR_CONFIDENCE: &str = "low_ocr_confidence";
+    /// The marks came from the embedded grader, not an LLM.
+    pub const OFFLINE_LOCAL_GRADER: &str = "offline_local_grader";
+    /// The embedded grader found the answer far from the standard answer's topic.
+    pub const POSSIBLY_OFF_TOPIC: &str = "possibly_off_topic";
+    /// The embedded grader could not grade the answer (its `error` says why).
+    pub const GRADER_ERROR: &str = "grader_error";
+
+    /// All of the above.
+    pub const ALL: &[&str] = &[
+        EMPTY_ANSWER,
+        POSSIBLE_PROMPT_INJECTION,
+        NEEDS_REVIEW,
+        SECOND_OPINION_MISSING,
+        LOW_OCR_CONFIDENCE,
+        OFFLINE_LOCAL_GRADER,
+        POSSIBLY_OFF_TOPIC,
+        GRADER_ERROR,
+    ];
+}
+
 /// A course, e.g. a professional qualification level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +323,8 @@ pub struct EvaluationSummary {
     pub total_exam_marks: f64,
     pub final_score: f64,
     pub status: String,
+    /// The flags raised on any of its questions (e.g. `needs_review`), sorted.
+    pub flags: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -97,7 +97,7 @@ impl LlmGrader {
             outcome.feedback = "No answer was given, so no marks could be awarded.".into();
             outcome.reasoning = Some("The answer is empty; no model was consulted.".into());
             // Same flag as the local grader, so reports can single out unanswered questions.
-            outcome.flags.push("empty_answer".into());
+            outcome.flags.push(crate::model::flag::EMPTY_ANSWER.into());
             return outcome;
         }
         let step = task.marks_step;

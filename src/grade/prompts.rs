@@ -23,7 +23,7 @@ use super::GradeTask;
 pub const PROMPT_VERSION: &str = "grade-v1";
 
 /// The flag put on an outcome whose student answer looks like it addresses the grader.
-pub const INJECTION_FLAG: &str = "possible_prompt_injection";
+pub const INJECTION_FLAG: &str = crate::model::flag::POSSIBLE_PROMPT_INJECTION;
 
 /// Block names. Each is written as `<<<NAME>>>` … `<<<END_NAME>>>` on lines of their own.
 const QUESTION_TEXT: &str = "QUESTION_TEXT";

@@ -2,7 +2,7 @@
 //! over HTTP. Creating a record again with identical content answers 200; with different
 //! content, 409. A new record answers 201 with a `Location` header.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 
 use super::auth::{redact_for_student, Caller};
 use super::error::ApiError;
-use super::{validate, ApiJson};
+use super::{validate, ApiJson, ApiQuery};
 use crate::app::AppState;
 use crate::model::{Course, Exam, QuestionPaper, User};
 use crate::store::Written;
@@ -115,7 +115,7 @@ pub struct ExamFilter {
 pub async fn list_exams(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(filter): Query<ExamFilter>,
+    ApiQuery(filter): ApiQuery<ExamFilter>,
 ) -> Result<Json<Vec<Exam>>, ApiError> {
     Ok(Json(
         state
@@ -231,7 +231,7 @@ pub struct PaperFilter {
 pub async fn list_question_papers(
     State(state): State<AppState>,
     caller: Caller,
-    Query(filter): Query<PaperFilter>,
+    ApiQuery(filter): ApiQuery<PaperFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let papers = state
         .store

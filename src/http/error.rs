@@ -6,7 +6,7 @@
 //! "failure"` and a `message` — with the problem-details members `type`, `title` and
 //! `detail` beside them ([`SpecError`]). 5xx bodies never carry internal error text.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -264,9 +264,26 @@ fn serde_cause(error: &dyn std::error::Error) -> String {
     deepest
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        match rejection {
+            // The text names the parameter ("limit: invalid digit found in string").
+            QueryRejection::FailedToDeserializeQueryString(e) => ApiError::BadRequest(format!(
+                "the query string does not match the expected parameters: {}",
+                e.body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
+            )),
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
+            StoreError::UnknownCursor { .. } => ApiError::BadRequest(format!(
+                "after: {error}; pass the id of the last item of the previous page, with the same filters"
+            )),
             StoreError::Conflict { .. } => ApiError::Conflict(format!(
                 "{error}; creating a record again is only allowed with identical content"
             )),

@@ -6,7 +6,7 @@
 //! are additions clients may ignore. Failures use the contract's shape (see [`SpecError`]).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{redact_for_student, Caller};
 use super::error::{ApiError, SpecError};
-use super::{envelope, validate};
+use super::{envelope, validate, ApiQuery};
 use crate::app::AppState;
 use crate::model::{EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary};
 use crate::segment::QuestionNumber;
@@ -482,28 +482,96 @@ pub async fn retry_evaluation(
     Ok((status, Json(body)).into_response())
 }
 
-/// Filters for result listings.
+/// Filters for listing submissions.
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct ResultFilter {
+pub struct SubmissionFilter {
     pub user_id: Option<String>,
     pub question_paper_code: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
     pub limit: Option<i64>,
+    /// The id of the last submission of the previous page. When a page is full, the
+    /// response's `Link` header gives the next page's URL (`rel="next"`).
+    pub after: Option<String>,
 }
 
-impl ResultFilter {
-    fn into_filter(self) -> Filter {
-        Filter {
-            user_id: self.user_id,
-            question_paper_code: self.question_paper_code,
-            limit: self.limit.unwrap_or(100).clamp(1, 1000),
+/// An evaluation's overall status, as a listing filter.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    Success,
+    Partial,
+    Failure,
+}
+
+impl StatusFilter {
+    fn as_str(self) -> &'static str {
+        match self {
+            StatusFilter::Success => "success",
+            StatusFilter::Partial => "partial",
+            StatusFilter::Failure => "failure",
         }
     }
 }
 
-/// Students see only their own results, whatever they ask for.
-fn scoped_filter(caller: &Caller, filter: ResultFilter) -> Option<Filter> {
-    let mut filter = filter.into_filter();
+/// Filters for listing evaluations.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EvaluationFilter {
+    pub user_id: Option<String>,
+    pub question_paper_code: Option<String>,
+    /// Only evaluations with this status: `partial` and `failure` are those with questions
+    /// to retry (`POST /evaluations/{evaluation_id}/retry`).
+    #[param(inline)]
+    pub status: Option<StatusFilter>,
+    /// Only evaluations with at least one question carrying this flag, e.g. `needs_review`
+    /// for the examiner's review queue or `possible_prompt_injection`.
+    pub flag: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+    /// The id of the last evaluation of the previous page. When a page is full, the
+    /// response's `Link` header gives the next page's URL (`rel="next"`).
+    pub after: Option<String>,
+}
+
+impl SubmissionFilter {
+    fn into_filter(self) -> Filter {
+        Filter {
+            user_id: self.user_id,
+            question_paper_code: self.question_paper_code,
+            after: self.after,
+            limit: page_size(self.limit),
+            ..Filter::default()
+        }
+    }
+}
+
+impl EvaluationFilter {
+    fn into_filter(self) -> Result<Filter, ApiError> {
+        if let Some(flag) = &self.flag {
+            if !crate::model::flag::ALL.contains(&flag.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "flag {flag:?} is not one Examiner sets; known flags: {}",
+                    crate::model::flag::ALL.join(", ")
+                )));
+            }
+        }
+        Ok(Filter {
+            user_id: self.user_id,
+            question_paper_code: self.question_paper_code,
+            status: self.status.map(|s| s.as_str().to_string()),
+            flag: self.flag,
+            after: self.after,
+            limit: page_size(self.limit),
+        })
+    }
+}
+
+fn page_size(limit: Option<i64>) -> i64 {
+    limit.unwrap_or(100).clamp(1, 1000)
+}
+
+/// Students see only their own results, whatever they ask for: `None` when they asked for
+/// another user's.
+fn scoped(caller: &Caller, mut filter: Filter) -> Option<Filter> {
     if caller.is_student() {
         match (&filter.user_id, &caller.user_id) {
             (Some(asked), Some(own)) if asked != own => return None,
@@ -513,18 +581,60 @@ fn scoped_filter(caller: &Caller, filter: ResultFilter) -> Option<Filter> {
     Some(filter)
 }
 
-/// List stored submissions, newest first.
-#[utoipa::path(get, path = "/student-answers", tag = "results", params(ResultFilter),
-    responses((status = 200, body = [SubmissionSummary])))]
+/// A page of a listing, with a `Link` to the next page when this one is full. The link
+/// repeats the filters as given (a student's own user id included when the filter was
+/// narrowed to it), so following it lists the same records.
+fn page<T: Serialize>(
+    path: &str,
+    filter: &Filter,
+    items: Vec<T>,
+    last_id: impl Fn(&T) -> &str,
+) -> Response {
+    let next = match items.last() {
+        Some(last) if items.len() as i64 >= filter.limit => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            let optional = [
+                ("user_id", &filter.user_id),
+                ("question_paper_code", &filter.question_paper_code),
+                ("status", &filter.status),
+                ("flag", &filter.flag),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    query.append_pair(name, value);
+                }
+            }
+            query.append_pair("limit", &filter.limit.to_string());
+            query.append_pair("after", last_id(last));
+            Some(format!("<{path}?{}>; rel=\"next\"", query.finish()))
+        }
+        _ => None,
+    };
+    let mut response = Json(items).into_response();
+    if let Some(link) = next.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    response
+}
+
+/// List stored submissions, newest first, a page at a time.
+#[utoipa::path(get, path = "/student-answers", tag = "results", params(SubmissionFilter),
+    responses((status = 200, body = [SubmissionSummary],
+        headers(("link" = String, description = "`<URL>; rel=\"next\"` when there may be more")))))]
 pub async fn list_student_answers(
     State(state): State<AppState>,
     caller: Caller,
-    Query(filter): Query<ResultFilter>,
-) -> Result<Json<Vec<SubmissionSummary>>, ApiError> {
-    match scoped_filter(&caller, filter) {
-        Some(filter) => Ok(Json(state.store.list_submissions(&filter).await?)),
-        None => Ok(Json(Vec::new())),
-    }
+    ApiQuery(filter): ApiQuery<SubmissionFilter>,
+) -> Result<Response, ApiError> {
+    let Some(filter) = scoped(&caller, filter.into_filter()) else {
+        return Ok(Json(Vec::<SubmissionSummary>::new()).into_response());
+    };
+    let items = state.store.list_submissions(&filter).await?;
+    Ok(page("/student-answers", &filter, items, |s| {
+        &s.submission_id
+    }))
 }
 
 /// A stored submission: images with their OCR text and confidence, and the pairs.
@@ -544,18 +654,22 @@ pub async fn get_student_answers(
         .ok_or_else(|| ApiError::NotFound(format!("submission {id:?} does not exist")))
 }
 
-/// List stored evaluations, newest first.
-#[utoipa::path(get, path = "/evaluations", tag = "results", params(ResultFilter),
-    responses((status = 200, body = [EvaluationSummary])))]
+/// List stored evaluations, newest first, a page at a time. Each summary carries the flags
+/// raised on its questions; `?flag=needs_review` is the review queue.
+#[utoipa::path(get, path = "/evaluations", tag = "results", params(EvaluationFilter),
+    responses((status = 200, body = [EvaluationSummary],
+        headers(("link" = String, description = "`<URL>; rel=\"next\"` when there may be more"))),
+        (status = 400, description = "an unknown flag or status, or `after` naming no evaluation of this listing")))]
 pub async fn list_evaluations(
     State(state): State<AppState>,
     caller: Caller,
-    Query(filter): Query<ResultFilter>,
-) -> Result<Json<Vec<EvaluationSummary>>, ApiError> {
-    match scoped_filter(&caller, filter) {
-        Some(filter) => Ok(Json(state.store.list_evaluations(&filter).await?)),
-        None => Ok(Json(Vec::new())),
-    }
+    ApiQuery(filter): ApiQuery<EvaluationFilter>,
+) -> Result<Response, ApiError> {
+    let Some(filter) = scoped(&caller, filter.into_filter()?) else {
+        return Ok(Json(Vec::<EvaluationSummary>::new()).into_response());
+    };
+    let items = state.store.list_evaluations(&filter).await?;
+    Ok(page("/evaluations", &filter, items, |e| &e.evaluation_id))
 }
 
 /// A stored evaluation. Examiners see every stage of every question; students see their

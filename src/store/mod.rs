@@ -82,25 +82,50 @@ pub enum StoreError {
     /// Stored data that cannot be read back (a bug or a hand-edited database).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The message includes the cause, so the cause is not also given as the error's
+    /// source: a chain printed with `{:#}` would say it twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The database URL names a backend this build does not have.
     #[error(
         "unsupported database URL {0:?}: expected sqlite://PATH or postgres://USER@HOST/DATABASE"
     )]
     Unsupported(String),
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+    /// A listing was asked to go on after a record it does not hold.
+    #[error("{kind} {key:?} is not in this listing")]
+    UnknownCursor { kind: &'static str, key: String },
     /// A copy between databases that cannot be made.
     #[error("cannot copy: {0}")]
     Copy(String),
 }
 
-/// Filters for listing submissions and evaluations.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
+/// Filters for listing submissions and evaluations, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub user_id: Option<String>,
     pub question_paper_code: Option<String>,
+    /// Evaluations with this status only (`success`, `partial`, `failure`); not used for
+    /// submissions.
+    pub status: Option<String>,
+    /// Evaluations with at least one question carrying this flag; not used for submissions.
+    pub flag: Option<String>,
+    /// The id of the last record of the previous page: the listing goes on after it. It
+    /// must name a record of the filter's user and paper, else [`StoreError::UnknownCursor`].
+    pub after: Option<String>,
     pub limit: i64,
 }
 

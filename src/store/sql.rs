@@ -777,10 +777,41 @@ pub(super) async fn get_submission<C: Conn + ?Sized>(
     }))
 }
 
+/// Where a page of a newest-first listing starts: the `created_at` of the record named by
+/// `filter.after` (of the filter's user and paper), or `None` for the first page.
+async fn page_start<C: Conn + ?Sized>(
+    conn: &mut C,
+    table: &str,
+    id_column: &str,
+    kind: &'static str,
+    filter: &super::Filter,
+) -> Result<Option<String>, StoreError> {
+    let Some(after) = &filter.after else {
+        return Ok(None);
+    };
+    let row = conn
+        .fetch_optional(
+            &format!(
+                "SELECT created_at FROM {table} WHERE {id_column} = $1
+                   AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR question_paper_code = $3)"
+            ),
+            args![after, &filter.user_id, &filter.question_paper_code],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(Some(row.col("created_at")?)),
+        None => Err(StoreError::UnknownCursor {
+            kind,
+            key: after.clone(),
+        }),
+    }
+}
+
 pub(super) async fn list_submissions<C: Conn + ?Sized>(
     conn: &mut C,
     filter: &super::Filter,
 ) -> Result<Vec<SubmissionSummary>, StoreError> {
+    let start = page_start(conn, "submissions", "submission_id", "submission", filter).await?;
     conn.fetch_all(
         "SELECT s.submission_id, s.user_id, s.course_code, s.exam_code,
                 s.question_paper_code, s.created_at,
@@ -790,9 +821,16 @@ pub(super) async fn list_submissions<C: Conn + ?Sized>(
                   WHERE a.submission_id = s.submission_id) AS question_count
          FROM submissions s
          WHERE ($1 IS NULL OR s.user_id = $1) AND ($2 IS NULL OR s.question_paper_code = $2)
+           AND ($3 IS NULL OR s.created_at < $3 OR (s.created_at = $3 AND s.submission_id < $4))
          ORDER BY s.created_at DESC, s.submission_id DESC
-         LIMIT $3",
-        args![&filter.user_id, &filter.question_paper_code, filter.limit],
+         LIMIT $5",
+        args![
+            &filter.user_id,
+            &filter.question_paper_code,
+            &start,
+            &filter.after,
+            filter.limit
+        ],
     )
     .await?
     .iter()
@@ -972,31 +1010,106 @@ pub(super) async fn list_evaluations<C: Conn + ?Sized>(
     conn: &mut C,
     filter: &super::Filter,
 ) -> Result<Vec<EvaluationSummary>, StoreError> {
-    conn.fetch_all(
-        &format!(
-            "SELECT {EVALUATION_COLUMNS} FROM evaluations
-             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR question_paper_code = $2)
-             ORDER BY created_at DESC, evaluation_id DESC LIMIT $3"
-        ),
-        args![&filter.user_id, &filter.question_paper_code, filter.limit],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(EvaluationSummary {
-            evaluation_id: r.col("evaluation_id")?,
-            version: r.col("version")?,
-            user_id: r.col("user_id")?,
-            question_paper_code: r.col("question_paper_code")?,
-            submission_id: r.col("submission_id")?,
-            grader: r.col("grader")?,
-            total_exam_marks: r.col("total_exam_marks")?,
-            final_score: r.col("final_score")?,
-            status: r.col("status")?,
-            created_at: time_col(r, "created_at")?,
-        })
+    let start = page_start(conn, "evaluations", "evaluation_id", "evaluation", filter).await?;
+    let flag_pattern = filter.flag.as_deref().map(json_string_pattern);
+    let mut summaries = conn
+        .fetch_all(
+            &format!(
+                "SELECT {EVALUATION_COLUMNS} FROM evaluations e
+                 WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR question_paper_code = $2)
+                   AND ($3 IS NULL OR status = $3)
+                   AND ($4 IS NULL OR EXISTS (SELECT 1 FROM evaluation_items i
+                         WHERE i.evaluation_id = e.evaluation_id AND i.flags LIKE $4 ESCAPE '\\'))
+                   AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND evaluation_id < $6))
+                 ORDER BY created_at DESC, evaluation_id DESC LIMIT $7"
+            ),
+            args![
+                &filter.user_id,
+                &filter.question_paper_code,
+                &filter.status,
+                &flag_pattern,
+                &start,
+                &filter.after,
+                filter.limit
+            ],
+        )
+        .await?
+        .iter()
+        .map(summary_row)
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    add_flags(conn, &mut summaries).await?;
+    Ok(summaries)
+}
+
+/// A LIKE pattern (escape character `\`) for text holding `value` as a JSON string: flags
+/// are stored per item as a JSON array, and the quotes keep one flag from matching inside
+/// another, while the escapes keep `_` from matching any character.
+fn json_string_pattern(value: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in serde_json::Value::String(value.into()).to_string().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Fills each summary's `flags` with the flags of its questions, in one query for the page.
+async fn add_flags<C: Conn + ?Sized>(
+    conn: &mut C,
+    summaries: &mut [EvaluationSummary],
+) -> Result<(), StoreError> {
+    if summaries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Arg> = summaries
+        .iter()
+        .map(|s| Arg::from(s.evaluation_id.as_str()))
+        .collect();
+    let rows = conn
+        .fetch_all(
+            &format!(
+                "SELECT evaluation_id, flags FROM evaluation_items
+                 WHERE flags <> '[]' AND evaluation_id IN {}",
+                placeholders(1, ids.len())
+            ),
+            ids,
+        )
+        .await?;
+    let mut flags: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let item_flags: Vec<String> = serde_json::from_str(&row.col::<String>("flags")?)
+            .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))?;
+        flags
+            .entry(row.col("evaluation_id")?)
+            .or_default()
+            .extend(item_flags);
+    }
+    for summary in summaries {
+        if let Some(found) = flags.remove(&summary.evaluation_id) {
+            summary.flags = found.into_iter().collect();
+        }
+    }
+    Ok(())
+}
+
+fn summary_row(r: &impl Columns) -> Result<EvaluationSummary, StoreError> {
+    Ok(EvaluationSummary {
+        evaluation_id: r.col("evaluation_id")?,
+        version: r.col("version")?,
+        user_id: r.col("user_id")?,
+        question_paper_code: r.col("question_paper_code")?,
+        submission_id: r.col("submission_id")?,
+        grader: r.col("grader")?,
+        total_exam_marks: r.col("total_exam_marks")?,
+        final_score: r.col("final_score")?,
+        status: r.col("status")?,
+        flags: Vec::new(),
+        created_at: time_col(r, "created_at")?,
     })
-    .collect()
 }
 
 // ---- API keys ----

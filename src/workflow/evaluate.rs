@@ -473,16 +473,10 @@ fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
     ((draw >> 11) as f64 / (1u64 << 53) as f64) < share
 }
 
-/// The flag on questions whose final marks and the embedded grader's estimate differ by
-/// more than `grading.review_threshold_fraction` of the marks.
-pub const NEEDS_REVIEW_FLAG: &str = "needs_review";
-/// The embedded grader's second opinion was asked for but not in by the time the request
-/// stopped waiting (`grading.second_opinion_wait_secs`), so `needs_review` could not be
-/// decided.
-pub const SECOND_OPINION_MISSING_FLAG: &str = "second_opinion_missing";
-/// The answer graded was read from its page with low OCR confidence: the marks may reflect
-/// the transcription rather than what the student wrote.
-pub const LOW_OCR_CONFIDENCE_FLAG: &str = "low_ocr_confidence";
+pub use crate::model::flag::{
+    LOW_OCR_CONFIDENCE as LOW_OCR_CONFIDENCE_FLAG, NEEDS_REVIEW as NEEDS_REVIEW_FLAG,
+    SECOND_OPINION_MISSING as SECOND_OPINION_MISSING_FLAG,
+};
 
 fn item_from_outcome(
     review_threshold_fraction: f64,

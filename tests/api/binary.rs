@@ -99,6 +99,33 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
 }
 
 #[test]
+fn a_database_that_cannot_be_reached_is_reported_once() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["catalog", "import", "catalog/demo.yaml"])
+        .env(
+            "EXAMINER_DATABASE_URL",
+            "postgres://examiner:hunter2@127.0.0.1:1/test",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reported = stderr
+        .lines()
+        .find(|line| line.starts_with("examiner: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(reported.contains("database error"), "{reported}");
+    assert!(reported.contains("refused"), "{reported}");
+    assert_eq!(
+        reported.matches("refused").count(),
+        1,
+        "the cause is said once: {reported}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
 fn bad_configuration_is_reported_before_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
         .args(["config", "show"])

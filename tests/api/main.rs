@@ -9,6 +9,7 @@ mod fake_llm;
 mod faults;
 mod helpers;
 mod injection;
+mod listings;
 mod local_grading;
 mod ops;
 mod upload;

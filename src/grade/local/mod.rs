@@ -314,7 +314,7 @@ impl Grader for LocalGrader {
                 key_points_covered: Vec::new(),
                 key_points_missed: Vec::new(),
                 error: None,
-                flags: vec!["empty_answer".to_string()],
+                flags: vec![crate::model::flag::EMPTY_ANSWER.to_string()],
                 final_stage: Some(StageRole::Evaluator),
                 stages: vec![self.stage(Some(reply), Some(marks), started, None)],
             };
@@ -338,7 +338,7 @@ impl Grader for LocalGrader {
                     key_points_covered: Vec::new(),
                     key_points_missed: Vec::new(),
                     error: Some(msg.clone()),
-                    flags: vec!["grader_error".to_string()],
+                    flags: vec![crate::model::flag::GRADER_ERROR.to_string()],
                     final_stage: Some(StageRole::Evaluator),
                     stages: vec![self.stage(None, None, started, Some(msg))],
                 };
@@ -367,13 +367,13 @@ impl Grader for LocalGrader {
             o.insert("profile".into(), serde_json::json!(profile.name));
         }
         // Tells reviewers this mark came from the offline model, not an LLM.
-        let mut flags = vec!["offline_local_grader".to_string()];
+        let mut flags = vec![crate::model::flag::OFFLINE_LOCAL_GRADER.to_string()];
         if profile
             .gate
             .as_ref()
             .is_some_and(|g| g.factor(&features) < 1.0)
         {
-            flags.push("possibly_off_topic".to_string());
+            flags.push(crate::model::flag::POSSIBLY_OFF_TOPIC.to_string());
         }
         GradeOutcome {
             marks_awarded: Some(marks),
