@@ -328,6 +328,25 @@ pub struct EvaluationSummary {
     pub created_at: DateTime<Utc>,
 }
 
+/// One student's row of a paper's marks sheet: their newest evaluation for the paper and
+/// the marks of each question it graded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MarksSheetRow {
+    #[serde(flatten)]
+    pub evaluation: EvaluationSummary,
+    pub marks: Vec<QuestionMarks>,
+}
+
+/// The marks of one question, as a marks sheet shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuestionMarks {
+    #[schema(value_type = String, example = "1.a")]
+    pub question_number: QuestionNumber,
+    pub total_marks: f64,
+    /// Null when the question could not be graded (its evaluation is `partial`).
+    pub marks_awarded: Option<f64>,
+}
+
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

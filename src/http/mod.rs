@@ -7,6 +7,7 @@ pub mod catalog;
 mod envelope;
 pub mod error;
 pub mod keys;
+pub mod marks;
 mod ops;
 pub mod validate;
 pub mod workflows;
@@ -51,6 +52,7 @@ pub struct ApiQuery<T>(pub T);
         workflows::get_student_answers,
         workflows::list_evaluations,
         workflows::get_evaluation,
+        marks::marks_sheet,
         catalog::create_course,
         catalog::list_courses,
         catalog::get_course,
@@ -132,6 +134,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/question-papers/{question_paper_code}",
             get(catalog::get_question_paper),
+        )
+        .route(
+            "/question-papers/{question_paper_code}/marks",
+            get(marks::marks_sheet),
         )
         .route(
             "/users",

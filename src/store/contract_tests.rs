@@ -646,6 +646,57 @@ async fn listings_page_and_filter(store: &dyn Store) {
 }
 on_every_backend!(listings_page_and_filter);
 
+/// The marks sheet holds each student's newest evaluation of the paper, by user id, with
+/// every question's marks and the flags raised.
+async fn marks_sheet(store: &dyn Store) {
+    store.import_catalog(&one_paper(vec![])).await.unwrap();
+    assert!(store.marks_sheet("QP1").await.unwrap().is_empty());
+    store.insert_evaluation(evaluation("U2", 2)).await.unwrap();
+    let newest_u2 = store.insert_evaluation(evaluation("U2", 3)).await.unwrap();
+    let mut clean = evaluation("U1", 1);
+    clean.items[0].flags.clear();
+    let u1 = store.insert_evaluation(clean).await.unwrap();
+    let mut elsewhere = evaluation("U3", 1);
+    elsewhere.question_paper_code = "QP9".into();
+    store.insert_evaluation(elsewhere).await.unwrap();
+
+    let sheet = store.marks_sheet("QP1").await.unwrap();
+    let rows: Vec<(&str, i64, usize)> = sheet
+        .iter()
+        .map(|r| {
+            (
+                r.evaluation.evaluation_id.as_str(),
+                r.evaluation.version,
+                r.marks.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (u1.evaluation_id.as_str(), 1, 1),
+            (newest_u2.evaluation_id.as_str(), 2, 3)
+        ]
+    );
+    let marks: Vec<(String, Option<f64>)> = sheet[1]
+        .marks
+        .iter()
+        .map(|m| (m.question_number.to_string(), m.marks_awarded))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("1".to_string(), Some(3.5)),
+            ("2".to_string(), None),
+            ("3".to_string(), Some(3.5))
+        ]
+    );
+    assert!(sheet[0].evaluation.flags.is_empty());
+    assert_eq!(sheet[1].evaluation.flags, ["possible_prompt_injection"]);
+    assert_eq!(store.marks_sheet("QP9").await.unwrap().len(), 1);
+}
+on_every_backend!(marks_sheet);
+
 async fn memo(store: &dyn Store) {
     assert_eq!(store.cache_get("llm", "k1").await.unwrap(), None);
     store.cache_put("llm", "k1", "v1").await.unwrap();

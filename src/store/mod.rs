@@ -32,7 +32,7 @@ pub use sqlite::SqliteStore;
 
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+    MarksSheetRow, NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
 };
 
 /// How a store is opened.
@@ -187,6 +187,12 @@ pub trait Store: Send + Sync {
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError>;
     async fn list_evaluations(&self, filter: &Filter)
         -> Result<Vec<EvaluationSummary>, StoreError>;
+    /// The newest evaluation of every student graded on a paper, with each question's
+    /// marks, by user id: the paper's marks sheet.
+    async fn marks_sheet(
+        &self,
+        question_paper_code: &str,
+    ) -> Result<Vec<MarksSheetRow>, StoreError>;
 
     /// A memoised value by content address (OCR results, LLM replies). Memoised values are a
     /// bounded cache: the oldest may be gone.

@@ -11,14 +11,16 @@
 //! Functions here run inside whatever the caller holds: a writer that must be atomic passes
 //! a transaction's connection and commits it afterwards.
 
+use std::collections::{BTreeSet, HashMap};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{StoreError, Written};
 use crate::model::{
     ApiKey, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    ItemStatus, NewEvaluation, Question, QuestionPaper, Role, StoredQaPair, Submission,
-    SubmissionImage, SubmissionSummary, User,
+    ItemStatus, MarksSheetRow, NewEvaluation, Question, QuestionMarks, QuestionPaper, Role,
+    StoredQaPair, Submission, SubmissionImage, SubmissionSummary, User,
 };
 use crate::segment::QuestionNumber;
 
@@ -323,7 +325,6 @@ fn api_key_from(row: &impl Columns) -> Result<ApiKey, StoreError> {
 }
 
 fn item_from(row: &impl Columns) -> Result<EvaluationItem, StoreError> {
-    let flags: String = row.col("flags")?;
     let stages: String = row.col("stages")?;
     let status: String = row.col("status")?;
     Ok(EvaluationItem {
@@ -337,8 +338,7 @@ fn item_from(row: &impl Columns) -> Result<EvaluationItem, StoreError> {
         status: serde_json::from_value(serde_json::Value::String(status.clone()))
             .map_err(|_| StoreError::Corrupt(format!("bad item status {status:?}")))?,
         error: row.col("error")?,
-        flags: serde_json::from_str(&flags)
-            .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))?,
+        flags: flags_col(row)?,
         final_stage: row.col("final_stage")?,
         stages: serde_json::from_str(&stages)
             .map_err(|e| StoreError::Corrupt(format!("bad stages: {e}")))?,
@@ -1041,6 +1041,70 @@ pub(super) async fn list_evaluations<C: Conn + ?Sized>(
     Ok(summaries)
 }
 
+/// Selects the newest version of each student's evaluation of the paper `$1`.
+const NEWEST_OF_PAPER: &str = "question_paper_code = $1 AND version = (
+    SELECT MAX(version) FROM evaluations newer
+     WHERE newer.user_id = e.user_id AND newer.question_paper_code = e.question_paper_code)";
+
+pub(super) async fn marks_sheet<C: Conn + ?Sized>(
+    conn: &mut C,
+    question_paper_code: &str,
+) -> Result<Vec<MarksSheetRow>, StoreError> {
+    let mut rows: Vec<MarksSheetRow> = conn
+        .fetch_all(
+            &format!(
+                "SELECT {EVALUATION_COLUMNS} FROM evaluations e WHERE {NEWEST_OF_PAPER}
+                 ORDER BY user_id"
+            ),
+            args![question_paper_code],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(MarksSheetRow {
+                evaluation: summary_row(row)?,
+                marks: Vec::new(),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let items = conn
+        .fetch_all(
+            &format!(
+                "SELECT i.evaluation_id, i.question_number, i.total_marks, i.marks_awarded,
+                        i.flags
+                   FROM evaluation_items i JOIN evaluations e
+                     ON e.evaluation_id = i.evaluation_id
+                  WHERE {NEWEST_OF_PAPER}
+                  ORDER BY i.evaluation_id, i.position"
+            ),
+            args![question_paper_code],
+        )
+        .await?;
+    let position: HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(n, row)| (row.evaluation.evaluation_id.clone(), n))
+        .collect();
+    let mut flags: Vec<BTreeSet<String>> = vec![BTreeSet::new(); rows.len()];
+    for item in items {
+        let id: String = item.col("evaluation_id")?;
+        // An evaluation stored between the two queries has items but no row here.
+        let Some(&n) = position.get(&id) else {
+            continue;
+        };
+        rows[n].marks.push(QuestionMarks {
+            question_number: number_col(&item, "question_number")?,
+            total_marks: item.col("total_marks")?,
+            marks_awarded: item.col("marks_awarded")?,
+        });
+        flags[n].extend(flags_col(&item)?);
+    }
+    for (row, flags) in rows.iter_mut().zip(flags) {
+        row.evaluation.flags = flags.into_iter().collect();
+    }
+    Ok(rows)
+}
+
 /// A LIKE pattern (escape character `\`) for text holding `value` as a JSON string: flags
 /// are stored per item as a JSON array, and the quotes keep one flag from matching inside
 /// another, while the escapes keep `_` from matching any character.
@@ -1078,15 +1142,12 @@ async fn add_flags<C: Conn + ?Sized>(
             ids,
         )
         .await?;
-    let mut flags: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
-        std::collections::HashMap::new();
+    let mut flags: HashMap<String, BTreeSet<String>> = HashMap::new();
     for row in rows {
-        let item_flags: Vec<String> = serde_json::from_str(&row.col::<String>("flags")?)
-            .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))?;
         flags
             .entry(row.col("evaluation_id")?)
             .or_default()
-            .extend(item_flags);
+            .extend(flags_col(&row)?);
     }
     for summary in summaries {
         if let Some(found) = flags.remove(&summary.evaluation_id) {
@@ -1094,6 +1155,11 @@ async fn add_flags<C: Conn + ?Sized>(
         }
     }
     Ok(())
+}
+
+fn flags_col(row: &impl Columns) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(&row.col::<String>("flags")?)
+        .map_err(|e| StoreError::Corrupt(format!("bad flags: {e}")))
 }
 
 fn summary_row(r: &impl Columns) -> Result<EvaluationSummary, StoreError> {

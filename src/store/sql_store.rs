@@ -16,7 +16,7 @@ use super::sql::{self, Conn};
 use super::{Filter, Store, StoreError, Written};
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+    MarksSheetRow, NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
 };
 
 /// Memoised values by content address: each backend keeps them its own way.
@@ -270,6 +270,13 @@ where
 
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError> {
         sql::get_evaluation(&mut *self.reader.acquire().await?, id).await
+    }
+
+    async fn marks_sheet(
+        &self,
+        question_paper_code: &str,
+    ) -> Result<Vec<MarksSheetRow>, StoreError> {
+        sql::marks_sheet(&mut *self.reader.acquire().await?, question_paper_code).await
     }
 
     async fn list_evaluations(

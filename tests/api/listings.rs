@@ -1,18 +1,33 @@
 //! Result listings through HTTP: paging with `Link` headers, the review queue and status
-//! filters, and problem details for bad query strings.
+//! filters, problem details for bad query strings, and a paper's marks sheet.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, TestApp};
+use examiner::config::AuthMode;
+use examiner::model::Role;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
 /// Stores an evaluation of one question for `user_id` with these flags and status.
 async fn store_evaluation(app: &TestApp, user_id: &str, flags: &[&str], status: &str) -> String {
+    store_graded(app, user_id, "QP1", flags, status, json!(3.0)).await
+}
+
+/// Stores an evaluation of question 1 (5 marks) of `paper` for `user_id`.
+async fn store_graded(
+    app: &TestApp,
+    user_id: &str,
+    paper: &str,
+    flags: &[&str],
+    status: &str,
+    marks: Value,
+) -> String {
     let evaluation: examiner::model::NewEvaluation = serde_json::from_value(json!({
         "user_id": user_id,
         "course_code": "C1",
         "exam_code": "E1",
-        "question_paper_code": "QP1",
+        "question_paper_code": paper,
         "submission_id": null,
         "grader": "llm",
         "total_exam_marks": 5.0,
@@ -23,7 +38,7 @@ async fn store_evaluation(app: &TestApp, user_id: &str, flags: &[&str], status: 
             "student_answer": "an answer",
             "standard_answer": "the answer",
             "total_marks": 5.0,
-            "marks_awarded": 3.0,
+            "marks_awarded": marks,
             "llm_evaluation": "feedback",
             "reasoning": null,
             "status": "graded",
@@ -138,4 +153,153 @@ async fn bad_listing_queries_are_problem_details() {
         let detail = body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains(named), "{path}: {detail}");
     }
+}
+
+#[tokio::test]
+async fn a_paper_marks_sheet_lists_each_students_newest_marks_as_json_or_csv() {
+    let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
+    let staff =
+        examiner::http::auth::create_key(app.state.store.as_ref(), Role::Examiner, None, None)
+            .await
+            .unwrap()
+            .1;
+    let student = examiner::http::auth::create_key(
+        app.state.store.as_ref(),
+        Role::Student,
+        Some("=cmd".into()),
+        None,
+    )
+    .await
+    .unwrap()
+    .1;
+    // Graded ad hoc: the paper itself is not stored, so the columns come from the marks.
+    store_graded(&app, "U2", "ADHOC", &[], "success", json!(2.0)).await;
+    let newest = store_graded(
+        &app,
+        "U2",
+        "ADHOC",
+        &["needs_review"],
+        "success",
+        json!(4.5),
+    )
+    .await;
+    store_graded(&app, "=cmd", "ADHOC", &[], "partial", Value::Null).await;
+    let get = |path: &str, key: &str, accept: Option<&str>| {
+        let mut request = app.client.get(app.url(path)).bearer_auth(key);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        request.send()
+    };
+
+    let response = get("/question-papers/ADHOC/marks", &staff, None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let sheet: Value = response.json().await.unwrap();
+    assert_eq!(
+        sheet["questions"],
+        json!([{"question_number": "1", "total_marks": 5.0}])
+    );
+    let students = sheet["students"].as_array().unwrap();
+    assert_eq!(students.len(), 2, "{sheet}");
+    assert_eq!(students[1]["user_id"], "U2");
+    assert_eq!(students[1]["evaluation_id"], newest.as_str());
+    assert_eq!(students[1]["version"], 2);
+    assert_eq!(students[1]["flags"], json!(["needs_review"]));
+    assert_eq!(
+        students[1]["marks"],
+        json!([{"question_number": "1", "total_marks": 5.0, "marks_awarded": 4.5}])
+    );
+
+    let response = get("/question-papers/ADHOC/marks", &staff, Some("text/csv"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"ADHOC-marks.csv\""
+    );
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").collect();
+    assert_eq!(
+        lines[0],
+        "user_id,evaluation_id,version,graded_at,status,final_score,total_exam_marks,1 (5),flags"
+    );
+    // A user id a spreadsheet would run as a formula is written as text; an ungraded
+    // question is an empty cell.
+    assert!(lines[1].starts_with("'=cmd,"), "{csv}");
+    assert!(lines[1].ends_with(",partial,3,5,,"), "{csv}");
+    assert!(lines[2].starts_with(&format!("U2,{newest},2,")), "{csv}");
+    assert!(lines[2].ends_with(",success,3,5,4.5,needs_review"), "{csv}");
+    assert_eq!(lines[3], "", "{csv}");
+    assert_eq!(lines.len(), 4, "{csv}");
+
+    let same = get("/question-papers/ADHOC/marks?format=csv", &staff, None)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(same, csv);
+
+    for (path, key, status) in [
+        (
+            "/question-papers/ADHOC/marks",
+            &student,
+            StatusCode::FORBIDDEN,
+        ),
+        ("/question-papers/NOPE/marks", &staff, StatusCode::NOT_FOUND),
+        (
+            "/question-papers/ADHOC/marks?format=xml",
+            &staff,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let response = get(path, key, None).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stored_paper_gives_the_marks_sheet_its_columns() {
+    let app = spawn_app().await;
+    app.seed_catalog().await;
+    store_graded(&app, "U1", "QP001", &[], "partial", json!(4.0)).await;
+    let (status, sheet, _) = app.get("/question-papers/QP001/marks").await;
+    assert_eq!(status, StatusCode::OK);
+    let columns: Vec<&str> = sheet["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question_number"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["1.a", "1.b", "2"]);
+    let csv = app
+        .client
+        .get(app.url("/question-papers/QP001/marks?format=csv"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with(",1.a (5),1.b (5),2 (10),flags"),
+        "{header}"
+    );
+    // The stored question 1 is not on this paper: its marks have no column.
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(",partial,3,5,,,,"),
+        "{csv}"
+    );
 }
