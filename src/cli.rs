@@ -93,6 +93,17 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Print a question paper's marks sheet: each student's newest evaluation of it, one
+    /// row each, with every question's marks (as GET /question-papers/{code}/marks).
+    Marks {
+        question_paper_code: String,
+        /// `csv` (the default) or `json`.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write the sheet to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Work on the database as a whole.
     Db {
         #[command(subcommand)]
@@ -288,6 +299,43 @@ pub async fn llm_check(settings: &Settings) -> anyhow::Result<std::process::Exit
     } else {
         std::process::ExitCode::FAILURE
     })
+}
+
+/// `examiner marks CODE`.
+pub async fn marks(
+    settings: &Settings,
+    question_paper_code: &str,
+    format: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !matches!(format, "csv" | "json") {
+        bail!("--format {format:?} is not offered; use csv or json");
+    }
+    let store = crate::app::open_store(settings).await?;
+    let Some(sheet) =
+        crate::workflow::marks::marks_sheet(store.as_ref(), question_paper_code).await?
+    else {
+        bail!(
+            "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
+        );
+    };
+    let text = if format == "csv" {
+        crate::workflow::marks::to_csv(&sheet)
+    } else {
+        serde_json::to_string_pretty(&sheet)? + "\n"
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote the marks of {} students to {}",
+                sheet.students.len(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `examiner keys ...`.

@@ -93,6 +93,11 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             concurrency,
         } => examiner::cli::eval_ocr(&settings, &data, &engine, out.as_deref(), concurrency).await,
         Command::Keys { command } => examiner::cli::keys(&settings, command).await,
+        Command::Marks {
+            question_paper_code,
+            format,
+            out,
+        } => examiner::cli::marks(&settings, &question_paper_code, &format, out.as_deref()).await,
         Command::Db {
             command: DbCommand::Copy { to, from },
         } => {

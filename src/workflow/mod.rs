@@ -2,4 +2,5 @@
 //! segment → store) and [`evaluate`] (gather pairs → grade → total → store).
 
 pub mod evaluate;
+pub mod marks;
 pub mod upload;

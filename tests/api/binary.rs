@@ -64,6 +64,29 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     let printed = String::from_utf8_lossy(&import.stdout);
     assert!(printed.contains("1 question papers"), "{printed}");
 
+    // The marks sheet of a paper nobody has been graded on yet: its columns only.
+    let marks = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_examiner"))
+            .arg("marks")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let sheet = marks(&["QP001"]);
+    assert!(sheet.status.success(), "{sheet:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&sheet.stdout),
+        "user_id,evaluation_id,version,graded_at,status,final_score,total_exam_marks,\
+         1.a (5),1.b (5),2.a (10),2.b (10),3 (10),4 (10),flags\r\n"
+    );
+    let missing = marks(&["NOPE"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("\"NOPE\" does not exist"));
+    let wrong = marks(&["QP001", "--format", "xml"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("use csv or json"));
+
     let bad = Command::new(env!("CARGO_BIN_EXE_examiner"))
         .args(["catalog", "import", "Cargo.toml", "--data-dir"])
         .arg(data.path())
