@@ -836,12 +836,71 @@ async fn two_instances_share_one_postgres_database() {
         second.cache_get("llm", "k").await.unwrap().as_deref(),
         Some("paid for once")
     );
+    // The second now answers misses from memory for a while; what the first stores later is
+    // found once the second reads in what was stored since.
+    assert_eq!(second.cache_get("llm", "k2").await.unwrap(), None);
+    first.cache_put("llm", "k2", "later").await.unwrap();
+    assert_eq!(
+        eventually(second.as_ref(), "k2").await.as_deref(),
+        Some("later")
+    );
     let writes = (0..12).map(|n| {
         let store = if n % 2 == 0 { &first } else { &second };
         store.insert_evaluation(evaluation("U1", 1))
     });
     assert_eq!(versions_stored(writes).await, (1..=12).collect::<Vec<_>>());
     drop((first, second));
+    schema.drop_schema().await;
+}
+
+/// Looks `key` up in namespace `llm` until it is found or three seconds have passed.
+async fn eventually(store: &dyn Store, key: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let found = store.cache_get("llm", key).await.unwrap();
+        if found.is_some() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Memo ids are taken at insert and seen at commit, so a writer may commit an entry under a
+/// lower id after a reader has read in a higher one; the reader still finds it.
+#[tokio::test]
+async fn a_postgres_memo_entry_committed_late_under_a_lower_id_is_found() {
+    let Some(schema) = PostgresSchema::create().await else {
+        return;
+    };
+    let options = StoreOptions::default();
+    let reader = open_with(&schema.url, &options).await.unwrap();
+    let writer = open_with(&schema.url, &options).await.unwrap();
+    let mut slow = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+    sqlx::query(
+        "INSERT INTO memo (namespace, key, value, created_at, address)
+         VALUES ('llm', 'slow', 'committed late', '2026-01-01T00:00:00Z', $1)",
+    )
+    .bind(super::sql_store::memo_address("llm", "slow") as i64)
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    writer
+        .cache_put("llm", "fast", "committed first")
+        .await
+        .unwrap();
+    assert_eq!(
+        eventually(reader.as_ref(), "fast").await.as_deref(),
+        Some("committed first")
+    );
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    assert_eq!(
+        eventually(reader.as_ref(), "slow").await.as_deref(),
+        Some("committed late")
+    );
+    drop((reader, writer, slow));
     schema.drop_schema().await;
 }
 

@@ -7,17 +7,19 @@
 //! - Every connection may write; PostgreSQL locks rows, not the database, so there is no
 //!   single writer to queue for: one pool reads and writes.
 //! - The memo is an ordinary table keyed by (namespace, key) ([`MemoTable`]), shared by every
-//!   process: a reply one process paid for is served to all of them.
+//!   process: a reply one process paid for is served to all of them. Each process keeps the
+//!   addresses of the stored entries in memory, so a miss rarely asks the server.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection as _;
 use sqlx::{PgConnection, PgPool};
 
 use super::sql::{self, args, Columns, Conn};
-use super::sql_store::{is_in_older_half, Memo, SqlStore};
+use super::sql_store::{is_in_older_half, memo_address, Memo, SqlStore};
 use super::{StoreError, StoreOptions};
 
 /// PostgreSQL behind the [`Store`](super::Store) trait.
@@ -42,25 +44,121 @@ impl PostgresStore {
         let memo = MemoTable {
             pool: pool.clone(),
             max_entries: i64::try_from(options.memo_max_entries.max(1)).unwrap_or(i64::MAX),
+            seen: Mutex::new(SeenAddresses::default()),
+            reading: tokio::sync::Mutex::new(()),
         };
         Ok(SqlStore::new(pool.clone(), pool, Arc::new(memo), None)
             .with_version_lock("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"))
     }
 }
 
-/// Memo rows per multi-row statement (4 values each).
+/// Memo rows per multi-row statement (5 values each).
 const MEMO_ROWS_PER_STATEMENT: usize = 1_000;
+
+/// How long a lookup of an address this process has not seen is answered "absent" from
+/// memory before the addresses other processes stored since are read in. An entry another
+/// process stored within this time may be computed again here: a repeated computation, at
+/// most once per entry and process, for one query a second instead of one per lookup.
+const READ_IN_EVERY: Duration = Duration::from_secs(1);
 
 /// The memo as a table keyed by (namespace, key), bounded by its ids: they grow with every
 /// insert, so the rows past the bound are found from the ends of the id index rather than by
 /// counting the table. An entry served from the older half takes a new id (a second chance),
 /// so entries in use outlive those that are not.
+///
+/// Every lookup used to be a query, and with one per LLM stage the memo was most of what
+/// the server did (BENCHMARKS.md, "On PostgreSQL"). Nearly all lookups miss, so each process
+/// keeps the addresses ([`memo_address`]) of the stored entries in memory, reading in those
+/// with ids past the last it read at most once per [`READ_IN_EVERY`]: a miss asks the server
+/// nothing, a hit is one query as before.
 pub struct MemoTable {
     pool: PgPool,
     max_entries: i64,
+    seen: Mutex<SeenAddresses>,
+    /// One read-in at a time; lookups that wait for it then find its result.
+    reading: tokio::sync::Mutex<()>,
+}
+
+/// The addresses of the entries stored as of the last read-in.
+#[derive(Default)]
+struct SeenAddresses {
+    addresses: HashSet<u64>,
+    /// The highest id read in (0: none yet).
+    newest_read: i64,
+    /// The next read-in reads the ids above this: the highest id as of the read-in before
+    /// the last, so each read-in also reads again what the last one read (the second after
+    /// a start reads all again once). Ids are taken when a row is inserted but become
+    /// visible at commit, so a transaction that took a lower id may commit after a read-in
+    /// has seen a higher one; the overlap finds it.
+    read_from: i64,
+    /// When the last read-in was; `None` before the first.
+    read_at: Option<Instant>,
+}
+
+/// What a lookup of an address should do, from what this process has seen.
+enum Seen {
+    Stored,
+    Absent,
+    /// Not seen, and the last read-in is older than [`READ_IN_EVERY`].
+    Unsure,
 }
 
 impl MemoTable {
+    fn seen(&self) -> std::sync::MutexGuard<'_, SeenAddresses> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check(&self, address: u64) -> Seen {
+        let seen = self.seen();
+        if seen.addresses.contains(&address) {
+            Seen::Stored
+        } else if seen.read_at.is_some_and(|at| at.elapsed() < READ_IN_EVERY) {
+            Seen::Absent
+        } else {
+            Seen::Unsure
+        }
+    }
+
+    /// Reads in the addresses stored since the last read-in, unless another lookup just did.
+    /// Trimmed entries' addresses stay until the set outgrows twice the bound; then it is read
+    /// in afresh. A stale address costs one lookup that finds no row.
+    async fn read_in(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reading.lock().await;
+        let read_from = {
+            let mut seen = self.seen();
+            if seen.read_at.is_some_and(|at| at.elapsed() < READ_IN_EVERY) {
+                return Ok(());
+            }
+            if seen.addresses.len() as i64 > self.max_entries.saturating_mul(2) {
+                *seen = SeenAddresses::default();
+            }
+            seen.read_from
+        };
+        let started = Instant::now();
+        let rows = self
+            .pool
+            .acquire()
+            .await?
+            .fetch_all(
+                "SELECT id, address FROM memo WHERE id > $1 AND address IS NOT NULL",
+                args![read_from],
+            )
+            .await?;
+        let mut seen = self.seen();
+        let before = seen.newest_read;
+        for row in &rows {
+            let id: i64 = row.col("id")?;
+            let address: i64 = row.col("address")?;
+            seen.addresses.insert(address as u64);
+            seen.newest_read = seen.newest_read.max(id);
+        }
+        seen.read_from = before;
+        seen.read_at = Some(started);
+        Ok(())
+    }
+
     /// Deletes the oldest tenth once the table holds more than its bound. Ids the sequence
     /// handed out without a row to show for them (a rolled-back insert, an insert that
     /// updated an existing entry instead) make it trim a little early, never late.
@@ -99,6 +197,17 @@ impl MemoTable {
 #[async_trait::async_trait]
 impl Memo for MemoTable {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let address = memo_address(namespace, key);
+        match self.check(address) {
+            Seen::Stored => {}
+            Seen::Absent => return Ok(None),
+            Seen::Unsure => {
+                self.read_in().await?;
+                if !matches!(self.check(address), Seen::Stored) {
+                    return Ok(None);
+                }
+            }
+        }
         let mut conn = self.pool.acquire().await?;
         let Some(row) = conn
             .fetch_optional(
@@ -140,20 +249,27 @@ impl Memo for MemoTable {
         let created_at = sql::now();
         let mut tx = self.pool.begin().await?;
         for chunk in latest.chunks(MEMO_ROWS_PER_STATEMENT) {
-            let mut values = Vec::with_capacity(chunk.len() * 4);
+            let mut values = Vec::with_capacity(chunk.len() * 5);
             for (key, value) in chunk {
-                values.extend(args![namespace, *key, *value, &created_at]);
+                let address = memo_address(namespace, key) as i64;
+                values.extend(args![namespace, *key, *value, &created_at, address]);
             }
             let statement = format!(
-                "INSERT INTO memo (namespace, key, value, created_at) VALUES {}
+                "INSERT INTO memo (namespace, key, value, created_at, address) VALUES {}
                  ON CONFLICT (namespace, key)
-                 DO UPDATE SET value = EXCLUDED.value, created_at = EXCLUDED.created_at",
-                sql::placeholders(chunk.len(), 4)
+                 DO UPDATE SET value = EXCLUDED.value, created_at = EXCLUDED.created_at,
+                               address = EXCLUDED.address",
+                sql::placeholders(chunk.len(), 5)
             );
             tx.execute(&statement, values).await?;
         }
         self.trim(&mut tx).await?;
         tx.commit().await?;
+        // What this process stored it finds at once; other processes at their next read-in.
+        let mut seen = self.seen();
+        for (key, _) in &latest {
+            seen.addresses.insert(memo_address(namespace, key));
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use sha2::{Digest, Sha256};
 use sqlx::Pool;
 
 use super::known::Known;
@@ -37,6 +38,21 @@ pub trait Memo: Send + Sync + 'static {
 /// grow by one per appended row, so their distance counts the rows appended since.
 pub(super) fn is_in_older_half(id: i64, newest: i64, max_entries: u64) -> bool {
     max_entries >= 2 && newest - id >= i64::try_from(max_entries / 2).unwrap_or(i64::MAX)
+}
+
+/// 64 bits of SHA-256 over (namespace, key), by which each process keeps the memo's index
+/// in memory: stored, so it must not change between builds. Two entries sharing them cost a
+/// lookup that finds the other's row, sees its key differ, and answers "absent": a repeated
+/// computation, never a wrong value.
+pub(super) fn memo_address(namespace: &str, key: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(namespace)
+        .chain_update([0])
+        .chain_update(key)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Stops a background task when the last clone of its owner goes.

@@ -19,11 +19,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
-
 use super::Database;
 use crate::store::sql::now;
-use crate::store::sql_store::{is_in_older_half, Memo};
+use crate::store::sql_store::{is_in_older_half, memo_address as address, Memo};
 use crate::store::StoreError;
 
 /// Rows per multi-row INSERT: 4 bound values each keeps a statement well under SQLite's
@@ -50,20 +48,6 @@ struct MemoIndex {
     newest: i64,
     /// Rows in the table, superseded ones included: they occupy space until trimmed.
     count: u64,
-}
-
-/// 64 bits of SHA-256 over (namespace, key): stored, so it must not change between builds.
-/// Two entries sharing them cost a lookup that finds the other's row, sees its key differ,
-/// and answers "absent": a repeated computation, never a wrong value.
-fn address(namespace: &str, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(namespace)
-        .chain_update([0])
-        .chain_update(key)
-        .finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
 }
 
 impl MemoLog {
@@ -508,6 +492,7 @@ mod tests {
     #[test]
     fn addresses_are_stable_and_keep_namespaces_apart() {
         // Stored in the memo file, so a change here would orphan every stored entry.
+        use sha2::{Digest, Sha256};
         assert_eq!(address("llm", "k"), address("llm", "k"));
         assert_ne!(address("llm", "k"), address("ocr", "k"));
         assert_ne!(address("ll", "mk"), address("llm", "k"));
