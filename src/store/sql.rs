@@ -1050,54 +1050,47 @@ pub(super) async fn marks_sheet<C: Conn + ?Sized>(
     conn: &mut C,
     question_paper_code: &str,
 ) -> Result<Vec<MarksSheetRow>, StoreError> {
-    let mut rows: Vec<MarksSheetRow> = conn
+    // One statement, so the evaluations and their items come from one snapshot even while
+    // new versions are being stored.
+    let evaluation_columns: Vec<String> = EVALUATION_COLUMNS
+        .split(',')
+        .map(|column| format!("e.{}", column.trim()))
+        .collect();
+    let joined = conn
         .fetch_all(
             &format!(
-                "SELECT {EVALUATION_COLUMNS} FROM evaluations e WHERE {NEWEST_OF_PAPER}
-                 ORDER BY user_id"
-            ),
-            args![question_paper_code],
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(MarksSheetRow {
-                evaluation: summary_row(row)?,
-                marks: Vec::new(),
-            })
-        })
-        .collect::<Result<_, StoreError>>()?;
-    let items = conn
-        .fetch_all(
-            &format!(
-                "SELECT i.evaluation_id, i.question_number, i.total_marks, i.marks_awarded,
-                        i.flags
-                   FROM evaluation_items i JOIN evaluations e
-                     ON e.evaluation_id = i.evaluation_id
+                "SELECT {}, i.question_number, i.total_marks, i.marks_awarded, i.flags
+                   FROM evaluations e JOIN evaluation_items i
+                     ON i.evaluation_id = e.evaluation_id
                   WHERE {NEWEST_OF_PAPER}
-                  ORDER BY i.evaluation_id, i.position"
+                  ORDER BY e.user_id, i.position",
+                evaluation_columns.join(", ")
             ),
             args![question_paper_code],
         )
         .await?;
-    let position: HashMap<String, usize> = rows
-        .iter()
-        .enumerate()
-        .map(|(n, row)| (row.evaluation.evaluation_id.clone(), n))
-        .collect();
-    let mut flags: Vec<BTreeSet<String>> = vec![BTreeSet::new(); rows.len()];
-    for item in items {
+    let mut rows: Vec<MarksSheetRow> = Vec::new();
+    let mut flags: Vec<BTreeSet<String>> = Vec::new();
+    for item in &joined {
         let id: String = item.col("evaluation_id")?;
-        // An evaluation stored between the two queries has items but no row here.
-        let Some(&n) = position.get(&id) else {
-            continue;
-        };
-        rows[n].marks.push(QuestionMarks {
-            question_number: number_col(&item, "question_number")?,
-            total_marks: item.col("total_marks")?,
-            marks_awarded: item.col("marks_awarded")?,
-        });
-        flags[n].extend(flags_col(&item)?);
+        if rows
+            .last()
+            .is_none_or(|row| row.evaluation.evaluation_id != id)
+        {
+            rows.push(MarksSheetRow {
+                evaluation: summary_row(item)?,
+                marks: Vec::new(),
+            });
+            flags.push(BTreeSet::new());
+        }
+        if let (Some(row), Some(row_flags)) = (rows.last_mut(), flags.last_mut()) {
+            row.marks.push(QuestionMarks {
+                question_number: number_col(item, "question_number")?,
+                total_marks: item.col("total_marks")?,
+                marks_awarded: item.col("marks_awarded")?,
+            });
+            row_flags.extend(flags_col(item)?);
+        }
     }
     for (row, flags) in rows.iter_mut().zip(flags) {
         row.evaluation.flags = flags.into_iter().collect();
