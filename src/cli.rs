@@ -98,7 +98,7 @@ pub enum Command {
     Marks {
         question_paper_code: String,
         /// `csv` (the default) or `json`.
-        #[arg(long, default_value = "csv")]
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
         format: String,
         /// Write the sheet to this file instead of standard output.
         #[arg(long)]
@@ -308,9 +308,6 @@ pub async fn marks(
     format: &str,
     out: Option<&Path>,
 ) -> anyhow::Result<std::process::ExitCode> {
-    if !matches!(format, "csv" | "json") {
-        bail!("--format {format:?} is not offered; use csv or json");
-    }
     let store = crate::app::open_store(settings).await?;
     let Some(sheet) =
         crate::workflow::marks::marks_sheet(store.as_ref(), question_paper_code).await?
@@ -319,10 +316,11 @@ pub async fn marks(
             "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
         );
     };
-    let text = if format == "csv" {
-        crate::workflow::marks::to_csv(&sheet)
-    } else {
+    // clap admits only `csv` and `json`.
+    let text = if format == "json" {
         serde_json::to_string_pretty(&sheet)? + "\n"
+    } else {
+        crate::workflow::marks::to_csv(&sheet)
     };
     match out {
         Some(path) => {

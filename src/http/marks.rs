@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -17,7 +17,15 @@ use crate::workflow::marks::{self, MarksSheet};
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SheetFormat {
     /// `json` (the default) or `csv`; `Accept: text/csv` also asks for CSV.
-    pub format: Option<String>,
+    #[param(inline)]
+    pub format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Csv,
 }
 
 /// The marks sheet of a question paper: each student's newest evaluation with the marks of
@@ -35,14 +43,8 @@ pub async fn marks_sheet(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
-    let csv = match format.format.as_deref() {
-        Some("csv") => true,
-        Some("json") => false,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "format {other:?} is not offered; use json or csv"
-            )))
-        }
+    let csv = match format.format {
+        Some(format) => matches!(format, Format::Csv),
         None => headers
             .get(header::ACCEPT)
             .and_then(|accept| accept.to_str().ok())

@@ -95,6 +95,13 @@ struct SeenAddresses {
     read_at: Option<Instant>,
 }
 
+impl SeenAddresses {
+    /// Whether the last read-in is recent enough to answer "absent" from memory.
+    fn fresh(&self) -> bool {
+        self.read_at.is_some_and(|at| at.elapsed() < READ_IN_EVERY)
+    }
+}
+
 /// What a lookup of an address should do, from what this process has seen.
 enum Seen {
     Stored,
@@ -114,7 +121,7 @@ impl MemoTable {
         let seen = self.seen();
         if seen.addresses.contains(&address) {
             Seen::Stored
-        } else if seen.read_at.is_some_and(|at| at.elapsed() < READ_IN_EVERY) {
+        } else if seen.fresh() {
             Seen::Absent
         } else {
             Seen::Unsure
@@ -128,7 +135,7 @@ impl MemoTable {
         let _one_at_a_time = self.reading.lock().await;
         let read_from = {
             let mut seen = self.seen();
-            if seen.read_at.is_some_and(|at| at.elapsed() < READ_IN_EVERY) {
+            if seen.fresh() {
                 return Ok(());
             }
             if seen.addresses.len() as i64 > self.max_entries.saturating_mul(2) {
@@ -245,14 +252,16 @@ impl Memo for MemoTable {
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
             .collect();
-        let latest: Vec<(&str, &str)> = latest.into_iter().collect();
+        let latest: Vec<(&str, &str, u64)> = latest
+            .into_iter()
+            .map(|(key, value)| (key, value, memo_address(namespace, key)))
+            .collect();
         let created_at = sql::now();
         let mut tx = self.pool.begin().await?;
         for chunk in latest.chunks(MEMO_ROWS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(chunk.len() * 5);
-            for (key, value) in chunk {
-                let address = memo_address(namespace, key) as i64;
-                values.extend(args![namespace, *key, *value, &created_at, address]);
+            for (key, value, address) in chunk {
+                values.extend(args![namespace, *key, *value, &created_at, *address as i64]);
             }
             let statement = format!(
                 "INSERT INTO memo (namespace, key, value, created_at, address) VALUES {}
@@ -266,10 +275,9 @@ impl Memo for MemoTable {
         self.trim(&mut tx).await?;
         tx.commit().await?;
         // What this process stored it finds at once; other processes at their next read-in.
-        let mut seen = self.seen();
-        for (key, _) in &latest {
-            seen.addresses.insert(memo_address(namespace, key));
-        }
+        self.seen()
+            .addresses
+            .extend(latest.iter().map(|(_, _, address)| address));
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 //! Functions here run inside whatever the caller holds: a writer that must be atomic passes
 //! a transaction's connection and commits it afterwards.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -1069,8 +1069,8 @@ pub(super) async fn marks_sheet<C: Conn + ?Sized>(
             args![question_paper_code],
         )
         .await?;
+    // Rows come by user, so an evaluation's items are consecutive.
     let mut rows: Vec<MarksSheetRow> = Vec::new();
-    let mut flags: Vec<BTreeSet<String>> = Vec::new();
     for item in &joined {
         let id: String = item.col("evaluation_id")?;
         if rows
@@ -1081,19 +1081,19 @@ pub(super) async fn marks_sheet<C: Conn + ?Sized>(
                 evaluation: summary_row(item)?,
                 marks: Vec::new(),
             });
-            flags.push(BTreeSet::new());
         }
-        if let (Some(row), Some(row_flags)) = (rows.last_mut(), flags.last_mut()) {
-            row.marks.push(QuestionMarks {
-                question_number: number_col(item, "question_number")?,
-                total_marks: item.col("total_marks")?,
-                marks_awarded: item.col("marks_awarded")?,
-            });
-            row_flags.extend(flags_col(item)?);
-        }
+        let Some(row) = rows.last_mut() else {
+            continue;
+        };
+        row.marks.push(QuestionMarks {
+            question_number: number_col(item, "question_number")?,
+            total_marks: item.col("total_marks")?,
+            marks_awarded: item.col("marks_awarded")?,
+        });
+        row.evaluation.flags.extend(flags_col(item)?);
     }
-    for (row, flags) in rows.iter_mut().zip(flags) {
-        row.evaluation.flags = flags.into_iter().collect();
+    for row in &mut rows {
+        sort_unique(&mut row.evaluation.flags);
     }
     Ok(rows)
 }
@@ -1135,19 +1135,26 @@ async fn add_flags<C: Conn + ?Sized>(
             ids,
         )
         .await?;
-    let mut flags: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let position: HashMap<String, usize> = summaries
+        .iter()
+        .enumerate()
+        .map(|(n, summary)| (summary.evaluation_id.clone(), n))
+        .collect();
     for row in rows {
-        flags
-            .entry(row.col("evaluation_id")?)
-            .or_default()
-            .extend(flags_col(&row)?);
-    }
-    for summary in summaries {
-        if let Some(found) = flags.remove(&summary.evaluation_id) {
-            summary.flags = found.into_iter().collect();
+        if let Some(&n) = position.get(&row.col::<String>("evaluation_id")?) {
+            summaries[n].flags.extend(flags_col(&row)?);
         }
     }
+    for summary in summaries {
+        sort_unique(&mut summary.flags);
+    }
     Ok(())
+}
+
+/// An evaluation's flags as its summary gives them: each once, sorted.
+fn sort_unique(flags: &mut Vec<String>) {
+    flags.sort_unstable();
+    flags.dedup();
 }
 
 fn flags_col(row: &impl Columns) -> Result<Vec<String>, StoreError> {

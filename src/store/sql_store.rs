@@ -386,3 +386,22 @@ where
         self.memo.ping().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_addresses_are_stable_and_keep_namespaces_apart() {
+        // Stored beside every memo entry (SQLite's memo file, PostgreSQL's memo table), so a
+        // change here would orphan every stored entry.
+        assert_eq!(memo_address("llm", "k"), memo_address("llm", "k"));
+        assert_ne!(memo_address("llm", "k"), memo_address("ocr", "k"));
+        assert_ne!(memo_address("ll", "mk"), memo_address("llm", "k"));
+        let digest = Sha256::digest(b"llm\0k");
+        assert_eq!(
+            memo_address("llm", "k"),
+            u64::from_le_bytes(digest[..8].try_into().unwrap())
+        );
+    }
+}

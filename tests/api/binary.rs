@@ -85,7 +85,8 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("\"NOPE\" does not exist"));
     let wrong = marks(&["QP001", "--format", "xml"]);
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("use csv or json"));
+    assert_eq!(wrong.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("[possible values: csv, json]"));
 
     let bad = Command::new(env!("CARGO_BIN_EXE_examiner"))
         .args(["catalog", "import", "Cargo.toml", "--data-dir"])
