@@ -33,6 +33,9 @@ pub mod flag {
     pub const POSSIBLY_OFF_TOPIC: &str = "possibly_off_topic";
     /// The embedded grader could not grade the answer (its `error` says why).
     pub const GRADER_ERROR: &str = "grader_error";
+    /// An examiner set the marks by hand (`POST /evaluations/{id}/review`); the stage
+    /// `examiner` of the question records who, when, and the marks it replaced.
+    pub const REVIEWED: &str = "reviewed";
 
     /// All of the above.
     pub const ALL: &[&str] = &[
@@ -44,7 +47,11 @@ pub mod flag {
         OFFLINE_LOCAL_GRADER,
         POSSIBLY_OFF_TOPIC,
         GRADER_ERROR,
+        REVIEWED,
     ];
+
+    /// Flags that ask for an examiner; an examiner's review of the question settles them.
+    pub const SETTLED_BY_REVIEW: &[&str] = &[NEEDS_REVIEW, SECOND_OPINION_MISSING, GRADER_ERROR];
 }
 
 /// A course, e.g. a professional qualification level.
@@ -264,6 +271,11 @@ pub struct NewEvaluation {
     /// `success`, `partial` or `failure`, as in the response.
     pub status: String,
     pub items: Vec<EvaluationItem>,
+    /// The version this one was made from (a retry or a review of it). Storing fails with
+    /// `StoreError::Superseded` when a newer version of the student's paper has been stored
+    /// since, so a change made from an old version never silently replaces a newer one.
+    #[serde(default)]
+    pub replaces_version: Option<i64>,
 }
 
 impl NewEvaluation {

@@ -287,6 +287,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => ApiError::Conflict(format!(
                 "{error}; creating a record again is only allowed with identical content"
             )),
+            StoreError::Superseded { ref newest_id, .. } => ApiError::Conflict(format!(
+                "{error}; marks seen on an older version no longer stand: read evaluation {newest_id} and make the change there"
+            )),
             StoreError::MissingLink { .. } => {
                 ApiError::NotFound(format!("{error}; create it first"))
             }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod marks;
 mod ops;
+pub mod review;
 pub mod validate;
 pub mod workflows;
 
@@ -48,6 +49,7 @@ pub struct ApiQuery<T>(pub T);
         workflows::upload_exam_answers,
         workflows::evaluate_answers,
         workflows::retry_evaluation,
+        review::review_evaluation,
         workflows::list_student_answers,
         workflows::get_student_answers,
         workflows::list_evaluations,
@@ -116,6 +118,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/evaluations/{evaluation_id}/retry",
             post(workflows::retry_evaluation),
+        )
+        .route(
+            "/evaluations/{evaluation_id}/review",
+            post(review::review_evaluation),
         )
         .route(
             "/courses",

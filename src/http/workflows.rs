@@ -525,6 +525,9 @@ pub struct EvaluationFilter {
     /// Only evaluations with at least one question carrying this flag, e.g. `needs_review`
     /// for the examiner's review queue or `possible_prompt_injection`.
     pub flag: Option<String>,
+    /// `true`: only each student's newest evaluation of each paper, leaving out versions
+    /// that were retried, reviewed or graded again since (the review queue's view).
+    pub latest: Option<bool>,
     /// At most this many, newest first (default 100, at most 1000).
     pub limit: Option<i64>,
     /// The id of the last evaluation of the previous page. When a page is full, the
@@ -559,6 +562,7 @@ impl EvaluationFilter {
             question_paper_code: self.question_paper_code,
             status: self.status.map(|s| s.as_str().to_string()),
             flag: self.flag,
+            latest: self.latest.unwrap_or(false),
             after: self.after,
             limit: page_size(self.limit),
         })
@@ -603,6 +607,9 @@ fn page<T: Serialize>(
                 if let Some(value) = value {
                     query.append_pair(name, value);
                 }
+            }
+            if filter.latest {
+                query.append_pair("latest", "true");
             }
             query.append_pair("limit", &filter.limit.to_string());
             query.append_pair("after", last_id(last));

@@ -441,6 +441,7 @@ fn evaluation(user_id: &str, items: usize) -> NewEvaluation {
                 stages: serde_json::json!([{"role": "evaluator", "marks": n}]),
             })
             .collect(),
+        replaces_version: None,
     }
 }
 
@@ -456,10 +457,7 @@ async fn evaluations(store: &dyn Store) {
         .unwrap();
     assert_eq!(read.items, evaluation("U1", 3).items);
     assert_eq!(read.status, "partial");
-    assert_eq!(
-        read.created_at.timestamp_micros(),
-        first.created_at.timestamp_micros()
-    );
+    assert_eq!(read.created_at, first.created_at);
     assert_eq!(store.get_evaluation("nope").await.unwrap(), None);
     let listed = store
         .list_evaluations(&Filter {
@@ -497,6 +495,82 @@ async fn versions_stored(
     versions
 }
 on_every_backend!(evaluations);
+
+/// A retry or a review is made from one version and is stored only while that version is
+/// the newest: of several made from the same version at once, one is stored.
+async fn changes_are_stored_only_on_the_newest_version(store: &dyn Store) {
+    let first = store.insert_evaluation(evaluation("U1", 1)).await.unwrap();
+    let mut change = evaluation("U1", 1);
+    change.replaces_version = Some(first.version);
+    let second = store.insert_evaluation(change.clone()).await.unwrap();
+    assert_eq!(second.version, 2);
+    let other = store.insert_evaluation(evaluation("U2", 1)).await.unwrap();
+
+    match store.insert_evaluation(change).await {
+        Err(StoreError::Superseded {
+            based_on: 1,
+            newest_version: 2,
+            newest_id,
+        }) => assert_eq!(newest_id, second.evaluation_id),
+        other => panic!("expected Superseded, got {other:?}"),
+    }
+
+    let mut from_second = evaluation("U1", 1);
+    from_second.replaces_version = Some(2);
+    let outcomes =
+        futures::future::join_all((0..6).map(|_| store.insert_evaluation(from_second.clone())))
+            .await;
+    let stored: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().ok().map(|e| e.version))
+        .collect();
+    assert_eq!(stored, vec![3], "{outcomes:?}");
+    for outcome in &outcomes {
+        if let Err(error) = outcome {
+            assert!(
+                matches!(
+                    error,
+                    StoreError::Superseded {
+                        based_on: 2,
+                        newest_version: 3,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
+    }
+
+    // Nothing of a refused change was kept; `latest` lists each student's newest only.
+    let all = Filter {
+        limit: 100,
+        ..Filter::default()
+    };
+    let versions = |listed: Vec<crate::model::EvaluationSummary>| {
+        let mut found: Vec<(String, i64)> =
+            listed.into_iter().map(|e| (e.user_id, e.version)).collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        versions(store.list_evaluations(&all).await.unwrap()),
+        vec![
+            ("U1".into(), 1),
+            ("U1".into(), 2),
+            ("U1".into(), 3),
+            ("U2".into(), other.version)
+        ]
+    );
+    let latest = Filter {
+        latest: true,
+        ..all
+    };
+    assert_eq!(
+        versions(store.list_evaluations(&latest).await.unwrap()),
+        vec![("U1".into(), 3), ("U2".into(), 1)]
+    );
+}
+on_every_backend!(changes_are_stored_only_on_the_newest_version);
 
 /// Follows a listing page by page: each page goes on after the last id of the one before.
 async fn all_pages<T>(

@@ -96,6 +96,14 @@ pub enum StoreError {
     /// A listing was asked to go on after a record it does not hold.
     #[error("{kind} {key:?} is not in this listing")]
     UnknownCursor { kind: &'static str, key: String },
+    /// An evaluation made from one version of a student's paper (a retry or a review) was
+    /// not stored, because a newer version had been stored since.
+    #[error("evaluation version {based_on} is not the newest: version {newest_version} ({newest_id}) was stored since")]
+    Superseded {
+        based_on: i64,
+        newest_version: i64,
+        newest_id: String,
+    },
     /// A copy between databases that cannot be made.
     #[error("cannot copy: {0}")]
     Copy(String),
@@ -123,6 +131,9 @@ pub struct Filter {
     pub status: Option<String>,
     /// Evaluations with at least one question carrying this flag; not used for submissions.
     pub flag: Option<String>,
+    /// Only each student's newest evaluation of each paper (older versions were retried,
+    /// reviewed or graded again since); not used for submissions.
+    pub latest: bool,
     /// The id of the last record of the previous page: the listing goes on after it. It
     /// must name a record of the filter's user and paper, else [`StoreError::UnknownCursor`].
     pub after: Option<String>,

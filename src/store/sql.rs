@@ -965,6 +965,22 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
     Ok(version)
 }
 
+/// The id of the given version of the student's evaluation of the paper of `e`.
+pub(super) async fn evaluation_id_of_version<C: Conn + ?Sized>(
+    conn: &mut C,
+    e: &NewEvaluation,
+    version: i64,
+) -> Result<String, StoreError> {
+    conn.fetch_optional(
+        "SELECT evaluation_id FROM evaluations
+          WHERE user_id = $1 AND question_paper_code = $2 AND version = $3",
+        args![&e.user_id, &e.question_paper_code, version],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Corrupt(format!("evaluation version {version} is missing")))?
+    .col("evaluation_id")
+}
+
 pub(super) async fn get_evaluation<C: Conn + ?Sized>(
     conn: &mut C,
     id: &str,
@@ -1021,7 +1037,9 @@ pub(super) async fn list_evaluations<C: Conn + ?Sized>(
                    AND ($4 IS NULL OR EXISTS (SELECT 1 FROM evaluation_items i
                          WHERE i.evaluation_id = e.evaluation_id AND i.flags LIKE $4 ESCAPE '\\'))
                    AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND evaluation_id < $6))
-                 ORDER BY created_at DESC, evaluation_id DESC LIMIT $7"
+                   {newest}
+                 ORDER BY created_at DESC, evaluation_id DESC LIMIT $7",
+                newest = if filter.latest { NEWEST_VERSION } else { "" }
             ),
             args![
                 &filter.user_id,
@@ -1041,8 +1059,8 @@ pub(super) async fn list_evaluations<C: Conn + ?Sized>(
     Ok(summaries)
 }
 
-/// Selects the newest version of each student's evaluation of the paper `$1`.
-const NEWEST_OF_PAPER: &str = "question_paper_code = $1 AND version = (
+/// Keeps only the newest version of each student's evaluation of a paper (`e`'s rows).
+const NEWEST_VERSION: &str = "AND version = (
     SELECT MAX(version) FROM evaluations newer
      WHERE newer.user_id = e.user_id AND newer.question_paper_code = e.question_paper_code)";
 
@@ -1062,7 +1080,7 @@ pub(super) async fn marks_sheet<C: Conn + ?Sized>(
                 "SELECT {}, i.question_number, i.total_marks, i.marks_awarded, i.flags
                    FROM evaluations e JOIN evaluation_items i
                      ON i.evaluation_id = e.evaluation_id
-                  WHERE {NEWEST_OF_PAPER}
+                  WHERE e.question_paper_code = $1 {NEWEST_VERSION}
                   ORDER BY e.user_id, i.position",
                 evaluation_columns.join(", ")
             ),

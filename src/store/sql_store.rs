@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::Pool;
 
@@ -253,7 +253,8 @@ where
 
     async fn insert_evaluation(&self, e: NewEvaluation) -> Result<EvaluationRecord, StoreError> {
         let evaluation_id = uuid::Uuid::now_v7().to_string();
-        let created_at = Utc::now();
+        // Stored to the microsecond, so the record answered is the record read back later.
+        let created_at = Utc::now().trunc_subsecs(6);
         let register_user = !self.known.has_user(&e.user_id);
         // Another writer storing an evaluation of the same paper may take the version number
         // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
@@ -271,6 +272,18 @@ where
                 let version =
                     sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
                         .await?;
+                // Checked after the insert, under the write lock that numbering takes, so two
+                // changes made from the same version cannot both be stored.
+                if let Some(based_on) = e.replaces_version.filter(|v| version != v + 1) {
+                    let newest_version = version - 1;
+                    let newest_id =
+                        sql::evaluation_id_of_version(&mut *tx, &e, newest_version).await?;
+                    return Err(StoreError::Superseded {
+                        based_on,
+                        newest_version,
+                        newest_id,
+                    });
+                }
                 tx.commit().await?;
                 Ok(version)
             }

@@ -226,6 +226,7 @@ mod tests {
             final_score: 1.0,
             status: "success".into(),
             items,
+            replaces_version: None,
         }
     }
 

@@ -281,6 +281,7 @@ pub async fn evaluate(
         final_score: 0.0,
         status: String::new(),
         items,
+        replaces_version: None,
     });
     store_evaluation(state, new).await
 }
@@ -298,16 +299,7 @@ pub async fn retry_failed(
         .ok_or_else(|| {
             ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
         })?;
-    let marks_step = match state
-        .store
-        .get_question_paper(&previous.question_paper_code)
-        .await?
-    {
-        Some(paper) => paper
-            .marks_step
-            .unwrap_or(state.settings.grading.default_marks_step),
-        None => state.settings.grading.default_marks_step,
-    };
+    let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
     let failed: Vec<(usize, GradeTask)> = previous
         .items
         .iter()
@@ -349,8 +341,20 @@ pub async fn retry_failed(
         final_score: 0.0,
         status: String::new(),
         items,
+        replaces_version: Some(previous.version),
     });
     store_evaluation(state, new).await
+}
+
+/// The marks step of the paper: its own when stored, else the default.
+pub(super) async fn marks_step_of(
+    state: &AppState,
+    question_paper_code: &str,
+) -> Result<f64, ApiError> {
+    let stored = state.store.get_question_paper(question_paper_code).await?;
+    Ok(stored
+        .and_then(|paper| paper.marks_step)
+        .unwrap_or(state.settings.grading.default_marks_step))
 }
 
 /// The embedded grader's second opinion on one question.
@@ -545,7 +549,7 @@ fn item_from_outcome(
 }
 
 /// Fills in the final score and status from the items.
-fn summarise(mut evaluation: NewEvaluation) -> NewEvaluation {
+pub(super) fn summarise(mut evaluation: NewEvaluation) -> NewEvaluation {
     let graded = evaluation
         .items
         .iter()
@@ -569,7 +573,7 @@ fn summarise(mut evaluation: NewEvaluation) -> NewEvaluation {
     evaluation
 }
 
-async fn store_evaluation(
+pub(super) async fn store_evaluation(
     state: &AppState,
     evaluation: NewEvaluation,
 ) -> Result<EvaluationResult, ApiError> {

@@ -3,4 +3,5 @@
 
 pub mod evaluate;
 pub mod marks;
+pub mod review;
 pub mod upload;

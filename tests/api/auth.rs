@@ -295,6 +295,17 @@ async fn every_endpoint_enforces_roles() {
         .0,
         StatusCode::NOT_FOUND
     );
+    // Reviews (marks by hand) are for examiners, even on a student's own evaluation.
+    let review = json!({"questions": [{"question_number": "1.a", "marks_awarded": 2}]});
+    let path = format!("/evaluations/{id}/review");
+    for (key, expected) in [
+        (&ravi, StatusCode::FORBIDDEN),
+        (&asha, StatusCode::FORBIDDEN),
+        (&examiner, StatusCode::CREATED),
+    ] {
+        let (status, body, _) = send(&app, M::POST, &path, Some(key), Some(&review)).await;
+        assert_eq!(status, expected, "{body}");
+    }
     assert_eq!(
         send(&app, M::GET, "/users/RAVI", Some(&asha), None).await.0,
         StatusCode::NOT_FOUND

@@ -207,6 +207,42 @@ async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
 }
 
 #[tokio::test]
+async fn an_examiner_marks_by_hand_what_no_grader_could() {
+    let llm = FakeLlm::start(|stage, body| {
+        if prompt_text(body).contains("OCR is Optical") {
+            return Reply::Status(500);
+        }
+        agreeing(stage, body)
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let (_, body, _) = app.post("/evaluate-answers", &spec_example()).await;
+    assert_eq!(body["status"], "partial", "{body}");
+    let id = body["evaluation_id"].as_str().unwrap();
+    let calls = llm.requests().len();
+
+    let (status, reviewed, _) = app
+        .post(
+            &format!("/evaluations/{id}/review"),
+            &json!({"questions": [{"question_number": "1.b", "marks_awarded": 5.5}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reviewed}");
+    assert_eq!(reviewed["status"], "success");
+    assert_eq!(reviewed["final_score"], 14.5);
+    let item = &reviewed["items"][1];
+    assert_eq!(item["status"], "graded");
+    assert_eq!(item["error"], Value::Null);
+    assert_eq!(item["llm_evaluation"], "Marked by an examiner.");
+    assert_eq!(stage_roles(item).last(), Some(&"examiner"), "{item}");
+    assert_eq!(reviewed["items"][0], {
+        let (_, first, _) = app.get(&format!("/evaluations/{id}")).await;
+        first["items"][0].clone()
+    });
+    assert_eq!(llm.requests().len(), calls, "a review calls no grader");
+}
+
+#[tokio::test]
 async fn nothing_graded_is_a_failure_with_502() {
     let llm = FakeLlm::start(|_, _| Reply::Status(500)).await;
     let app = spawn_app_with(|s| llm.configure(s)).await;

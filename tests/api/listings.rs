@@ -15,7 +15,7 @@ async fn store_evaluation(app: &TestApp, user_id: &str, flags: &[&str], status: 
 }
 
 /// Stores an evaluation of question 1 (5 marks) of `paper` for `user_id`.
-async fn store_graded(
+pub async fn store_graded(
     app: &TestApp,
     user_id: &str,
     paper: &str,

@@ -12,4 +12,5 @@ mod injection;
 mod listings;
 mod local_grading;
 mod ops;
+mod review;
 mod upload;

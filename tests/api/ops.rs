@@ -21,10 +21,18 @@ async fn health_metrics_openapi_and_docs_answer() {
         "/upload-exam-answers",
         "/evaluate-answers",
         "/question-papers",
+        "/question-papers/{question_paper_code}/marks",
+        "/evaluations/{evaluation_id}/review",
         "/healthz",
     ] {
         assert!(body["paths"][path].is_object(), "openapi lists {path}");
     }
+    let review = &body["paths"]["/evaluations/{evaluation_id}/review"]["post"];
+    assert!(review["responses"]["409"].is_object(), "{review}");
+    assert!(
+        body["components"]["schemas"]["ReviewRequest"].is_object(),
+        "the review body is described"
+    );
 
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);

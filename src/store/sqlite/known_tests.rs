@@ -83,6 +83,7 @@ fn evaluation(user_id: &str) -> NewEvaluation {
         final_score: 0.0,
         status: "success".into(),
         items: vec![],
+        replaces_version: None,
     }
 }
 

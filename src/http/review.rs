@@ -1,0 +1,106 @@
+//! `POST /evaluations/{id}/review`: an examiner's marks for some questions of an evaluation
+//! ([`crate::workflow::review`]), stored as the student's newest version.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::{validate, ApiJson};
+use crate::app::AppState;
+use crate::model::EvaluationRecord;
+use crate::segment::QuestionNumber;
+use crate::workflow::review::{self, Review, ReviewedQuestion};
+
+/// Longest feedback or note an examiner may write for one question, in characters.
+const MAX_REVIEW_TEXT_CHARS: usize = 20_000;
+
+/// An examiner's marks for some questions of an evaluation; the others keep theirs.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    pub questions: Vec<ReviewQuestion>,
+}
+
+/// The marks an examiner gives one question.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuestion {
+    #[schema(example = "1.a")]
+    pub question_number: String,
+    /// Within `[0, total_marks]` and on the paper's marks step (or the full marks).
+    #[schema(example = 3.5)]
+    pub marks_awarded: f64,
+    /// Student-facing feedback. Without it the grader's stays, or for a question no grader
+    /// marked, "Marked by an examiner."
+    pub feedback: Option<String>,
+    /// Examiner-facing: why the marks were set; becomes the question's `reasoning`.
+    pub note: Option<String>,
+}
+
+/// Set the marks of some questions by hand (examiners and admins). Stored as a new version
+/// of the student's evaluation, with an `examiner` stage recording who, when and the marks
+/// replaced; the question's `needs_review`, `second_opinion_missing` and `grader_error`
+/// flags are settled and it is flagged `reviewed`. Only the newest version can be reviewed.
+#[utoipa::path(post, path = "/evaluations/{evaluation_id}/review", tag = "results",
+    params(("evaluation_id" = String, Path)), request_body = ReviewRequest,
+    responses((status = 201, body = EvaluationRecord, description = "Stored as the newest version",
+        headers(("location" = String, description = "`/evaluations/{new evaluation_id}`"))),
+        (status = 403, description = "Not an examiner or admin key"),
+        (status = 404),
+        (status = 409, description = "A newer version of this evaluation was stored since"),
+        (status = 422, description = "Unknown or repeated question, marks out of range or off the paper's step")))]
+pub async fn review_evaluation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ReviewRequest>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let max_questions = state.settings.limits.max_questions;
+    if request.questions.len() > max_questions {
+        return Err(ApiError::Validation(format!(
+            "{} questions sent; an evaluation has at most {max_questions}",
+            request.questions.len()
+        )));
+    }
+    let mut questions = Vec::with_capacity(request.questions.len());
+    for question in request.questions {
+        let number = QuestionNumber::parse(&question.question_number).ok_or_else(|| {
+            ApiError::Validation(format!(
+                "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
+                question.question_number
+            ))
+        })?;
+        for (field, text) in [("feedback", &question.feedback), ("note", &question.note)] {
+            if let Some(text) = text {
+                validate::text(
+                    &format!("question {number}: {field}"),
+                    text,
+                    MAX_REVIEW_TEXT_CHARS,
+                )?;
+            }
+        }
+        questions.push(ReviewedQuestion {
+            question_number: number,
+            marks_awarded: question.marks_awarded,
+            feedback: question.feedback.filter(|f| !f.trim().is_empty()),
+            note: question.note.filter(|n| !n.trim().is_empty()),
+        });
+    }
+    let review = Review {
+        reviewer: caller.key_id.clone(),
+        questions,
+    };
+    let result = review::review(&state, &id, review).await?;
+    let location = format!("/evaluations/{}", result.record.evaluation_id);
+    let mut response = (StatusCode::CREATED, Json(result.record)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}

@@ -1,0 +1,314 @@
+//! An examiner's review: marks set by hand on some questions of an evaluation — typically
+//! those flagged `needs_review`, or ones no grader could mark — stored as a new version of
+//! the student's evaluation, so the grader's version stays as it was.
+//!
+//! A review is made from one version and is refused when a newer one has been stored since
+//! (another review, a retry, a new grading): the examiner saw marks that no longer stand.
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::http::ApiError;
+use crate::model::{flag, EvaluationItem, ItemStatus, NewEvaluation};
+use crate::segment::QuestionNumber;
+
+use super::evaluate::{marks_step_of, store_evaluation, summarise, EvaluationResult};
+
+/// The marks an examiner gives one question.
+#[derive(Debug, Clone)]
+pub struct ReviewedQuestion {
+    pub question_number: QuestionNumber,
+    pub marks_awarded: f64,
+    /// Student-facing feedback; the grader's stays when none is given and it had marked
+    /// the question.
+    pub feedback: Option<String>,
+    /// Examiner-facing: why the marks were changed.
+    pub note: Option<String>,
+}
+
+/// A validated review request.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// Who reviewed: the API key's id, or `None` when authentication is off.
+    pub reviewer: Option<String>,
+    pub questions: Vec<ReviewedQuestion>,
+}
+
+/// Feedback for a question the grader had not marked, when the examiner gives none.
+const MARKED_BY_EXAMINER: &str = "Marked by an examiner.";
+
+/// Applies the review to the evaluation `evaluation_id` and stores the result as its
+/// student's newest version.
+pub async fn review(
+    state: &AppState,
+    evaluation_id: &str,
+    review: Review,
+) -> Result<EvaluationResult, ApiError> {
+    let previous = state
+        .store
+        .get_evaluation(evaluation_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
+        })?;
+    let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
+    let mut items = previous.items;
+    let positions = positions_of(&items, &review.questions)?;
+    let reviewed_at = Utc::now();
+    let reviewed = review.questions.len() as u64;
+    for (question, position) in review.questions.into_iter().zip(positions) {
+        let item = &mut items[position];
+        check_marks(&question, item.total_marks, marks_step)?;
+        apply(item, question, review.reviewer.as_deref(), reviewed_at)?;
+    }
+    let new = summarise(NewEvaluation {
+        user_id: previous.user_id,
+        course_code: previous.course_code,
+        exam_code: previous.exam_code,
+        question_paper_code: previous.question_paper_code,
+        submission_id: previous.submission_id,
+        grader: previous.grader,
+        total_exam_marks: previous.total_exam_marks,
+        final_score: 0.0,
+        status: String::new(),
+        items,
+        replaces_version: Some(previous.version),
+    });
+    let result = store_evaluation(state, new).await?;
+    metrics::counter!("examiner_reviewed_questions_total").increment(reviewed);
+    Ok(result)
+}
+
+/// Where each reviewed question is among the evaluation's items; every question must be
+/// there, once.
+fn positions_of(
+    items: &[EvaluationItem],
+    questions: &[ReviewedQuestion],
+) -> Result<Vec<usize>, ApiError> {
+    if questions.is_empty() {
+        return Err(ApiError::Validation(
+            "questions is empty; name at least one question to mark".into(),
+        ));
+    }
+    let mut positions = Vec::with_capacity(questions.len());
+    for (index, question) in questions.iter().enumerate() {
+        let number = &question.question_number;
+        if questions[..index]
+            .iter()
+            .any(|earlier| &earlier.question_number == number)
+        {
+            return Err(ApiError::Validation(format!(
+                "question {number} is given twice"
+            )));
+        }
+        let position = items
+            .iter()
+            .position(|item| &item.question_number == number)
+            .ok_or_else(|| {
+                let known: Vec<&str> = items.iter().map(|i| i.question_number.as_str()).collect();
+                ApiError::Validation(format!(
+                    "question {number} is not in this evaluation; its questions are {}",
+                    known.join(", ")
+                ))
+            })?;
+        positions.push(position);
+    }
+    Ok(positions)
+}
+
+/// An examiner's marks are taken as given, so they must already be what the paper allows:
+/// within `[0, total]` and on its marks step (or the full marks, which may be off the step).
+fn check_marks(question: &ReviewedQuestion, total: f64, step: f64) -> Result<(), ApiError> {
+    let marks = question.marks_awarded;
+    let number = &question.question_number;
+    if !marks.is_finite() || marks < 0.0 || marks > total + 1e-9 {
+        return Err(ApiError::Validation(format!(
+            "question {number}: marks_awarded {marks} is outside 0 to {total}"
+        )));
+    }
+    let on_step = step > 0.0 && ((marks / step).round() * step - marks).abs() < 1e-9;
+    if !(on_step || (marks - total).abs() < 1e-9) {
+        return Err(ApiError::Validation(format!(
+            "question {number}: marks_awarded {marks} is not a multiple of the paper's marks step {step}"
+        )));
+    }
+    Ok(())
+}
+
+fn apply(
+    item: &mut EvaluationItem,
+    question: ReviewedQuestion,
+    reviewer: Option<&str>,
+    reviewed_at: chrono::DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let record = json!({
+        "role": "examiner",
+        "reviewer": reviewer,
+        "reviewed_at": reviewed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "marks": question.marks_awarded,
+        "previous_marks": item.marks_awarded,
+        "previous_stage": item.final_stage,
+        "feedback": question.feedback,
+        "note": question.note,
+    });
+    match &mut item.stages {
+        serde_json::Value::Array(stages) => stages.push(record),
+        other => {
+            return Err(ApiError::internal(format!(
+                "question {}: stored stages are not a list: {other}",
+                item.question_number
+            )))
+        }
+    }
+    item.llm_evaluation = match question.feedback {
+        Some(feedback) => feedback,
+        None if item.status == ItemStatus::Graded => std::mem::take(&mut item.llm_evaluation),
+        None => MARKED_BY_EXAMINER.to_string(),
+    };
+    item.marks_awarded = Some(question.marks_awarded);
+    item.reasoning = question.note;
+    item.status = ItemStatus::Graded;
+    item.error = None;
+    item.final_stage = Some("examiner".to_string());
+    item.flags
+        .retain(|raised| !flag::SETTLED_BY_REVIEW.contains(&raised.as_str()));
+    if !item.flags.iter().any(|raised| raised == flag::REVIEWED) {
+        item.flags.push(flag::REVIEWED.to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(
+        number: &str,
+        marks: Option<f64>,
+        status: ItemStatus,
+        flags: &[&str],
+    ) -> EvaluationItem {
+        EvaluationItem {
+            question_number: QuestionNumber::parse(number).unwrap(),
+            student_answer: "answer".into(),
+            standard_answer: "standard".into(),
+            total_marks: 5.0,
+            marks_awarded: marks,
+            llm_evaluation: "grader feedback".into(),
+            reasoning: Some("grader reasoning".into()),
+            status,
+            error: (status == ItemStatus::Failed).then(|| "backend failed".to_string()),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            final_stage: marks.map(|_| "evaluator".to_string()),
+            stages: json!([{"role": "evaluator"}]),
+        }
+    }
+
+    fn question(number: &str, marks: f64) -> ReviewedQuestion {
+        ReviewedQuestion {
+            question_number: QuestionNumber::parse(number).unwrap(),
+            marks_awarded: marks,
+            feedback: None,
+            note: None,
+        }
+    }
+
+    fn refusal(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        match result {
+            Err(ApiError::Validation(detail)) => detail,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn questions_must_be_in_the_evaluation_once() {
+        let items = vec![
+            item("1.a", Some(2.0), ItemStatus::Graded, &[]),
+            item("2", Some(1.0), ItemStatus::Graded, &[]),
+        ];
+        assert_eq!(
+            positions_of(&items, &[question("2", 1.0), question("1.a", 1.0)]).unwrap(),
+            vec![1, 0]
+        );
+        let unknown = refusal(positions_of(&items, &[question("3", 1.0)]));
+        assert!(unknown.contains("question 3 is not in this evaluation; its questions are 1.a, 2"));
+        let twice = refusal(positions_of(
+            &items,
+            &[question("2", 1.0), question("2", 0.0)],
+        ));
+        assert!(twice.contains("question 2 is given twice"), "{twice}");
+        assert!(refusal(positions_of(&items, &[])).contains("questions is empty"));
+    }
+
+    #[test]
+    fn marks_must_be_within_the_question_and_on_the_papers_step() {
+        for fine in [0.0, 2.5, 5.0] {
+            check_marks(&question("1", fine), 5.0, 0.5).unwrap();
+        }
+        for out in [-0.5, 5.5, f64::NAN, f64::INFINITY] {
+            let detail = refusal(check_marks(&question("1", out), 5.0, 0.5));
+            assert!(detail.contains("is outside 0 to 5"), "{detail}");
+        }
+        let off = refusal(check_marks(&question("1", 2.25), 5.0, 0.5));
+        assert!(
+            off.contains("not a multiple of the paper's marks step 0.5"),
+            "{off}"
+        );
+        // Full marks off the step grid are still full marks.
+        check_marks(&question("1", 7.25), 7.25, 0.5).unwrap();
+        check_marks(&question("1", 7.0), 7.25, 0.5).unwrap();
+    }
+
+    #[test]
+    fn a_review_replaces_the_marks_settles_the_flags_and_keeps_the_grader_stages() {
+        let mut flagged = item(
+            "1",
+            Some(4.0),
+            ItemStatus::Graded,
+            &[flag::NEEDS_REVIEW, flag::POSSIBLE_PROMPT_INJECTION],
+        );
+        let mut given = question("1", 1.5);
+        given.note = Some("copied from the textbook".into());
+        apply(&mut flagged, given, Some("key-1"), Utc::now()).unwrap();
+        assert_eq!(flagged.marks_awarded, Some(1.5));
+        assert_eq!(flagged.llm_evaluation, "grader feedback");
+        assert_eq!(
+            flagged.reasoning.as_deref(),
+            Some("copied from the textbook")
+        );
+        assert_eq!(flagged.final_stage.as_deref(), Some("examiner"));
+        assert_eq!(
+            flagged.flags,
+            vec![flag::POSSIBLE_PROMPT_INJECTION, flag::REVIEWED]
+        );
+        let stages = flagged.stages.as_array().unwrap();
+        assert_eq!(stages.len(), 2);
+        assert_eq!(stages[0]["role"], "evaluator");
+        assert_eq!(stages[1]["role"], "examiner");
+        assert_eq!(stages[1]["reviewer"], "key-1");
+        assert_eq!(stages[1]["marks"], 1.5);
+        assert_eq!(stages[1]["previous_marks"], 4.0);
+        assert_eq!(stages[1]["previous_stage"], "evaluator");
+
+        let mut failed = item("2", None, ItemStatus::Failed, &[flag::GRADER_ERROR]);
+        apply(&mut failed, question("2", 3.0), None, Utc::now()).unwrap();
+        assert_eq!(failed.status, ItemStatus::Graded);
+        assert_eq!(failed.error, None);
+        assert_eq!(failed.llm_evaluation, MARKED_BY_EXAMINER);
+        assert_eq!(failed.flags, vec![flag::REVIEWED]);
+        assert_eq!(failed.stages[1]["previous_marks"], serde_json::Value::Null);
+
+        let mut again = failed.clone();
+        let mut second = question("2", 2.0);
+        second.feedback = Some("Half of the method is right.".into());
+        apply(&mut again, second, None, Utc::now()).unwrap();
+        assert_eq!(again.llm_evaluation, "Half of the method is right.");
+        assert_eq!(
+            again.flags,
+            vec![flag::REVIEWED],
+            "the flag is not repeated"
+        );
+        assert_eq!(again.stages.as_array().unwrap().len(), 3);
+    }
+}

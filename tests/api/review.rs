@@ -1,0 +1,284 @@
+//! An examiner's review through HTTP: marks set by hand on flagged questions, stored as a new
+//! version that empties the review queue, and every way a review is refused.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use examiner::config::AuthMode;
+use examiner::model::Role;
+
+use crate::helpers::{spawn_app, spawn_app_with, split, TestApp};
+use crate::listings::store_graded;
+
+async fn review(app: &TestApp, id: &str, body: Value) -> (StatusCode, Value, String) {
+    app.post(&format!("/evaluations/{id}/review"), &body).await
+}
+
+async fn listed(app: &TestApp, query: &str) -> Vec<(String, i64)> {
+    let (status, body, _) = app.get(&format!("/evaluations?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["user_id"].as_str().unwrap().to_string(),
+                e["version"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
+    let app = spawn_app().await;
+    let u1 = store_graded(&app, "U1", "QP1", &["needs_review"], "success", json!(4.5)).await;
+    store_graded(&app, "U2", "QP1", &["needs_review"], "success", json!(1.0)).await;
+    assert_eq!(listed(&app, "flag=needs_review&latest=true").await.len(), 2);
+
+    let (status, reviewed, content_type) = review(
+        &app,
+        &u1,
+        json!({"questions": [{"question_number": "1", "marks_awarded": 2,
+                              "feedback": "Right idea, but the definition is incomplete.",
+                              "note": "The grader missed that the key term is wrong."}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{reviewed}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(reviewed["version"], 2);
+    assert_eq!(reviewed["user_id"], "U1");
+    assert_eq!(reviewed["final_score"], 2.0);
+    assert_eq!(reviewed["status"], "success");
+    let item = &reviewed["items"][0];
+    assert_eq!(item["marks_awarded"], 2.0);
+    assert_eq!(
+        item["llm_evaluation"],
+        "Right idea, but the definition is incomplete."
+    );
+    assert_eq!(
+        item["reasoning"],
+        "The grader missed that the key term is wrong."
+    );
+    assert_eq!(item["final_stage"], "examiner");
+    assert_eq!(item["flags"], json!(["reviewed"]));
+    let stage = item["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!(stage["role"], "examiner");
+    assert_eq!(stage["previous_marks"], 4.5);
+    assert_eq!(stage["reviewer"], Value::Null, "authentication is off");
+
+    // The stored version is the one answered, and the grader's version is kept as it was.
+    let new_id = reviewed["evaluation_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/evaluations/{new_id}")).await;
+    assert_eq!(stored, reviewed);
+    let (_, old, _) = app.get(&format!("/evaluations/{u1}")).await;
+    assert_eq!(old["items"][0]["marks_awarded"], 4.5);
+    assert_eq!(old["items"][0]["flags"], json!(["needs_review"]));
+
+    // The queue of newest versions has only U2 left; every version is still listed.
+    assert_eq!(
+        listed(&app, "flag=needs_review&latest=true").await,
+        vec![("U2".to_string(), 1)]
+    );
+    assert_eq!(listed(&app, "flag=needs_review").await.len(), 2);
+    assert_eq!(
+        listed(&app, "flag=reviewed").await,
+        vec![("U1".to_string(), 2)]
+    );
+    assert_eq!(
+        listed(&app, "user_id=U1&latest=true").await,
+        vec![("U1".to_string(), 2)]
+    );
+    let (_, sheet, _) = app.get("/question-papers/QP1/marks").await;
+    let row = sheet["students"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["user_id"] == "U1")
+        .unwrap()
+        .clone();
+    assert_eq!(row["version"], 2, "{sheet}");
+    assert_eq!(row["marks"][0]["marks_awarded"], 2.0);
+    assert_eq!(row["flags"], json!(["reviewed"]));
+}
+
+#[tokio::test]
+async fn the_next_page_of_the_queue_keeps_to_newest_versions() {
+    let app = spawn_app().await;
+    for user in ["U1", "U2", "U3"] {
+        store_graded(&app, user, "QP1", &["needs_review"], "success", json!(3.0)).await;
+    }
+    let response = app
+        .client
+        .get(app.url("/evaluations?flag=needs_review&latest=true&limit=2"))
+        .send()
+        .await
+        .unwrap();
+    let link = response.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains("flag=needs_review&latest=true&limit=2&after="),
+        "{link}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_newest_version_can_be_reviewed_or_retried() {
+    let app = spawn_app().await;
+    let first = store_graded(&app, "U1", "QP1", &[], "success", json!(3.0)).await;
+    let body = json!({"questions": [{"question_number": "1", "marks_awarded": 4}]});
+    let (status, second, _) = review(&app, &first, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let second_id = second["evaluation_id"].as_str().unwrap();
+
+    let (status, problem, content_type) = review(&app, &first, body.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(content_type, "application/problem+json");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("version 1 is not the newest: version 2")
+            && detail.contains(&format!("read evaluation {second_id}")),
+        "{detail}"
+    );
+    let (status, retried, _) = app
+        .post(&format!("/evaluations/{first}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{retried}");
+    assert_eq!(listed(&app, "user_id=U1").await.len(), 2, "nothing stored");
+
+    // The newest can be reviewed again, from its own marks.
+    let (status, third, _) = review(
+        &app,
+        second_id,
+        json!({"questions": [{"question_number": "1", "marks_awarded": 3.5}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{third}");
+    assert_eq!(third["version"], 3);
+    let stages = third["items"][0]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "one examiner stage per review");
+    assert_eq!(stages[1]["previous_marks"], 4.0);
+    assert_eq!(stages[1]["previous_stage"], "examiner");
+}
+
+#[tokio::test]
+async fn bad_reviews_are_refused_with_problem_details_and_store_nothing() {
+    let app = spawn_app().await;
+    let id = store_graded(&app, "U1", "QP1", &[], "success", json!(3.0)).await;
+    let one = |question: Value| json!({"questions": [question]});
+    let cases = [
+        (
+            one(json!({"question_number": "2", "marks_awarded": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "question 2 is not in this evaluation; its questions are 1",
+        ),
+        (
+            one(json!({"question_number": "1", "marks_awarded": 6})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "marks_awarded 6 is outside 0 to 5",
+        ),
+        (
+            one(json!({"question_number": "1", "marks_awarded": -1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "is outside 0 to 5",
+        ),
+        (
+            one(json!({"question_number": "1", "marks_awarded": 2.25})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a multiple of the paper's marks step 0.5",
+        ),
+        (
+            json!({"questions": [{"question_number": "1", "marks_awarded": 1},
+                                 {"question_number": "1", "marks_awarded": 2}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "question 1 is given twice",
+        ),
+        (
+            json!({"questions": []}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "questions is empty",
+        ),
+        (
+            one(json!({"question_number": "one", "marks_awarded": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "\"one\" is not a question number",
+        ),
+        (
+            one(json!({"question_number": "1", "marks": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `marks`",
+        ),
+        (
+            one(json!({"question_number": "1", "marks_awarded": 1, "note": "x".repeat(20_001)})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "question 1: note is 20001 characters long",
+        ),
+    ];
+    for (body, expected, detail) in cases {
+        let (status, problem, content_type) = review(&app, &id, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert_eq!(content_type, "application/problem+json");
+        let said = problem["detail"].as_str().unwrap();
+        assert!(said.contains(detail), "{body}: {said}");
+    }
+    let (status, problem, _) = review(
+        &app,
+        "no-such-evaluation",
+        json!({"questions": [{"question_number": "1", "marks_awarded": 1}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert_eq!(
+        listed(&app, "").await.len(),
+        1,
+        "no refused review was stored"
+    );
+}
+
+#[tokio::test]
+async fn students_cannot_review_and_reviews_name_the_examiners_key() {
+    let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
+    let store = app.state.store.as_ref();
+    let (examiner_key, examiner) =
+        examiner::http::auth::create_key(store, Role::Examiner, None, None)
+            .await
+            .unwrap();
+    let student = examiner::http::auth::create_key(store, Role::Student, Some("U1".into()), None)
+        .await
+        .unwrap()
+        .1;
+    let id = store_graded(&app, "U1", "QP1", &["needs_review"], "success", json!(3.0)).await;
+    let send = |key: &str| {
+        app.client
+            .post(app.url(&format!("/evaluations/{id}/review")))
+            .bearer_auth(key)
+            .json(&json!({"questions": [{"question_number": "1", "marks_awarded": 5}]}))
+            .send()
+    };
+    let (status, problem, _) = split(send(&student).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    let (status, reviewed, _) = split(send(&examiner).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{reviewed}");
+    let stage = reviewed["items"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(stage["reviewer"], examiner_key.key_id.as_str());
+
+    // The student sees the examiner's marks and feedback, not the examiner's note or stages.
+    let new_id = reviewed["evaluation_id"].as_str().unwrap();
+    let (status, seen, _) = split(
+        app.client
+            .get(app.url(&format!("/evaluations/{new_id}")))
+            .bearer_auth(&student)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(seen["items"][0]["marks_awarded"], 5.0);
+    assert!(seen["items"][0].get("stages").is_none());
+    assert!(seen["items"][0].get("reasoning").is_none());
+}
