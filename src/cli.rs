@@ -104,6 +104,10 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print a question paper's moderation report as JSON: what is left for examiners to
+    /// review, and how their marks compare with the graders' (as
+    /// GET /question-papers/{code}/moderation).
+    Moderation { question_paper_code: String },
     /// Work on the database as a whole.
     Db {
         #[command(subcommand)]
@@ -333,6 +337,21 @@ pub async fn marks(
         }
         None => print!("{text}"),
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `examiner moderation CODE`.
+pub async fn moderation(
+    settings: &Settings,
+    question_paper_code: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    let store = crate::app::open_store(settings).await?;
+    let Some(report) =
+        crate::workflow::moderation::moderation_report(store.as_ref(), question_paper_code).await?
+    else {
+        bail!("no evaluation of question paper {question_paper_code:?} is stored");
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(std::process::ExitCode::SUCCESS)
 }
 

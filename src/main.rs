@@ -98,6 +98,9 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             format,
             out,
         } => examiner::cli::marks(&settings, &question_paper_code, &format, out.as_deref()).await,
+        Command::Moderation {
+            question_paper_code,
+        } => examiner::cli::moderation(&settings, &question_paper_code).await,
         Command::Db {
             command: DbCommand::Copy { to, from },
         } => {

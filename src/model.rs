@@ -359,6 +359,21 @@ pub struct QuestionMarks {
     pub marks_awarded: Option<f64>,
 }
 
+/// One question of a student's newest evaluation of a paper, as moderation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModerationItem {
+    pub user_id: String,
+    pub question_number: QuestionNumber,
+    pub total_marks: f64,
+    pub marks_awarded: Option<f64>,
+    pub flags: Vec<String>,
+    /// An examiner set the marks (`final_stage` is `examiner`).
+    pub reviewed: bool,
+    /// For a reviewed question, the marks that stood before its first review (the
+    /// grader's); `None` when the grader had given none (it failed) or it was not reviewed.
+    pub grader_marks: Option<f64>,
+}
+
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -1,5 +1,6 @@
-//! `GET /question-papers/{code}/marks`: the paper's marks sheet ([`crate::workflow::marks`])
-//! as JSON or CSV.
+//! A paper's reports for examiners: `GET /question-papers/{code}/marks`, the marks sheet
+//! ([`crate::workflow::marks`]) as JSON or CSV, and `GET /question-papers/{code}/moderation`
+//! ([`crate::workflow::moderation`]).
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -13,6 +14,7 @@ use super::error::ApiError;
 use super::ApiQuery;
 use crate::app::AppState;
 use crate::workflow::marks::{self, MarksSheet};
+use crate::workflow::moderation::{self, ModerationReport};
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SheetFormat {
@@ -74,4 +76,28 @@ pub async fn marks_sheet(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The moderation report of a question paper, over each student's newest evaluation: the
+/// questions still waiting for an examiner (by flag), and how examiners' marks compare with
+/// the graders' where they marked by hand (`POST /evaluations/{id}/review`), overall and per
+/// question. Examiners and admins only.
+#[utoipa::path(get, path = "/question-papers/{question_paper_code}/moderation", tag = "results",
+    params(("question_paper_code" = String, Path)),
+    responses((status = 200, body = ModerationReport), (status = 403),
+        (status = 404, description = "no evaluation of the paper is stored")))]
+pub async fn moderation_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> Result<Json<ModerationReport>, ApiError> {
+    caller.require_staff()?;
+    let report = moderation::moderation_report(state.store.as_ref(), &code)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no evaluation of question paper {code:?} is stored"
+            ))
+        })?;
+    Ok(Json(report))
 }

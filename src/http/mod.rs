@@ -55,6 +55,7 @@ pub struct ApiQuery<T>(pub T);
         workflows::list_evaluations,
         workflows::get_evaluation,
         marks::marks_sheet,
+        marks::moderation_report,
         catalog::create_course,
         catalog::list_courses,
         catalog::get_course,
@@ -144,6 +145,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/question-papers/{question_paper_code}/marks",
             get(marks::marks_sheet),
+        )
+        .route(
+            "/question-papers/{question_paper_code}/moderation",
+            get(marks::moderation_report),
         )
         .route(
             "/users",

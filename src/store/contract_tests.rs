@@ -572,6 +572,46 @@ async fn changes_are_stored_only_on_the_newest_version(store: &dyn Store) {
 }
 on_every_backend!(changes_are_stored_only_on_the_newest_version);
 
+/// Moderation reads each student's newest evaluation, and for reviewed questions the marks
+/// that stood before the first review.
+async fn moderation_items_come_from_newest_versions(store: &dyn Store) {
+    store.insert_evaluation(evaluation("U2", 2)).await.unwrap();
+    store.insert_evaluation(evaluation("U1", 1)).await.unwrap();
+    let mut reviewed = evaluation("U1", 2);
+    reviewed.items[0].final_stage = Some("examiner".into());
+    reviewed.items[0].marks_awarded = Some(1.0);
+    reviewed.items[0].stages = serde_json::json!([
+        {"role": "evaluator", "marks": 4.0},
+        {"role": "examiner", "marks": 2.0, "previous_marks": 3.5},
+        {"role": "examiner", "marks": 1.0, "previous_marks": 2.0}
+    ]);
+    reviewed.items[1].final_stage = Some("examiner".into());
+    reviewed.items[1].stages = serde_json::json!([{"role": "examiner", "previous_marks": null}]);
+    store.insert_evaluation(reviewed).await.unwrap();
+    let items = store.moderation_items("QP1").await.unwrap();
+    let seen: Vec<String> = items
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} reviewed={} grader={:?} marks={:?}",
+                i.user_id, i.question_number, i.reviewed, i.grader_marks, i.marks_awarded
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            "U1 1 reviewed=true grader=Some(3.5) marks=Some(1.0)",
+            "U1 2 reviewed=true grader=None marks=None",
+            "U2 1 reviewed=false grader=None marks=Some(3.5)",
+            "U2 2 reviewed=false grader=None marks=None",
+        ]
+    );
+    assert_eq!(items[2].flags, vec!["possible_prompt_injection"]);
+    assert!(store.moderation_items("NOPE").await.unwrap().is_empty());
+}
+on_every_backend!(moderation_items_come_from_newest_versions);
+
 /// Follows a listing page by page: each page goes on after the last id of the one before.
 async fn all_pages<T>(
     filter: &Filter,

@@ -32,7 +32,8 @@ pub use sqlite::SqliteStore;
 
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    MarksSheetRow, NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+    MarksSheetRow, ModerationItem, NewEvaluation, QuestionPaper, Submission, SubmissionSummary,
+    User,
 };
 
 /// How a store is opened.
@@ -204,6 +205,13 @@ pub trait Store: Send + Sync {
         &self,
         question_paper_code: &str,
     ) -> Result<Vec<MarksSheetRow>, StoreError>;
+
+    /// Every question of each student's newest evaluation of the paper, by user id then
+    /// position, with what moderation needs to compare graders and examiners.
+    async fn moderation_items(
+        &self,
+        question_paper_code: &str,
+    ) -> Result<Vec<ModerationItem>, StoreError>;
 
     /// A memoised value by content address (OCR results, LLM replies). Memoised values are a
     /// bounded cache: the oldest may be gone.

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use super::{StoreError, Written};
 use crate::model::{
     ApiKey, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    ItemStatus, MarksSheetRow, NewEvaluation, Question, QuestionMarks, QuestionPaper, Role,
-    StoredQaPair, Submission, SubmissionImage, SubmissionSummary, User,
+    ItemStatus, MarksSheetRow, ModerationItem, NewEvaluation, Question, QuestionMarks,
+    QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage, SubmissionSummary, User,
 };
 use crate::segment::QuestionNumber;
 
@@ -1114,6 +1114,52 @@ pub(super) async fn marks_sheet<C: Conn + ?Sized>(
         sort_unique(&mut row.evaluation.flags);
     }
     Ok(rows)
+}
+
+pub(super) async fn moderation_items<C: Conn + ?Sized>(
+    conn: &mut C,
+    question_paper_code: &str,
+) -> Result<Vec<ModerationItem>, StoreError> {
+    // Only reviewed questions' stages are read: the grader's marks are in their first
+    // examiner stage, and other questions' stages are most of an evaluation's bytes.
+    let rows = conn
+        .fetch_all(
+            &format!(
+                "SELECT e.user_id, i.question_number, i.total_marks, i.marks_awarded, i.flags,
+                        CASE WHEN i.final_stage = 'examiner' THEN i.stages END AS examiner_stages
+                   FROM evaluations e JOIN evaluation_items i
+                     ON i.evaluation_id = e.evaluation_id
+                  WHERE e.question_paper_code = $1 {NEWEST_VERSION}
+                  ORDER BY e.user_id, i.position"
+            ),
+            args![question_paper_code],
+        )
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let stages: Option<String> = row.col("examiner_stages")?;
+        let review = match stages {
+            None => None,
+            Some(text) => {
+                let stages: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("stages: {e}")))?;
+                let first = stages
+                    .as_array()
+                    .and_then(|list| list.iter().find(|stage| stage["role"] == "examiner"));
+                Some(first.and_then(|stage| stage["previous_marks"].as_f64()))
+            }
+        };
+        items.push(ModerationItem {
+            user_id: row.col("user_id")?,
+            question_number: number_col(row, "question_number")?,
+            total_marks: row.col("total_marks")?,
+            marks_awarded: row.col("marks_awarded")?,
+            flags: flags_col(row)?,
+            reviewed: review.is_some(),
+            grader_marks: review.flatten(),
+        });
+    }
+    Ok(items)
 }
 
 /// A LIKE pattern (escape character `\`) for text holding `value` as a JSON string: flags

@@ -17,7 +17,8 @@ use super::sql::{self, Conn};
 use super::{Filter, Store, StoreError, Written};
 use crate::model::{
     ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    MarksSheetRow, NewEvaluation, QuestionPaper, Submission, SubmissionSummary, User,
+    MarksSheetRow, ModerationItem, NewEvaluation, QuestionPaper, Submission, SubmissionSummary,
+    User,
 };
 
 /// Memoised values by content address: each backend keeps them its own way.
@@ -306,6 +307,13 @@ where
         question_paper_code: &str,
     ) -> Result<Vec<MarksSheetRow>, StoreError> {
         sql::marks_sheet(&mut *self.reader.acquire().await?, question_paper_code).await
+    }
+
+    async fn moderation_items(
+        &self,
+        question_paper_code: &str,
+    ) -> Result<Vec<ModerationItem>, StoreError> {
+        sql::moderation_items(&mut *self.reader.acquire().await?, question_paper_code).await
     }
 
     async fn list_evaluations(

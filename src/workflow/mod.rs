@@ -3,5 +3,6 @@
 
 pub mod evaluate;
 pub mod marks;
+pub mod moderation;
 pub mod review;
 pub mod upload;

@@ -84,6 +84,17 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     let missing = marks(&["NOPE"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("\"NOPE\" does not exist"));
+    let moderation = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["moderation", "QP001", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(moderation.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&moderation.stderr)
+            .contains("no evaluation of question paper \"QP001\" is stored"),
+        "{moderation:?}"
+    );
     let wrong = marks(&["QP001", "--format", "xml"]);
     assert_eq!(wrong.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("[possible values: csv, json]"));

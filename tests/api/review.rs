@@ -100,6 +100,23 @@ async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
     assert_eq!(row["version"], 2, "{sheet}");
     assert_eq!(row["marks"][0]["marks_awarded"], 2.0);
     assert_eq!(row["flags"], json!(["reviewed"]));
+
+    // Moderation: U2 is still waiting; the one review lowered 4.5 of 5 to 2.
+    let (status, moderation, _) = app.get("/question-papers/QP1/moderation").await;
+    assert_eq!(status, StatusCode::OK, "{moderation}");
+    assert_eq!(moderation["students"], 2);
+    assert_eq!(moderation["questions"], 2);
+    assert_eq!(moderation["open_flags"], json!({"needs_review": 1}));
+    let agreement = &moderation["agreement"];
+    assert_eq!(agreement["reviewed"], 1);
+    assert_eq!(agreement["compared"], 1);
+    assert_eq!(agreement["lowered"], 1);
+    assert_eq!(agreement["mean_change_share"], -0.5);
+    assert_eq!(agreement["pearson"], Value::Null, "one comparison");
+    assert_eq!(moderation["by_question"][0]["question_number"], "1");
+    assert_eq!(moderation["by_question"][0]["total_marks"], 5.0);
+    let (status, problem, _) = app.get("/question-papers/NOPE/moderation").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
 }
 
 #[tokio::test]
@@ -256,6 +273,14 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
     };
     let (status, problem, _) = split(send(&student).await.unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    let moderation = app
+        .client
+        .get(app.url("/question-papers/QP1/moderation"))
+        .bearer_auth(&student)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moderation.status(), StatusCode::FORBIDDEN);
     let (status, reviewed, _) = split(send(&examiner).await.unwrap()).await;
     assert_eq!(status, StatusCode::CREATED, "{reviewed}");
     let stage = reviewed["items"][0]["stages"]
