@@ -108,6 +108,15 @@ pub enum Command {
     /// review, and how their marks compare with the graders' (as
     /// GET /question-papers/{code}/moderation).
     Moderation { question_paper_code: String },
+    /// Erase everything stored about a user, in one transaction: submissions, every
+    /// version of their evaluations, the user record, keys bound to the user and replayable
+    /// responses (as DELETE /users/{user_id}). Prints what was erased, as JSON.
+    EraseUser {
+        user_id: String,
+        /// Required: erasure cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Work on the database as a whole.
     Db {
         #[command(subcommand)]
@@ -352,6 +361,24 @@ pub async fn moderation(
         bail!("no evaluation of question paper {question_paper_code:?} is stored");
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `examiner erase-user USER_ID --yes`.
+pub async fn erase_user(
+    settings: &Settings,
+    user_id: &str,
+    confirmed: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !confirmed {
+        bail!("erasing {user_id:?} cannot be undone; run again with --yes to erase");
+    }
+    let store = crate::app::open_store(settings).await?;
+    let erasure = store.erase_user(user_id).await?;
+    if erasure.is_empty() {
+        bail!("nothing is stored about user {user_id:?}");
+    }
+    println!("{}", serde_json::to_string_pretty(&erasure)?);
     Ok(std::process::ExitCode::SUCCESS)
 }
 

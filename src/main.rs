@@ -101,6 +101,9 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
         Command::Moderation {
             question_paper_code,
         } => examiner::cli::moderation(&settings, &question_paper_code).await,
+        Command::EraseUser { user_id, yes } => {
+            examiner::cli::erase_user(&settings, &user_id, yes).await
+        }
         Command::Db {
             command: DbCommand::Copy { to, from },
         } => {

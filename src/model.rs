@@ -374,6 +374,33 @@ pub struct ModerationItem {
     pub grader_marks: Option<f64>,
 }
 
+/// What erasing a user's data removed (`DELETE /users/{user_id}`, `examiner erase-user`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Erasure {
+    pub user_id: String,
+    /// The user record (name, email) was deleted; false when there was none.
+    pub user_record: bool,
+    /// Submissions, with their images' OCR text and their answers.
+    pub submissions: u64,
+    /// Evaluations, counting every version.
+    pub evaluations: u64,
+    /// The ids of the API keys bound to the user (student keys), deleted.
+    pub api_keys: Vec<String>,
+    /// Responses kept to answer repeated requests with the same `Idempotency-Key`.
+    pub replayable_responses: u64,
+}
+
+impl Erasure {
+    /// Nothing was stored about the user.
+    pub fn is_empty(&self) -> bool {
+        !self.user_record
+            && self.submissions == 0
+            && self.evaluations == 0
+            && self.api_keys.is_empty()
+            && self.replayable_responses == 0
+    }
+}
+
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -13,7 +13,7 @@ use super::auth::{redact_for_student, Caller};
 use super::error::ApiError;
 use super::{validate, ApiJson, ApiQuery};
 use crate::app::AppState;
-use crate::model::{Course, Exam, QuestionPaper, User};
+use crate::model::{Course, Erasure, Exam, QuestionPaper, User};
 use crate::store::Written;
 
 fn written<T: serde::Serialize>(written: Written, location: String, body: T) -> Response {
@@ -309,4 +309,41 @@ pub async fn get_user(
         .filter(|u| caller.may_read(&u.user_id))
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("user {id:?} does not exist")))
+}
+
+/// Erase everything stored about a user (admin): submissions with their OCR text and
+/// answers, every version of their evaluations, the user record, API keys bound to the user
+/// and responses kept for `Idempotency-Key` replays. One transaction: all of it or nothing.
+/// The memo of OCR texts and LLM replies is keyed by content, not by user, and is not
+/// touched (README, "Erasing a user's data").
+#[utoipa::path(delete, path = "/users/{user_id}", tag = "catalog",
+    params(("user_id" = String, Path)),
+    responses((status = 200, body = Erasure, description = "What was erased"),
+        (status = 403, description = "Not an admin key"),
+        (status = 404, description = "Nothing is stored about this user")))]
+pub async fn erase_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Erasure>, ApiError> {
+    caller.require_admin()?;
+    let erasure = state.store.erase_user(&id).await?;
+    if erasure.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "nothing is stored about user {id:?}"
+        )));
+    }
+    // Keys verified before the erasure are trusted for a few seconds; not these.
+    for key_id in &erasure.api_keys {
+        state.api_keys.forget(key_id);
+    }
+    metrics::counter!("examiner_users_erased_total").increment(1);
+    tracing::info!(
+        user_id = %erasure.user_id,
+        submissions = erasure.submissions,
+        evaluations = erasure.evaluations,
+        api_keys = erasure.api_keys.len(),
+        "user data erased"
+    );
+    Ok(Json(erasure))
 }

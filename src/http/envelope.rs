@@ -69,6 +69,12 @@ impl Drop for Claim {
     }
 }
 
+/// A workflow request names the user it is about. Responses kept for replay are stored
+/// under that user, so that erasing the user erases them too.
+pub trait AboutUser {
+    fn user_id(&self) -> &str;
+}
+
 /// Runs a workflow endpoint: `work` gets the caller and the parsed request and returns the
 /// status and JSON body to answer.
 pub async fn run<T, F, Fut>(
@@ -80,7 +86,7 @@ pub async fn run<T, F, Fut>(
     work: F,
 ) -> Response
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + AboutUser,
     F: FnOnce(AppState, Caller, T) -> Fut,
     Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
@@ -99,7 +105,7 @@ async fn run_inner<T, F, Fut>(
     work: F,
 ) -> Result<Response, ApiError>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + AboutUser,
     F: FnOnce(AppState, Caller, T) -> Fut,
     Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
@@ -176,12 +182,20 @@ where
         key: key.clone(),
         settled: false,
     };
+    let user_id = request.user_id().to_string();
     let (status, value) = work(state.clone(), caller.clone(), request).await?;
     if status.is_success() {
         let text = value.to_string();
         state
             .store
-            .idempotency_complete(caller.scope(), endpoint, &key, status.as_u16(), &text)
+            .idempotency_complete(
+                caller.scope(),
+                endpoint,
+                &key,
+                status.as_u16(),
+                &text,
+                &user_id,
+            )
             .await?;
         claim.settled = true;
     }

@@ -68,6 +68,7 @@ pub struct ApiQuery<T>(pub T);
         catalog::create_user,
         catalog::list_users,
         catalog::get_user,
+        catalog::erase_user,
         keys::create,
         keys::list,
         keys::revoke,
@@ -154,7 +155,10 @@ pub fn router(state: AppState) -> Router {
             "/users",
             get(catalog::list_users).post(catalog::create_user),
         )
-        .route("/users/{user_id}", get(catalog::get_user))
+        .route(
+            "/users/{user_id}",
+            get(catalog::get_user).delete(catalog::erase_user),
+        )
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{key_id}", axum::routing::delete(keys::revoke))
         .route("/healthz", get(ops::healthz))

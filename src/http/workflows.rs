@@ -15,8 +15,9 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{redact_for_student, Caller};
+use super::envelope::{self, AboutUser};
 use super::error::{ApiError, SpecError};
-use super::{envelope, validate, ApiQuery};
+use super::{validate, ApiQuery};
 use crate::app::AppState;
 use crate::model::{EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary};
 use crate::segment::QuestionNumber;
@@ -263,6 +264,18 @@ pub struct EvaluateRequest {
     pub exam_code: String,
     pub question_paper_code: String,
     pub qa_pairs: Option<Vec<EvaluatePair>>,
+}
+
+impl AboutUser for EvaluateRequest {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+}
+
+impl AboutUser for UploadRequest {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
 }
 
 /// One graded question.

@@ -612,6 +612,125 @@ async fn moderation_items_come_from_newest_versions(store: &dyn Store) {
 }
 on_every_backend!(moderation_items_come_from_newest_versions);
 
+/// Erasing a user removes every record about them, keeps everyone else's, and leaves the
+/// user free to come back as new.
+async fn erasing_a_user_removes_everything_about_them(store: &dyn Store) {
+    store.import_catalog(&one_paper(vec![])).await.unwrap();
+    let person = |id: &str| User {
+        user_id: id.into(),
+        name: Some(format!("{id} Name")),
+        email: Some(format!("{id}@example.org")),
+    };
+    store.put_user(&person("U1")).await.unwrap();
+    store.put_user(&person("U2")).await.unwrap();
+    for (id, user) in [("S1", "U1"), ("S2", "U1"), ("S3", "U2")] {
+        store
+            .insert_submission(&submission(id, user, 0), id)
+            .await
+            .unwrap();
+    }
+    let mut evaluation_ids = Vec::new();
+    for user in ["U1", "U1", "U2"] {
+        let stored = store.insert_evaluation(evaluation(user, 2)).await.unwrap();
+        evaluation_ids.push(stored.evaluation_id);
+    }
+    for (key_id, role, user) in [
+        ("K-U1", Role::Student, Some("U1")),
+        ("K-U2", Role::Student, Some("U2")),
+        ("K-EX", Role::Examiner, None),
+    ] {
+        store
+            .create_api_key(&api_key(key_id, role, user), &format!("hash-{key_id}"))
+            .await
+            .unwrap();
+    }
+    // Replayable responses: about U1 by an examiner's key and by U1's own key; about U2.
+    for (scope, key, user) in [
+        ("K-EX", "r1", "U1"),
+        ("K-U1", "r2", "U1"),
+        ("K-EX", "r3", "U2"),
+    ] {
+        store
+            .idempotency_begin(scope, "/upload-exam-answers", key, "h", 600)
+            .await
+            .unwrap();
+        store
+            .idempotency_complete(scope, "/upload-exam-answers", key, 200, "{}", user)
+            .await
+            .unwrap();
+    }
+
+    let erased = store.erase_user("U1").await.unwrap();
+    assert_eq!(
+        erased,
+        crate::model::Erasure {
+            user_id: "U1".into(),
+            user_record: true,
+            submissions: 2,
+            evaluations: 2,
+            api_keys: vec!["K-U1".into()],
+            replayable_responses: 2,
+        }
+    );
+
+    assert_eq!(store.get_user("U1").await.unwrap(), None);
+    assert_eq!(store.get_submission("S1").await.unwrap(), None);
+    assert_eq!(store.get_submission("S2").await.unwrap(), None);
+    assert_eq!(
+        store.get_evaluation(&evaluation_ids[0]).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_evaluation(&evaluation_ids[1]).await.unwrap(),
+        None
+    );
+    let of_u1 = Filter {
+        user_id: Some("U1".into()),
+        limit: 100,
+        ..Filter::default()
+    };
+    assert!(store.list_submissions(&of_u1).await.unwrap().is_empty());
+    assert!(store.list_evaluations(&of_u1).await.unwrap().is_empty());
+    assert!(store
+        .moderation_items("QP1")
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.user_id == "U2"));
+    assert_eq!(store.find_api_key("hash-K-U1").await.unwrap(), None);
+    let replay = |scope: &'static str, key: &'static str| {
+        store.idempotency_begin(scope, "/upload-exam-answers", key, "h", 600)
+    };
+    assert_eq!(replay("K-EX", "r1").await.unwrap(), IdempotencyState::Fresh);
+    assert_eq!(replay("K-U1", "r2").await.unwrap(), IdempotencyState::Fresh);
+
+    // Everyone else's records are as they were.
+    assert_eq!(store.get_user("U2").await.unwrap(), Some(person("U2")));
+    assert!(store.get_submission("S3").await.unwrap().is_some());
+    assert!(store
+        .get_evaluation(&evaluation_ids[2])
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.find_api_key("hash-K-U2").await.unwrap().is_some());
+    assert!(store.find_api_key("hash-K-EX").await.unwrap().is_some());
+    assert!(matches!(
+        replay("K-EX", "r3").await.unwrap(),
+        IdempotencyState::Completed { .. }
+    ));
+
+    // Nothing is left to erase; the user can come back and is registered as new.
+    assert!(store.erase_user("U1").await.unwrap().is_empty());
+    let back = store.insert_evaluation(evaluation("U1", 1)).await.unwrap();
+    assert_eq!(back.version, 1);
+    assert_eq!(
+        store.get_user("U1").await.unwrap().map(|u| u.name),
+        Some(None),
+        "registered afresh, without the erased name"
+    );
+}
+on_every_backend!(erasing_a_user_removes_everything_about_them);
+
 /// Follows a listing page by page: each page goes on after the last id of the one before.
 async fn all_pages<T>(
     filter: &Filter,
@@ -903,7 +1022,14 @@ async fn idempotency(store: &dyn Store) {
     // A claim older than the stale bound is taken over.
     assert_eq!(begin("h1", -1).await.unwrap(), IdempotencyState::Fresh);
     store
-        .idempotency_complete("U1", "/evaluate-answers", "key-1", 201, "{\"ok\":true}")
+        .idempotency_complete(
+            "U1",
+            "/evaluate-answers",
+            "key-1",
+            201,
+            "{\"ok\":true}",
+            "U1",
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1068,7 +1194,7 @@ async fn fill(store: &dyn Store) {
         .await
         .unwrap();
     store
-        .idempotency_complete("U1", "/evaluate-answers", "key-1", 200, "{}")
+        .idempotency_complete("U1", "/evaluate-answers", "key-1", 200, "{}", "U1")
         .await
         .unwrap();
     store.cache_put("llm", "k", "not copied").await.unwrap();

@@ -194,6 +194,7 @@ const TABLES: &[Table] = &[
             ("status_code", Int),
             ("response", Text),
             ("created_at", Text),
+            ("user_id", Text),
         ],
         key_columns: 3,
     },

@@ -1,8 +1,10 @@
 //! Records the process has already read or written, served from memory.
 //!
 //! Exams, question papers and users are never changed once stored — a write of different
-//! content is a conflict — and nothing deletes them, so a record found once is the record for
-//! good, whichever process wrote it. Every graded script reads its exam and paper and
+//! content is a conflict — and nothing deletes exams or papers, so one found once is the
+//! record for good, whichever process wrote it. Users can be erased: the process that erases
+//! one forgets it, and a write that relies on a remembered user checks that it is still
+//! stored (`sql::insert_evaluation`), so another process's memory is corrected on first use. Every graded script reads its exam and paper and
 //! registers its user; from memory that is three round trips to the database fewer per
 //! request (on SQLite each a wake-up of a connection's thread: BENCHMARKS.md, step 17). Absence is
 //! never remembered: a record missing now may be written a moment later.
@@ -60,6 +62,11 @@ impl Known {
     /// True when `user_id` is certainly stored.
     pub(super) fn has_user(&self, user_id: &str) -> bool {
         lock(&self.users).contains_key(user_id)
+    }
+
+    /// After the user was erased, or found erased.
+    pub(super) fn forget_user(&self, user_id: &str) {
+        lock(&self.users).remove(user_id);
     }
 
     /// Only after the write that stored the user has committed.

@@ -31,7 +31,7 @@ pub use sql_store::{Memo, SqlStore};
 pub use sqlite::SqliteStore;
 
 use crate::model::{
-    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    ApiKey, Catalog, Course, Erasure, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
     MarksSheetRow, ModerationItem, NewEvaluation, QuestionPaper, Submission, SubmissionSummary,
     User,
 };
@@ -250,7 +250,14 @@ pub trait Store: Send + Sync {
         key: &str,
         status: u16,
         body: &str,
+        user_id: &str,
     ) -> Result<(), StoreError>;
+    /// Deletes everything stored about one user, in one transaction: submissions (with
+    /// their images' OCR text and answers), every version of their evaluations, the user
+    /// record, API keys bound to the user, and responses kept for replay that are about the
+    /// user or were made with those keys. Catalog records and the memo of OCR texts and LLM
+    /// replies (keyed by content, not by user) are not touched.
+    async fn erase_user(&self, user_id: &str) -> Result<Erasure, StoreError>;
     /// Gives a claimed key back after a failure, so a retry runs the request again.
     async fn idempotency_release(
         &self,

@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 
 use super::{StoreError, Written};
 use crate::model::{
-    ApiKey, Course, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
-    ItemStatus, MarksSheetRow, ModerationItem, NewEvaluation, Question, QuestionMarks,
-    QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage, SubmissionSummary, User,
+    ApiKey, Course, Erasure, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
+    IdempotencyState, ItemStatus, MarksSheetRow, ModerationItem, NewEvaluation, Question,
+    QuestionMarks, QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage,
+    SubmissionSummary, User,
 };
 use crate::segment::QuestionNumber;
 
@@ -884,14 +885,16 @@ const EVALUATION_COLUMNS: &str = "evaluation_id, version, user_id, course_code, 
 
 /// Writes one evaluation and its items inside the caller's transaction; returns its version.
 /// Another writer may take the same version first: the caller then sees a unique violation
-/// ([`is_unique_violation`]) and runs the transaction again.
+/// ([`is_unique_violation`]) and runs the transaction again. `None`, with nothing written:
+/// the user was not registered (`register` false) and is not stored, having been erased
+/// since the caller saw it.
 pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
     conn: &mut C,
     e: &NewEvaluation,
     evaluation_id: &str,
     created_at: DateTime<Utc>,
     register: bool,
-) -> Result<i64, StoreError> {
+) -> Result<Option<i64>, StoreError> {
     // As with uploads, a user graded for the first time is registered (unless the caller
     // knows the user is stored: users are never deleted).
     if register {
@@ -905,6 +908,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
                 "INSERT INTO evaluations ({EVALUATION_COLUMNS})
                  SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
                  FROM evaluations WHERE user_id = $2 AND question_paper_code = $5
+                 HAVING EXISTS (SELECT 1 FROM users WHERE user_id = $2)
                  RETURNING version"
             ),
             args![
@@ -921,8 +925,10 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
                 &timestamp(created_at)
             ],
         )
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("the evaluation insert returned no row".into()))?;
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let version: i64 = row.col("version")?;
     let mut rows = Vec::with_capacity(e.items.len());
     for (position, item) in e.items.iter().enumerate() {
@@ -962,7 +968,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
         }
         conn.execute(&sql, values).await?;
     }
-    Ok(version)
+    Ok(Some(version))
 }
 
 /// The id of the given version of the student's evaluation of the paper of `e`.
@@ -1306,6 +1312,78 @@ pub(super) async fn revoke_api_key<C: Conn + ?Sized>(
     Ok(revoked == 1)
 }
 
+// ---- erasure ----
+
+/// Deletes everything stored about `user_id` inside the caller's transaction (see
+/// [`super::Store::erase_user`]). Children go before their parents: the schema's foreign keys
+/// hold throughout.
+pub(super) async fn erase_user<C: Conn + ?Sized>(
+    conn: &mut C,
+    user_id: &str,
+) -> Result<Erasure, StoreError> {
+    conn.execute(
+        "DELETE FROM evaluation_items WHERE evaluation_id IN
+             (SELECT evaluation_id FROM evaluations WHERE user_id = $1)",
+        args![user_id],
+    )
+    .await?;
+    let evaluations = conn
+        .execute("DELETE FROM evaluations WHERE user_id = $1", args![user_id])
+        .await?;
+    for child in ["submission_answers", "submission_images"] {
+        conn.execute(
+            &format!(
+                "DELETE FROM {child} WHERE submission_id IN
+                     (SELECT submission_id FROM submissions WHERE user_id = $1)"
+            ),
+            args![user_id],
+        )
+        .await?;
+    }
+    let submissions = conn
+        .execute("DELETE FROM submissions WHERE user_id = $1", args![user_id])
+        .await?;
+    let mut api_keys = Vec::new();
+    for row in conn
+        .fetch_all(
+            "DELETE FROM api_keys WHERE user_id = $1 RETURNING key_id",
+            args![user_id],
+        )
+        .await?
+    {
+        api_keys.push(row.col::<String>("key_id")?);
+    }
+    api_keys.sort();
+    // Responses about the user, and any made with the user's own keys (rows completed
+    // before responses were tagged with their user have only the key to go by).
+    let mut replayable_responses = conn
+        .execute(
+            "DELETE FROM idempotency_keys WHERE user_id = $1",
+            args![user_id],
+        )
+        .await?;
+    for key_id in &api_keys {
+        replayable_responses += conn
+            .execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1",
+                args![key_id],
+            )
+            .await?;
+    }
+    let user_record = conn
+        .execute("DELETE FROM users WHERE user_id = $1", args![user_id])
+        .await?
+        == 1;
+    Ok(Erasure {
+        user_id: user_id.to_string(),
+        user_record,
+        submissions,
+        evaluations,
+        api_keys,
+        replayable_responses,
+    })
+}
+
 // ---- idempotency keys ----
 
 /// Claims a key inside the caller's transaction, which the caller commits whatever the
@@ -1365,11 +1443,13 @@ pub(super) async fn idempotency_complete<C: Conn + ?Sized>(
     (scope, endpoint, key): (&str, &str, &str),
     status: u16,
     body: &str,
+    user_id: &str,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE idempotency_keys SET state = 'completed', status_code = $1, response = $2
-         WHERE scope = $3 AND endpoint = $4 AND key = $5",
-        args![i64::from(status), body, scope, endpoint, key],
+        "UPDATE idempotency_keys
+            SET state = 'completed', status_code = $1, response = $2, user_id = $3
+          WHERE scope = $4 AND endpoint = $5 AND key = $6",
+        args![i64::from(status), body, user_id, scope, endpoint, key],
     )
     .await?;
     Ok(())

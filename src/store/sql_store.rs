@@ -3,7 +3,7 @@
 //! connection reads, which writes) and its memo ([`Memo`]).
 //!
 //! Exams, papers and users already seen are served from memory ([`super::known`]): they never
-//! change once stored, whichever process stored them.
+//! change once stored, whichever process stored them (a user can be erased; see there).
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use super::known::Known;
 use super::sql::{self, Conn};
 use super::{Filter, Store, StoreError, Written};
 use crate::model::{
-    ApiKey, Catalog, Course, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
+    ApiKey, Catalog, Course, Erasure, EvaluationRecord, EvaluationSummary, Exam, IdempotencyState,
     MarksSheetRow, ModerationItem, NewEvaluation, QuestionPaper, Submission, SubmissionSummary,
     User,
 };
@@ -256,7 +256,6 @@ where
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         // Stored to the microsecond, so the record answered is the record read back later.
         let created_at = Utc::now().trunc_subsecs(6);
-        let register_user = !self.known.has_user(&e.user_id);
         // Another writer storing an evaluation of the same paper may take the version number
         // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
         // (user, paper, version) refuses this one, which runs again with the next number, so
@@ -264,15 +263,19 @@ where
         let mut attempt = 0;
         let version = loop {
             attempt += 1;
+            let register_user = !self.known.has_user(&e.user_id);
             let result = async {
                 let mut tx = self.writer.begin().await?;
                 if let Some(lock) = self.version_lock {
                     let pair = format!("{}\u{1f}{}", e.user_id, e.question_paper_code);
                     tx.execute(lock, sql::args![&pair]).await?;
                 }
-                let version =
+                let Some(version) =
                     sql::insert_evaluation(&mut *tx, &e, &evaluation_id, created_at, register_user)
-                        .await?;
+                        .await?
+                else {
+                    return Ok(None);
+                };
                 // Checked after the insert, under the write lock that numbering takes, so two
                 // changes made from the same version cannot both be stored.
                 if let Some(based_on) = e.replaces_version.filter(|v| version != v + 1) {
@@ -286,12 +289,21 @@ where
                     });
                 }
                 tx.commit().await?;
-                Ok(version)
+                Ok(Some(version))
             }
             .await;
             match result {
                 Err(err) if attempt < 5 && sql::is_unique_violation(&err) => continue,
-                other => break other?,
+                // Remembered, but erased since (by another process): register it again.
+                Ok(None) if !register_user => self.known.forget_user(&e.user_id),
+                Ok(None) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "user {:?} was registered but is not stored",
+                        e.user_id
+                    )))
+                }
+                Ok(Some(version)) => break version,
+                Err(err) => return Err(err),
             }
         };
         self.known.remember_user(&e.user_id);
@@ -387,9 +399,18 @@ where
         key: &str,
         status: u16,
         body: &str,
+        user_id: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.writer.acquire().await?;
-        sql::idempotency_complete(&mut *conn, (scope, endpoint, key), status, body).await
+        sql::idempotency_complete(&mut *conn, (scope, endpoint, key), status, body, user_id).await
+    }
+
+    async fn erase_user(&self, user_id: &str) -> Result<Erasure, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let erasure = sql::erase_user(&mut *tx, user_id).await?;
+        tx.commit().await?;
+        self.known.forget_user(user_id);
+        Ok(erasure)
     }
 
     async fn idempotency_release(

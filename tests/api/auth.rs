@@ -472,3 +472,83 @@ async fn retried_requests_return_the_first_result_without_new_work() {
     let (_, submissions, _) = app.get("/student-answers").await;
     assert_eq!(submissions.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_admin_erases_a_user_with_their_keys_and_replayable_responses() {
+    use reqwest::Method as M;
+    let llm = FakeLlm::start(grading).await;
+    let app = spawn_app_with(|s| {
+        s.auth.mode = AuthMode::ApiKey;
+        llm.configure(s);
+    })
+    .await;
+    let admin = key(&app, Role::Admin, None).await;
+    let examiner = key(&app, Role::Examiner, None).await;
+    let ravi = key(&app, Role::Student, Some("RAVI")).await;
+    let asha = key(&app, Role::Student, Some("ASHA")).await;
+    let evaluate = |user: &str| {
+        json!({"user_id": user, "course_code": "C1", "exam_code": "E1",
+               "question_paper_code": "ADHOC",
+               "qa_pairs": [{"question_number": "1", "student_answer": "An answer.",
+                             "standard_answer": "The answer.", "total_marks": 5}]})
+    };
+    let idempotent = |key: &str, body: Value| {
+        app.client
+            .post(app.url("/evaluate-answers"))
+            .bearer_auth(&examiner)
+            .header("Idempotency-Key", key.to_string())
+            .json(&body)
+            .send()
+    };
+    let first = idempotent("grade-ravi", evaluate("RAVI")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    for user in ["RAVI", "ASHA"] {
+        let (status, body, _) = send(
+            &app,
+            M::POST,
+            "/evaluate-answers",
+            Some(&examiner),
+            Some(&evaluate(user)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Each student reads their results: their keys are verified and remembered.
+    for student in [&ravi, &asha] {
+        let (status, _, _) = send(&app, M::GET, "/evaluations", Some(student), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let path = "/users/RAVI";
+    for key in [&ravi, &examiner] {
+        let (status, body, _) = send(&app, M::DELETE, path, Some(key), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    let (status, erased, _) = send(&app, M::DELETE, path, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    assert_eq!(erased["user_id"], "RAVI");
+    assert_eq!(erased["user_record"], true);
+    assert_eq!(erased["evaluations"], 2);
+    assert_eq!(erased["submissions"], 0);
+    assert_eq!(erased["api_keys"].as_array().unwrap().len(), 1);
+    assert_eq!(erased["replayable_responses"], 1);
+
+    // The student's key stopped working at once, though it was verified moments ago.
+    let (status, _, _) = send(&app, M::GET, "/evaluations", Some(&ravi), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, listed, _) = send(&app, M::GET, "/evaluations", Some(&admin), None).await;
+    let users: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ASHA"]);
+    // The kept response went too: the same idempotent request is graded afresh.
+    let again = idempotent("grade-ravi", evaluate("RAVI")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+
+    let (status, _, _) = send(&app, M::DELETE, "/users/NOBODY", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -95,6 +95,21 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
             .contains("no evaluation of question paper \"QP001\" is stored"),
         "{moderation:?}"
     );
+    let erase = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_examiner"))
+            .arg("erase-user")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let unconfirmed = erase(&["U1"]);
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("run again with --yes"));
+    let nobody = erase(&["U1", "--yes"]);
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("nothing is stored about user \"U1\""));
     let wrong = marks(&["QP001", "--format", "xml"]);
     assert_eq!(wrong.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("[possible values: csv, json]"));

@@ -28,6 +28,7 @@ async fn health_metrics_openapi_and_docs_answer() {
     ] {
         assert!(body["paths"][path].is_object(), "openapi lists {path}");
     }
+    assert!(body["paths"]["/users/{user_id}"]["delete"].is_object());
     let review = &body["paths"]["/evaluations/{evaluation_id}/review"]["post"];
     assert!(review["responses"]["409"].is_object(), "{review}");
     assert!(

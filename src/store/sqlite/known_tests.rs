@@ -97,22 +97,20 @@ async fn user_stored(store: &SqliteStore, user_id: &str) -> bool {
 }
 
 #[tokio::test]
-async fn a_user_is_registered_by_the_first_evaluation_only() {
+async fn a_remembered_user_found_erased_is_registered_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     store.insert_evaluation(evaluation("U1")).await.unwrap();
     assert!(user_stored(&store, "U1").await);
-    // Removed behind the store's back: the next evaluation does not register it again,
-    // which shows the statement was skipped.
-    sql(&store, "DELETE FROM users WHERE user_id = 'U1'").await;
-    let second = store.insert_evaluation(evaluation("U1")).await.unwrap();
-    assert_eq!(second.version, 2);
+    // Erased by another process: this one remembers U1, so its next evaluation skips the
+    // registration, finds the user missing, and stores it with the user registered again.
+    let other = open(&dir).await;
+    assert!(other.erase_user("U1").await.unwrap().user_record);
     assert!(!user_stored(&store, "U1").await);
-    // Another process (which has not seen U1) registers it.
-    open(&dir)
-        .await
-        .insert_evaluation(evaluation("U1"))
-        .await
-        .unwrap();
+    let again = store.insert_evaluation(evaluation("U1")).await.unwrap();
+    assert_eq!(
+        again.version, 1,
+        "nothing of the erased user is left to count on"
+    );
     assert!(user_stored(&store, "U1").await);
 }
