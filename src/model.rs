@@ -36,6 +36,9 @@ pub mod flag {
     /// An examiner set the marks by hand (`POST /evaluations/{id}/review`); the stage
     /// `examiner` of the question records who, when, and the marks it replaced.
     pub const REVIEWED: &str = "reviewed";
+    /// The student asked for the marks to be looked at again
+    /// (`POST /evaluations/{id}/regrade-request`); an examiner's review settles it.
+    pub const REGRADE_REQUESTED: &str = "regrade_requested";
 
     /// All of the above.
     pub const ALL: &[&str] = &[
@@ -48,10 +51,16 @@ pub mod flag {
         POSSIBLY_OFF_TOPIC,
         GRADER_ERROR,
         REVIEWED,
+        REGRADE_REQUESTED,
     ];
 
     /// Flags that ask for an examiner; an examiner's review of the question settles them.
-    pub const SETTLED_BY_REVIEW: &[&str] = &[NEEDS_REVIEW, SECOND_OPINION_MISSING, GRADER_ERROR];
+    pub const SETTLED_BY_REVIEW: &[&str] = &[
+        NEEDS_REVIEW,
+        SECOND_OPINION_MISSING,
+        GRADER_ERROR,
+        REGRADE_REQUESTED,
+    ];
 }
 
 /// A course, e.g. a professional qualification level.

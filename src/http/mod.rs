@@ -50,6 +50,7 @@ pub struct ApiQuery<T>(pub T);
         workflows::evaluate_answers,
         workflows::retry_evaluation,
         review::review_evaluation,
+        review::request_regrade,
         workflows::list_student_answers,
         workflows::get_student_answers,
         workflows::list_evaluations,
@@ -124,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/evaluations/{evaluation_id}/review",
             post(review::review_evaluation),
+        )
+        .route(
+            "/evaluations/{evaluation_id}/regrade-request",
+            post(review::request_regrade),
         )
         .route(
             "/courses",

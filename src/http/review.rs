@@ -1,5 +1,6 @@
-//! `POST /evaluations/{id}/review`: an examiner's marks for some questions of an evaluation
-//! ([`crate::workflow::review`]), stored as the student's newest version.
+//! `POST /evaluations/{id}/review`: an examiner's marks for some questions of an evaluation,
+//! and `POST /evaluations/{id}/regrade-request`: a student's request for one
+//! ([`crate::workflow::review`]). Each is stored as the student's newest version.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -8,13 +9,14 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::Caller;
+use super::auth::{redact_for_student, Caller};
 use super::error::ApiError;
 use super::{validate, ApiJson};
 use crate::app::AppState;
 use crate::model::EvaluationRecord;
 use crate::segment::QuestionNumber;
-use crate::workflow::review::{self, Review, ReviewedQuestion};
+use crate::workflow::evaluate::EvaluationResult;
+use crate::workflow::review::{self, RegradeRequest, Review, ReviewedQuestion};
 
 /// Longest feedback or note an examiner may write for one question, in characters.
 const MAX_REVIEW_TEXT_CHARS: usize = 20_000;
@@ -97,8 +99,77 @@ pub async fn review_evaluation(
         questions,
     };
     let result = review::review(&state, &id, review).await?;
+    created(&caller, result)
+}
+
+/// Longest comment a student may give with a regrade request, in characters.
+const MAX_REGRADE_COMMENT_CHARS: usize = 2_000;
+
+/// A student's request that an examiner look at the marks of one question again.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegradeRequestBody {
+    #[schema(example = "1.b")]
+    pub question_number: String,
+    /// Why the marks look wrong, for the examiner (at most 2,000 characters).
+    #[schema(example = "The second half of my answer, on page 2, was not marked.")]
+    pub comment: String,
+}
+
+/// Ask for an examiner's review of one question's marks (the student, or staff on their
+/// behalf). Stored as a new version of the evaluation in which the question carries the flag
+/// `regrade_requested` — the review queue lists it — and the comment; the marks stay until
+/// an examiner reviews it. Only the newest version, and one open request per question.
+#[utoipa::path(post, path = "/evaluations/{evaluation_id}/regrade-request", tag = "results",
+    params(("evaluation_id" = String, Path)), request_body = RegradeRequestBody,
+    responses((status = 201, body = EvaluationRecord, description = "Stored as the newest version",
+        headers(("location" = String, description = "`/evaluations/{new evaluation_id}`"))),
+        (status = 404, description = "No such evaluation of the caller's"),
+        (status = 409, description = "Already requested, or a newer version was stored since"),
+        (status = 422, description = "Unknown question, or an empty or too long comment")))]
+pub async fn request_regrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<RegradeRequestBody>,
+) -> Result<Response, ApiError> {
+    let owner = state
+        .store
+        .get_evaluation(&id)
+        .await?
+        .filter(|e| caller.may_read(&e.user_id))
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
+    caller.may_act_for(&owner.user_id)?;
+    let number = QuestionNumber::parse(&request.question_number).ok_or_else(|| {
+        ApiError::Validation(format!(
+            "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
+            request.question_number
+        ))
+    })?;
+    let comment = request.comment.trim();
+    if comment.is_empty() {
+        return Err(ApiError::Validation(
+            "comment is empty; say what the examiner should look at".into(),
+        ));
+    }
+    validate::text("comment", comment, MAX_REGRADE_COMMENT_CHARS)?;
+    let request = RegradeRequest {
+        requested_by: caller.key_id.clone(),
+        question_number: number,
+        comment: comment.to_string(),
+    };
+    let result = review::request_regrade(&state, &id, request).await?;
+    created(&caller, result)
+}
+
+/// 201 with the stored version (as the caller may see it) and its `Location`.
+fn created(caller: &Caller, result: EvaluationResult) -> Result<Response, ApiError> {
     let location = format!("/evaluations/{}", result.record.evaluation_id);
-    let mut response = (StatusCode::CREATED, Json(result.record)).into_response();
+    let mut body = serde_json::to_value(&result.record).map_err(ApiError::internal)?;
+    if caller.is_student() {
+        redact_for_student(&mut body);
+    }
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }

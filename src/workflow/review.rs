@@ -4,6 +4,10 @@
 //!
 //! A review is made from one version and is refused when a newer one has been stored since
 //! (another review, a retry, a new grading): the examiner saw marks that no longer stand.
+//!
+//! Students ask for a review of a question with a regrade request: a new version whose
+//! question carries the flag `regrade_requested` and the student's comment, which puts it in
+//! the review queue; the examiner's review settles it.
 
 use chrono::Utc;
 use serde_json::json;
@@ -33,6 +37,88 @@ pub struct Review {
     /// Who reviewed: the API key's id, or `None` when authentication is off.
     pub reviewer: Option<String>,
     pub questions: Vec<ReviewedQuestion>,
+}
+
+/// A student's request that an examiner look at the marks of one question again.
+#[derive(Debug, Clone)]
+pub struct RegradeRequest {
+    /// The API key's id, or `None` when authentication is off.
+    pub requested_by: Option<String>,
+    pub question_number: QuestionNumber,
+    /// Why the student thinks the marks are wrong.
+    pub comment: String,
+}
+
+/// Flags the question of the evaluation `evaluation_id` for an examiner's review with the
+/// student's comment, as the student's newest version; its marks do not change.
+pub async fn request_regrade(
+    state: &AppState,
+    evaluation_id: &str,
+    request: RegradeRequest,
+) -> Result<EvaluationResult, ApiError> {
+    let previous = state
+        .store
+        .get_evaluation(evaluation_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
+        })?;
+    let mut items = previous.items;
+    let number = &request.question_number;
+    let position = items
+        .iter()
+        .position(|item| &item.question_number == number)
+        .ok_or_else(|| {
+            let known: Vec<&str> = items.iter().map(|i| i.question_number.as_str()).collect();
+            ApiError::Validation(format!(
+                "question {number} is not in this evaluation; its questions are {}",
+                known.join(", ")
+            ))
+        })?;
+    let item = &mut items[position];
+    if item.flags.iter().any(|f| f == flag::REGRADE_REQUESTED) {
+        return Err(ApiError::Conflict(format!(
+            "a regrade of question {number} is already requested and waits for an examiner"
+        )));
+    }
+    let record = json!({
+        "role": "regrade_request",
+        "requested_by": request.requested_by,
+        "requested_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "marks": item.marks_awarded,
+        "comment": request.comment,
+    });
+    push_stage(item, record)?;
+    item.flags.push(flag::REGRADE_REQUESTED.to_string());
+    let new = summarise(NewEvaluation {
+        user_id: previous.user_id,
+        course_code: previous.course_code,
+        exam_code: previous.exam_code,
+        question_paper_code: previous.question_paper_code,
+        submission_id: previous.submission_id,
+        grader: previous.grader,
+        total_exam_marks: previous.total_exam_marks,
+        final_score: 0.0,
+        status: String::new(),
+        items,
+        replaces_version: Some(previous.version),
+    });
+    let result = store_evaluation(state, new).await?;
+    metrics::counter!("examiner_regrade_requests_total").increment(1);
+    Ok(result)
+}
+
+fn push_stage(item: &mut EvaluationItem, record: serde_json::Value) -> Result<(), ApiError> {
+    match &mut item.stages {
+        serde_json::Value::Array(stages) => {
+            stages.push(record);
+            Ok(())
+        }
+        other => Err(ApiError::internal(format!(
+            "question {}: stored stages are not a list: {other}",
+            item.question_number
+        ))),
+    }
 }
 
 /// Feedback for a question the grader had not marked, when the examiner gives none.
@@ -152,15 +238,7 @@ fn apply(
         "feedback": question.feedback,
         "note": question.note,
     });
-    match &mut item.stages {
-        serde_json::Value::Array(stages) => stages.push(record),
-        other => {
-            return Err(ApiError::internal(format!(
-                "question {}: stored stages are not a list: {other}",
-                item.question_number
-            )))
-        }
-    }
+    push_stage(item, record)?;
     item.llm_evaluation = match question.feedback {
         Some(feedback) => feedback,
         None if item.status == ItemStatus::Graded => std::mem::take(&mut item.llm_evaluation),

@@ -23,6 +23,7 @@ async fn health_metrics_openapi_and_docs_answer() {
         "/question-papers",
         "/question-papers/{question_paper_code}/marks",
         "/evaluations/{evaluation_id}/review",
+        "/evaluations/{evaluation_id}/regrade-request",
         "/question-papers/{question_paper_code}/moderation",
         "/healthz",
     ] {

@@ -307,3 +307,146 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
     assert!(seen["items"][0].get("stages").is_none());
     assert!(seen["items"][0].get("reasoning").is_none());
 }
+
+#[tokio::test]
+async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it() {
+    let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
+    let store = app.state.store.as_ref();
+    let (examiner_key, examiner) =
+        examiner::http::auth::create_key(store, Role::Examiner, None, None)
+            .await
+            .unwrap();
+    let (student_key, student) =
+        examiner::http::auth::create_key(store, Role::Student, Some("U1".into()), None)
+            .await
+            .unwrap();
+    let other = examiner::http::auth::create_key(store, Role::Student, Some("U2".into()), None)
+        .await
+        .unwrap()
+        .1;
+    let id = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
+    let send = |key: &str, path: String, body: Value| {
+        app.client
+            .post(app.url(&path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let regrade = |key: &str, id: &str, body: Value| {
+        send(key, format!("/evaluations/{id}/regrade-request"), body)
+    };
+    let ask = json!({"question_number": "1", "comment": "  My second paragraph was not marked.  "});
+
+    // Someone else's evaluation is not there for another student.
+    let (status, _, _) = split(regrade(&other, &id, ask.clone()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (body, detail) in [
+        (
+            json!({"question_number": "1", "comment": " "}),
+            "comment is empty",
+        ),
+        (
+            json!({"question_number": "1", "comment": "x".repeat(2_001)}),
+            "comment is 2001 characters long; the limit is 2000",
+        ),
+        (
+            json!({"question_number": "7", "comment": "please"}),
+            "question 7 is not in this evaluation",
+        ),
+    ] {
+        let (status, problem, _) = split(regrade(&student, &id, body).await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{problem}"
+        );
+    }
+
+    let response = regrade(&student, &id, ask.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (_, requested, _) = split(response).await;
+    assert_eq!(requested["version"], 2);
+    let item = &requested["items"][0];
+    assert_eq!(item["marks_awarded"], 2.0, "the marks stay until reviewed");
+    assert_eq!(item["flags"], json!(["regrade_requested"]));
+    assert!(item.get("stages").is_none(), "students see no stages");
+    let requested_id = requested["evaluation_id"].as_str().unwrap().to_string();
+
+    let (status, problem, _) =
+        split(regrade(&student, &requested_id, ask.clone()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already requested and waits for an examiner"),
+        "{problem}"
+    );
+    let (status, _, _) = split(regrade(&student, &id, ask.clone()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an old version");
+
+    // The examiner sees the request in the queue, with the comment and who asked.
+    let queue = app
+        .client
+        .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
+        .bearer_auth(&examiner)
+        .send()
+        .await
+        .unwrap();
+    let (_, queue, _) = split(queue).await;
+    assert_eq!(queue.as_array().unwrap().len(), 1, "{queue}");
+    assert_eq!(queue[0]["evaluation_id"], requested_id.as_str());
+    let full = app
+        .client
+        .get(app.url(&format!("/evaluations/{requested_id}")))
+        .bearer_auth(&examiner)
+        .send()
+        .await
+        .unwrap();
+    let (_, full, _) = split(full).await;
+    let stage = full["items"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(stage["role"], "regrade_request");
+    assert_eq!(stage["comment"], "My second paragraph was not marked.");
+    assert_eq!(stage["requested_by"], student_key.key_id.as_str());
+    assert_eq!(stage["marks"], 2.0);
+
+    let (status, reviewed, _) = split(
+        send(
+            &examiner,
+            format!("/evaluations/{requested_id}/review"),
+            json!({"questions": [{"question_number": "1", "marks_awarded": 3.5,
+                                  "feedback": "The second paragraph earns 1.5 more."}]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{reviewed}");
+    assert_eq!(reviewed["items"][0]["flags"], json!(["reviewed"]));
+    assert_eq!(
+        reviewed["items"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["reviewer"],
+        examiner_key.key_id.as_str()
+    );
+    let queue = app
+        .client
+        .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
+        .bearer_auth(&examiner)
+        .send()
+        .await
+        .unwrap();
+    let (_, queue, _) = split(queue).await;
+    assert_eq!(queue, json!([]));
+    // And the student may ask again about the reviewed marks.
+    let reviewed_id = reviewed["evaluation_id"].as_str().unwrap();
+    let (status, _, _) = split(regrade(&student, reviewed_id, ask).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
