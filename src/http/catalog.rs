@@ -105,6 +105,7 @@ pub async fn create_exam(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ExamFilter {
     /// Only exams of this course.
     pub course_code: Option<String>,
@@ -221,6 +222,7 @@ pub async fn create_question_paper(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct PaperFilter {
     /// Only papers of this exam.
     pub exam_code: Option<String>,

@@ -17,6 +17,7 @@ use crate::workflow::marks::{self, MarksSheet};
 use crate::workflow::moderation::{self, ModerationReport};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct SheetFormat {
     /// `json` (the default) or `csv`; `Accept: text/csv` also asks for CSV.
     #[param(inline)]

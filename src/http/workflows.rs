@@ -497,6 +497,7 @@ pub async fn retry_evaluation(
 
 /// Filters for listing submissions.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct SubmissionFilter {
     pub user_id: Option<String>,
     pub question_paper_code: Option<String>,
@@ -528,6 +529,7 @@ impl StatusFilter {
 
 /// Filters for listing evaluations.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct EvaluationFilter {
     pub user_id: Option<String>,
     pub question_paper_code: Option<String>,

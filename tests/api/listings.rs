@@ -145,6 +145,11 @@ async fn bad_listing_queries_are_problem_details() {
         ("/student-answers?limit=-x", "limit"),
         ("/student-answers?after=no-such-submission", "previous page"),
         ("/exams?course_code=C1&course_code=C2", "course_code"),
+        // A misspelt filter would otherwise list everything, as if it matched.
+        ("/evaluations?flags=needs_review", "unknown field `flags`"),
+        ("/student-answers?user=U1", "unknown field `user`"),
+        ("/question-papers?exam=E1", "unknown field `exam`"),
+        ("/question-papers/QP1/marks?fmt=csv", "unknown field `fmt`"),
     ];
     for (path, named) in cases {
         let (status, body, content_type) = app.get(path).await;
