@@ -896,7 +896,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
     register: bool,
 ) -> Result<Option<i64>, StoreError> {
     // As with uploads, a user graded for the first time is registered (unless the caller
-    // knows the user is stored: users are never deleted).
+    // remembers the user as stored; the insert below checks that it still is).
     if register {
         register_user(conn, &e.user_id).await?;
     }
