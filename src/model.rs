@@ -332,6 +332,26 @@ pub struct EvaluationRecord {
     pub created_at: DateTime<Utc>,
 }
 
+impl EvaluationRecord {
+    /// The next version of this evaluation with these items (a retry or a review of it),
+    /// made by the same grader; the score and status are for the caller to total.
+    pub fn next_version(self, items: Vec<EvaluationItem>) -> NewEvaluation {
+        NewEvaluation {
+            user_id: self.user_id,
+            course_code: self.course_code,
+            exam_code: self.exam_code,
+            question_paper_code: self.question_paper_code,
+            submission_id: self.submission_id,
+            grader: self.grader,
+            total_exam_marks: self.total_exam_marks,
+            final_score: 0.0,
+            status: String::new(),
+            items,
+            replaces_version: Some(self.version),
+        }
+    }
+}
+
 /// An evaluation without its items, for listings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EvaluationSummary {

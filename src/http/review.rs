@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::{redact_for_student, Caller};
 use super::error::ApiError;
+use super::workflows::evaluation_to_act_on;
 use super::{validate, ApiJson};
 use crate::app::AppState;
 use crate::model::EvaluationRecord;
@@ -133,13 +134,7 @@ pub async fn request_regrade(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<RegradeRequestBody>,
 ) -> Result<Response, ApiError> {
-    let owner = state
-        .store
-        .get_evaluation(&id)
-        .await?
-        .filter(|e| caller.may_read(&e.user_id))
-        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
-    caller.may_act_for(&owner.user_id)?;
+    evaluation_to_act_on(&state, &caller, &id).await?;
     let number = QuestionNumber::parse(&request.question_number).ok_or_else(|| {
         ApiError::Validation(format!(
             "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",

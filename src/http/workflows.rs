@@ -475,13 +475,7 @@ pub async fn retry_evaluation(
     Path(id): Path<String>,
 ) -> Result<Response, SpecError> {
     let caller = caller?;
-    let owner = state
-        .store
-        .get_evaluation(&id)
-        .await?
-        .filter(|e| caller.may_read(&e.user_id))
-        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
-    caller.may_act_for(&owner.user_id)?;
+    evaluation_to_act_on(&state, &caller, &id).await?;
     let _permit = state
         .work_permits
         .clone()
@@ -703,15 +697,37 @@ pub async fn get_evaluation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = state
-        .store
-        .get_evaluation(&id)
-        .await?
-        .filter(|e| caller.may_read(&e.user_id))
-        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))?;
+    let record = readable_evaluation(&state, &caller, &id).await?;
     let mut value = to_json(&record)?;
     if caller.is_student() {
         redact_for_student(&mut value);
     }
     Ok(Json(value))
+}
+
+/// The evaluation `id` if the caller may read it; another user's is as absent as an unknown
+/// one, so students cannot probe for ids.
+async fn readable_evaluation(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<EvaluationRecord, ApiError> {
+    state
+        .store
+        .get_evaluation(id)
+        .await?
+        .filter(|e| caller.may_read(&e.user_id))
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} does not exist")))
+}
+
+/// The evaluation `id` if the caller may also act for its student (retry it, ask for a
+/// regrade of it).
+pub(super) async fn evaluation_to_act_on(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<EvaluationRecord, ApiError> {
+    let evaluation = readable_evaluation(state, caller, id).await?;
+    caller.may_act_for(&evaluation.user_id)?;
+    Ok(evaluation)
 }

@@ -292,16 +292,10 @@ pub async fn retry_failed(
     state: &AppState,
     evaluation_id: &str,
 ) -> Result<EvaluationResult, ApiError> {
-    let previous = state
-        .store
-        .get_evaluation(evaluation_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
-        })?;
+    let mut previous = stored_evaluation(state, evaluation_id).await?;
     let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
-    let failed: Vec<(usize, GradeTask)> = previous
-        .items
+    let mut items = std::mem::take(&mut previous.items);
+    let failed: Vec<(usize, GradeTask)> = items
         .iter()
         .enumerate()
         .filter(|(_, item)| item.status == ItemStatus::Failed)
@@ -321,7 +315,6 @@ pub async fn retry_failed(
         .collect();
     let tasks: Vec<GradeTask> = failed.iter().map(|(_, t)| t.clone()).collect();
     let outcomes = grade(state, &tasks).await;
-    let mut items = previous.items.clone();
     for ((position, task), (outcome, second)) in failed.into_iter().zip(outcomes) {
         items[position] = item_from_outcome(
             state.settings.grading.review_threshold_fraction,
@@ -330,20 +323,21 @@ pub async fn retry_failed(
             second,
         )?;
     }
-    let new = summarise(NewEvaluation {
-        user_id: previous.user_id,
-        course_code: previous.course_code,
-        exam_code: previous.exam_code,
-        question_paper_code: previous.question_paper_code,
-        submission_id: previous.submission_id,
-        grader: state.grader.name().to_string(),
-        total_exam_marks: previous.total_exam_marks,
-        final_score: 0.0,
-        status: String::new(),
-        items,
-        replaces_version: Some(previous.version),
-    });
-    store_evaluation(state, new).await
+    let mut new = previous.next_version(items);
+    new.grader = state.grader.name().to_string();
+    store_evaluation(state, summarise(new)).await
+}
+
+/// The stored evaluation `evaluation_id`, or why not.
+pub(super) async fn stored_evaluation(
+    state: &AppState,
+    evaluation_id: &str,
+) -> Result<EvaluationRecord, ApiError> {
+    state
+        .store
+        .get_evaluation(evaluation_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist")))
 }
 
 /// The marks step of the paper: its own when stored, else the default.

@@ -14,10 +14,12 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::http::ApiError;
-use crate::model::{flag, EvaluationItem, ItemStatus, NewEvaluation};
+use crate::model::{flag, EvaluationItem, ItemStatus};
 use crate::segment::QuestionNumber;
 
-use super::evaluate::{marks_step_of, store_evaluation, summarise, EvaluationResult};
+use super::evaluate::{
+    marks_step_of, store_evaluation, stored_evaluation, summarise, EvaluationResult,
+};
 
 /// The marks an examiner gives one question.
 #[derive(Debug, Clone)]
@@ -56,14 +58,8 @@ pub async fn request_regrade(
     evaluation_id: &str,
     request: RegradeRequest,
 ) -> Result<EvaluationResult, ApiError> {
-    let previous = state
-        .store
-        .get_evaluation(evaluation_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
-        })?;
-    let mut items = previous.items;
+    let mut previous = stored_evaluation(state, evaluation_id).await?;
+    let mut items = std::mem::take(&mut previous.items);
     let number = &request.question_number;
     let position = items
         .iter()
@@ -90,19 +86,7 @@ pub async fn request_regrade(
     });
     push_stage(item, record)?;
     item.flags.push(flag::REGRADE_REQUESTED.to_string());
-    let new = summarise(NewEvaluation {
-        user_id: previous.user_id,
-        course_code: previous.course_code,
-        exam_code: previous.exam_code,
-        question_paper_code: previous.question_paper_code,
-        submission_id: previous.submission_id,
-        grader: previous.grader,
-        total_exam_marks: previous.total_exam_marks,
-        final_score: 0.0,
-        status: String::new(),
-        items,
-        replaces_version: Some(previous.version),
-    });
+    let new = summarise(previous.next_version(items));
     let result = store_evaluation(state, new).await?;
     metrics::counter!("examiner_regrade_requests_total").increment(1);
     Ok(result)
@@ -131,15 +115,9 @@ pub async fn review(
     evaluation_id: &str,
     review: Review,
 ) -> Result<EvaluationResult, ApiError> {
-    let previous = state
-        .store
-        .get_evaluation(evaluation_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist"))
-        })?;
+    let mut previous = stored_evaluation(state, evaluation_id).await?;
     let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
-    let mut items = previous.items;
+    let mut items = std::mem::take(&mut previous.items);
     let positions = positions_of(&items, &review.questions)?;
     let reviewed_at = Utc::now();
     let reviewed = review.questions.len() as u64;
@@ -148,19 +126,7 @@ pub async fn review(
         check_marks(&question, item.total_marks, marks_step)?;
         apply(item, question, review.reviewer.as_deref(), reviewed_at)?;
     }
-    let new = summarise(NewEvaluation {
-        user_id: previous.user_id,
-        course_code: previous.course_code,
-        exam_code: previous.exam_code,
-        question_paper_code: previous.question_paper_code,
-        submission_id: previous.submission_id,
-        grader: previous.grader,
-        total_exam_marks: previous.total_exam_marks,
-        final_score: 0.0,
-        status: String::new(),
-        items,
-        replaces_version: Some(previous.version),
-    });
+    let new = summarise(previous.next_version(items));
     let result = store_evaluation(state, new).await?;
     metrics::counter!("examiner_reviewed_questions_total").increment(reviewed);
     Ok(result)

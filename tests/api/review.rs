@@ -386,16 +386,19 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     assert_eq!(status, StatusCode::CONFLICT, "an old version");
 
     // The examiner sees the request in the queue, with the comment and who asked.
-    let queue = app
-        .client
-        .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
-        .bearer_auth(&examiner)
-        .send()
-        .await
-        .unwrap();
-    let (_, queue, _) = split(queue).await;
-    assert_eq!(queue.as_array().unwrap().len(), 1, "{queue}");
-    assert_eq!(queue[0]["evaluation_id"], requested_id.as_str());
+    let queue = || async {
+        let response = app
+            .client
+            .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
+            .bearer_auth(&examiner)
+            .send()
+            .await
+            .unwrap();
+        split(response).await.1
+    };
+    let waiting = queue().await;
+    assert_eq!(waiting.as_array().unwrap().len(), 1, "{waiting}");
+    assert_eq!(waiting[0]["evaluation_id"], requested_id.as_str());
     let full = app
         .client
         .get(app.url(&format!("/evaluations/{requested_id}")))
@@ -436,15 +439,7 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
             .unwrap()["reviewer"],
         examiner_key.key_id.as_str()
     );
-    let queue = app
-        .client
-        .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
-        .bearer_auth(&examiner)
-        .send()
-        .await
-        .unwrap();
-    let (_, queue, _) = split(queue).await;
-    assert_eq!(queue, json!([]));
+    assert_eq!(queue().await, json!([]));
     // And the student may ask again about the reviewed marks.
     let reviewed_id = reviewed["evaluation_id"].as_str().unwrap();
     let (status, _, _) = split(regrade(&student, reviewed_id, ask).await.unwrap()).await;
