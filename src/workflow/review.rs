@@ -61,16 +61,7 @@ pub async fn request_regrade(
     let mut previous = stored_evaluation(state, evaluation_id).await?;
     let mut items = std::mem::take(&mut previous.items);
     let number = &request.question_number;
-    let position = items
-        .iter()
-        .position(|item| &item.question_number == number)
-        .ok_or_else(|| {
-            let known: Vec<&str> = items.iter().map(|i| i.question_number.as_str()).collect();
-            ApiError::Validation(format!(
-                "question {number} is not in this evaluation; its questions are {}",
-                known.join(", ")
-            ))
-        })?;
+    let position = position_of(&items, number)?;
     let item = &mut items[position];
     if item.flags.iter().any(|f| f == flag::REGRADE_REQUESTED) {
         return Err(ApiError::Conflict(format!(
@@ -154,19 +145,23 @@ fn positions_of(
                 "question {number} is given twice"
             )));
         }
-        let position = items
-            .iter()
-            .position(|item| &item.question_number == number)
-            .ok_or_else(|| {
-                let known: Vec<&str> = items.iter().map(|i| i.question_number.as_str()).collect();
-                ApiError::Validation(format!(
-                    "question {number} is not in this evaluation; its questions are {}",
-                    known.join(", ")
-                ))
-            })?;
-        positions.push(position);
+        positions.push(position_of(items, number)?);
     }
     Ok(positions)
+}
+
+/// Where question `number` is among the evaluation's items.
+fn position_of(items: &[EvaluationItem], number: &QuestionNumber) -> Result<usize, ApiError> {
+    items
+        .iter()
+        .position(|item| &item.question_number == number)
+        .ok_or_else(|| {
+            let known: Vec<&str> = items.iter().map(|i| i.question_number.as_str()).collect();
+            ApiError::Validation(format!(
+                "question {number} is not in this evaluation; its questions are {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// An examiner's marks are taken as given, so they must already be what the paper allows:

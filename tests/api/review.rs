@@ -185,54 +185,47 @@ async fn bad_reviews_are_refused_with_problem_details_and_store_nothing() {
     let cases = [
         (
             one(json!({"question_number": "2", "marks_awarded": 1})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "question 2 is not in this evaluation; its questions are 1",
         ),
         (
             one(json!({"question_number": "1", "marks_awarded": 6})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "marks_awarded 6 is outside 0 to 5",
         ),
         (
             one(json!({"question_number": "1", "marks_awarded": -1})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "is outside 0 to 5",
         ),
         (
             one(json!({"question_number": "1", "marks_awarded": 2.25})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "not a multiple of the paper's marks step 0.5",
         ),
         (
             json!({"questions": [{"question_number": "1", "marks_awarded": 1},
                                  {"question_number": "1", "marks_awarded": 2}]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "question 1 is given twice",
         ),
-        (
-            json!({"questions": []}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "questions is empty",
-        ),
+        (json!({"questions": []}), "questions is empty"),
         (
             one(json!({"question_number": "one", "marks_awarded": 1})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "\"one\" is not a question number",
         ),
         (
             one(json!({"question_number": "1", "marks": 1})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "unknown field `marks`",
         ),
         (
             one(json!({"question_number": "1", "marks_awarded": 1, "note": "x".repeat(20_001)})),
-            StatusCode::UNPROCESSABLE_ENTITY,
             "question 1: note is 20001 characters long",
         ),
     ];
-    for (body, expected, detail) in cases {
+    // All well-formed JSON that does not make a review: 422.
+    for (body, detail) in cases {
         let (status, problem, content_type) = review(&app, &id, body.clone()).await;
-        assert_eq!(status, expected, "{body}: {problem}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
         assert_eq!(content_type, "application/problem+json");
         let said = problem["detail"].as_str().unwrap();
         assert!(said.contains(detail), "{body}: {said}");
