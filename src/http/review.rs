@@ -15,7 +15,6 @@ use super::workflows::evaluation_to_act_on;
 use super::{validate, ApiJson};
 use crate::app::AppState;
 use crate::model::EvaluationRecord;
-use crate::segment::QuestionNumber;
 use crate::workflow::evaluate::EvaluationResult;
 use crate::workflow::review::{self, RegradeRequest, Review, ReviewedQuestion};
 
@@ -47,8 +46,9 @@ pub struct ReviewQuestion {
 
 /// Set the marks of some questions by hand (examiners and admins). Stored as a new version
 /// of the student's evaluation, with an `examiner` stage recording who, when and the marks
-/// replaced; the question's `needs_review`, `second_opinion_missing` and `grader_error`
-/// flags are settled and it is flagged `reviewed`. Only the newest version can be reviewed.
+/// replaced; the question's `needs_review`, `second_opinion_missing`, `grader_error` and
+/// `regrade_requested` flags are settled and it is flagged `reviewed`. Only the newest
+/// version can be reviewed.
 #[utoipa::path(post, path = "/evaluations/{evaluation_id}/review", tag = "results",
     params(("evaluation_id" = String, Path)), request_body = ReviewRequest,
     responses((status = 201, body = EvaluationRecord, description = "Stored as the newest version",
@@ -73,12 +73,7 @@ pub async fn review_evaluation(
     }
     let mut questions = Vec::with_capacity(request.questions.len());
     for question in request.questions {
-        let number = QuestionNumber::parse(&question.question_number).ok_or_else(|| {
-            ApiError::Validation(format!(
-                "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
-                question.question_number
-            ))
-        })?;
+        let number = validate::question_number(&question.question_number)?;
         for (field, text) in [("feedback", &question.feedback), ("note", &question.note)] {
             if let Some(text) = text {
                 validate::text(
@@ -135,12 +130,7 @@ pub async fn request_regrade(
     ApiJson(request): ApiJson<RegradeRequestBody>,
 ) -> Result<Response, ApiError> {
     evaluation_to_act_on(&state, &caller, &id).await?;
-    let number = QuestionNumber::parse(&request.question_number).ok_or_else(|| {
-        ApiError::Validation(format!(
-            "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
-            request.question_number
-        ))
-    })?;
+    let number = validate::question_number(&request.question_number)?;
     let comment = request.comment.trim();
     if comment.is_empty() {
         return Err(ApiError::Validation(

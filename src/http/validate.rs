@@ -45,6 +45,12 @@ pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Reads a question number as a student or examiner wrote it (`1.a`, `2(b)`, `Q3`).
+pub fn question_number(text: &str) -> Result<crate::segment::QuestionNumber, ApiError> {
+    text.parse()
+        .map_err(|e: crate::segment::ParseQuestionNumberError| ApiError::Validation(e.to_string()))
+}
+
 /// Checks a number of marks: finite and not negative.
 pub fn marks(field: &str, value: f64) -> Result<(), ApiError> {
     if !value.is_finite() || value < 0.0 {

@@ -20,7 +20,6 @@ use super::error::{ApiError, SpecError};
 use super::{validate, ApiQuery};
 use crate::app::AppState;
 use crate::model::{EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary};
-use crate::segment::QuestionNumber;
 use crate::store::Filter;
 use crate::workflow::evaluate::{self, Caller as GradingCaller, EvaluateInput, PairInput};
 use crate::workflow::upload::{self, ImageRef, UploadInput};
@@ -418,12 +417,7 @@ async fn evaluate_work(
             }
             let mut parsed = Vec::with_capacity(pairs.len());
             for pair in pairs {
-                let number = QuestionNumber::parse(&pair.question_number).ok_or_else(|| {
-                    ApiError::Validation(format!(
-                        "{:?} is not a question number (expected forms like 1, 1.a, 2(b), 3.b.ii)",
-                        pair.question_number
-                    ))
-                })?;
+                let number = validate::question_number(&pair.question_number)?;
                 validate::text(
                     &format!("question {number}: student_answer"),
                     &pair.student_answer,
