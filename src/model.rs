@@ -401,6 +401,9 @@ pub struct ModerationItem {
     /// For a reviewed question, the marks that stood before its first review (the
     /// grader's); `None` when the grader had given none (it failed) or it was not reviewed.
     pub grader_marks: Option<f64>,
+    /// For a reviewed question, the flags its first review settled (`needs_review`,
+    /// `regrade_requested`, ...): why it was reviewed. Empty when the examiner chose it.
+    pub review_reasons: Vec<String>,
 }
 
 /// What erasing a user's data removed (`DELETE /users/{user_id}`, `examiner erase-user`).

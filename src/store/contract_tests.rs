@@ -582,7 +582,8 @@ async fn moderation_items_come_from_newest_versions(store: &dyn Store) {
     reviewed.items[0].marks_awarded = Some(1.0);
     reviewed.items[0].stages = serde_json::json!([
         {"role": "evaluator", "marks": 4.0},
-        {"role": "examiner", "marks": 2.0, "previous_marks": 3.5},
+        {"role": "examiner", "marks": 2.0, "previous_marks": 3.5,
+         "settled_flags": ["regrade_requested"]},
         {"role": "examiner", "marks": 1.0, "previous_marks": 2.0}
     ]);
     reviewed.items[1].final_stage = Some("examiner".into());
@@ -607,6 +608,8 @@ async fn moderation_items_come_from_newest_versions(store: &dyn Store) {
             "U2 2 reviewed=false grader=None marks=None",
         ]
     );
+    assert_eq!(items[0].review_reasons, vec!["regrade_requested"]);
+    assert!(items[1].review_reasons.is_empty());
     assert_eq!(items[2].flags, vec!["possible_prompt_injection"]);
     assert!(store.moderation_items("NOPE").await.unwrap().is_empty());
 }

@@ -1151,10 +1151,22 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
                     .map_err(|e| StoreError::Corrupt(format!("stages: {e}")))?;
                 let first = stages
                     .as_array()
-                    .and_then(|list| list.iter().find(|stage| stage["role"] == "examiner"));
-                Some(first.and_then(|stage| stage["previous_marks"].as_f64()))
+                    .and_then(|list| list.iter().find(|stage| stage["role"] == "examiner"))
+                    .cloned()
+                    .unwrap_or_default();
+                Some(first)
             }
         };
+        let reasons = review
+            .as_ref()
+            .and_then(|stage| stage["settled_flags"].as_array())
+            .map(|flags| {
+                flags
+                    .iter()
+                    .filter_map(|f| f.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         items.push(ModerationItem {
             user_id: row.col("user_id")?,
             question_number: number_col(row, "question_number")?,
@@ -1162,7 +1174,8 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
             marks_awarded: row.col("marks_awarded")?,
             flags: flags_col(row)?,
             reviewed: review.is_some(),
-            grader_marks: review.flatten(),
+            grader_marks: review.and_then(|stage| stage["previous_marks"].as_f64()),
+            review_reasons: reasons,
         });
     }
     Ok(items)

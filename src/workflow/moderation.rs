@@ -32,9 +32,16 @@ pub struct ModerationReport {
     pub open_flags: BTreeMap<String, usize>,
     /// Graders' against examiners' marks on every question examiners marked.
     pub agreement: Agreement,
+    /// The same by what asked for the review: each flag the review settled
+    /// (`needs_review`, `regrade_requested`, `grader_error`, ...), or `examiner_choice`
+    /// when none did. Shows how often each reason for review was right.
+    pub by_reason: BTreeMap<String, Agreement>,
     /// The same per question, in question-number order.
     pub by_question: Vec<QuestionModeration>,
 }
+
+/// The reason of a review no flag asked for.
+pub const EXAMINER_CHOICE: &str = "examiner_choice";
 
 #[derive(Debug, Serialize, ToSchema, PartialEq)]
 pub struct QuestionModeration {
@@ -124,6 +131,19 @@ fn report(question_paper_code: &str, items: &[ModerationItem]) -> ModerationRepo
             }
         })
         .collect();
+    let mut reasons: BTreeMap<&str, Vec<&ModerationItem>> = BTreeMap::new();
+    for item in items.iter().filter(|i| i.reviewed) {
+        if item.review_reasons.is_empty() {
+            reasons.entry(EXAMINER_CHOICE).or_default().push(item);
+        }
+        for reason in &item.review_reasons {
+            reasons.entry(reason.as_str()).or_default().push(item);
+        }
+    }
+    let by_reason = reasons
+        .into_iter()
+        .map(|(reason, items)| (reason.to_string(), agreement(items.into_iter())))
+        .collect();
     ModerationReport {
         question_paper_code: question_paper_code.to_string(),
         students: students.len(),
@@ -131,6 +151,7 @@ fn report(question_paper_code: &str, items: &[ModerationItem]) -> ModerationRepo
         unmarked: items.iter().filter(|i| i.marks_awarded.is_none()).count(),
         open_flags,
         agreement: agreement(items.iter()),
+        by_reason,
         by_question,
     }
 }
@@ -174,7 +195,7 @@ mod tests {
         total: f64,
         marks: Option<f64>,
         flags: &[&str],
-        review: Option<Option<f64>>,
+        review: Option<(Option<f64>, &[&str])>,
     ) -> ModerationItem {
         ModerationItem {
             user_id: user.into(),
@@ -183,7 +204,10 @@ mod tests {
             marks_awarded: marks,
             flags: flags.iter().map(|f| f.to_string()).collect(),
             reviewed: review.is_some(),
-            grader_marks: review.flatten(),
+            grader_marks: review.and_then(|(marks, _)| marks),
+            review_reasons: review
+                .map(|(_, reasons)| reasons.iter().map(|r| r.to_string()).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -191,13 +215,34 @@ mod tests {
     fn the_report_counts_what_is_open_and_compares_reviewed_marks() {
         let items = vec![
             // U1: question 1 lowered by the examiner from 8 to 4 of 10; 2 not reviewed.
-            item("U1", "1", 10.0, Some(4.0), &["reviewed"], Some(Some(8.0))),
+            item(
+                "U1",
+                "1",
+                10.0,
+                Some(4.0),
+                &["reviewed"],
+                Some((Some(8.0), &["needs_review"])),
+            ),
             item("U1", "2", 5.0, Some(5.0), &["offline_local_grader"], None),
             // U2: question 1 left for review; 2 failed, then marked by the examiner.
             item("U2", "1", 10.0, Some(9.0), &["needs_review"], None),
-            item("U2", "2", 5.0, Some(2.5), &["reviewed"], Some(None)),
+            item(
+                "U2",
+                "2",
+                5.0,
+                Some(2.5),
+                &["reviewed"],
+                Some((None, &["grader_error"])),
+            ),
             // U3: question 1 raised from 2 to 6 of 10; 2 failed and still unmarked.
-            item("U3", "1", 10.0, Some(6.0), &["reviewed"], Some(Some(2.0))),
+            item(
+                "U3",
+                "1",
+                10.0,
+                Some(6.0),
+                &["reviewed"],
+                Some((Some(2.0), &[])),
+            ),
             item("U3", "2", 4.0, None, &["grader_error"], None),
         ];
         let report = report("QP1", &items);
@@ -219,6 +264,20 @@ mod tests {
         assert!((all.mean_abs_change_share.unwrap() - 0.4).abs() < 1e-12);
         // Two points going opposite ways: r = −1.
         assert!((all.pearson.unwrap() + 1.0).abs() < 1e-12);
+
+        let reasons: Vec<(&str, usize, usize)> = report
+            .by_reason
+            .iter()
+            .map(|(reason, a)| (reason.as_str(), a.reviewed, a.lowered))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (EXAMINER_CHOICE, 1, 0),
+                ("grader_error", 1, 0),
+                ("needs_review", 1, 1)
+            ]
+        );
 
         let numbers: Vec<&str> = report
             .by_question

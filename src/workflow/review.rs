@@ -189,6 +189,12 @@ fn apply(
     reviewer: Option<&str>,
     reviewed_at: chrono::DateTime<Utc>,
 ) -> Result<(), ApiError> {
+    // What asked for this review, so moderation can tell how often each reason was right.
+    let settled: Vec<&String> = item
+        .flags
+        .iter()
+        .filter(|raised| flag::SETTLED_BY_REVIEW.contains(&raised.as_str()))
+        .collect();
     let record = json!({
         "role": "examiner",
         "reviewer": reviewer,
@@ -196,6 +202,7 @@ fn apply(
         "marks": question.marks_awarded,
         "previous_marks": item.marks_awarded,
         "previous_stage": item.final_stage,
+        "settled_flags": settled,
         "feedback": question.feedback,
         "note": question.note,
     });
@@ -329,6 +336,7 @@ mod tests {
         assert_eq!(stages[1]["marks"], 1.5);
         assert_eq!(stages[1]["previous_marks"], 4.0);
         assert_eq!(stages[1]["previous_stage"], "evaluator");
+        assert_eq!(stages[1]["settled_flags"], json!([flag::NEEDS_REVIEW]));
 
         let mut failed = item("2", None, ItemStatus::Failed, &[flag::GRADER_ERROR]);
         apply(&mut failed, question("2", 3.0), None, Utc::now()).unwrap();
@@ -337,6 +345,10 @@ mod tests {
         assert_eq!(failed.llm_evaluation, MARKED_BY_EXAMINER);
         assert_eq!(failed.flags, vec![flag::REVIEWED]);
         assert_eq!(failed.stages[1]["previous_marks"], serde_json::Value::Null);
+        assert_eq!(
+            failed.stages[1]["settled_flags"],
+            json!([flag::GRADER_ERROR])
+        );
 
         let mut again = failed.clone();
         let mut second = question("2", 2.0);
@@ -349,5 +361,10 @@ mod tests {
             "the flag is not repeated"
         );
         assert_eq!(again.stages.as_array().unwrap().len(), 3);
+        assert_eq!(
+            again.stages[2]["settled_flags"],
+            json!([]),
+            "the examiner's own initiative"
+        );
     }
 }

@@ -113,6 +113,12 @@ async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
     assert_eq!(agreement["lowered"], 1);
     assert_eq!(agreement["mean_change_share"], -0.5);
     assert_eq!(agreement["pearson"], Value::Null, "one comparison");
+    assert_eq!(moderation["by_reason"]["needs_review"]["lowered"], 1);
+    assert_eq!(
+        moderation["by_reason"].as_object().unwrap().len(),
+        1,
+        "{moderation}"
+    );
     assert_eq!(moderation["by_question"][0]["question_number"], "1");
     assert_eq!(moderation["by_question"][0]["total_marks"], 5.0);
     let (status, problem, _) = app.get("/question-papers/NOPE/moderation").await;
