@@ -358,7 +358,9 @@ pub async fn moderation(
     let Some(report) =
         crate::workflow::moderation::moderation_report(store.as_ref(), question_paper_code).await?
     else {
-        bail!("no evaluation of question paper {question_paper_code:?} is stored");
+        bail!(
+            "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
+        );
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(std::process::ExitCode::SUCCESS)

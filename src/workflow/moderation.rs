@@ -79,13 +79,19 @@ pub struct Agreement {
     pub pearson: Option<f64>,
 }
 
-/// The moderation report of `question_paper_code`; `None` when no evaluation of it is stored.
+/// The moderation report of `question_paper_code` (empty for a stored paper nobody has been
+/// graded on yet); `None` when neither the paper nor any evaluation of it is stored.
 pub async fn moderation_report(
     store: &dyn Store,
     question_paper_code: &str,
 ) -> Result<Option<ModerationReport>, StoreError> {
     let items = store.moderation_items(question_paper_code).await?;
-    if items.is_empty() {
+    if items.is_empty()
+        && store
+            .get_question_paper(question_paper_code)
+            .await?
+            .is_none()
+    {
         return Ok(None);
     }
     Ok(Some(report(question_paper_code, &items)))

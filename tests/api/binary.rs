@@ -84,16 +84,24 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     let missing = marks(&["NOPE"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("\"NOPE\" does not exist"));
-    let moderation = Command::new(env!("CARGO_BIN_EXE_examiner"))
-        .args(["moderation", "QP001", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert_eq!(moderation.status.code(), Some(1));
+    let moderation = |paper: &str| {
+        Command::new(env!("CARGO_BIN_EXE_examiner"))
+            .args(["moderation", paper, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    // A stored paper nobody has been graded on: an empty report.
+    let empty = moderation("QP001");
+    assert!(empty.status.success(), "{empty:?}");
+    let report: serde_json::Value = serde_json::from_slice(&empty.stdout).unwrap();
+    assert_eq!(report["students"], 0);
+    assert_eq!(report["agreement"]["reviewed"], 0);
+    let unknown = moderation("NOPE");
+    assert_eq!(unknown.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&moderation.stderr)
-            .contains("no evaluation of question paper \"QP001\" is stored"),
-        "{moderation:?}"
+        String::from_utf8_lossy(&unknown.stderr).contains("\"NOPE\" does not exist"),
+        "{unknown:?}"
     );
     let erase = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_examiner"))
