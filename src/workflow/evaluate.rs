@@ -283,7 +283,7 @@ pub async fn evaluate(
         items,
         replaces_version: None,
     });
-    store_evaluation(state, new).await
+    store_evaluation(state, new, Change::Grading).await
 }
 
 /// Grades again the items of a stored evaluation that could not be graded, keeping the
@@ -325,7 +325,7 @@ pub async fn retry_failed(
     }
     let mut new = previous.next_version(items);
     new.grader = state.grader.name().to_string();
-    store_evaluation(state, summarise(new)).await
+    store_evaluation(state, summarise(new), Change::Retry).await
 }
 
 /// The stored evaluation `evaluation_id`, or why not.
@@ -567,9 +567,31 @@ pub(super) fn summarise(mut evaluation: NewEvaluation) -> NewEvaluation {
     evaluation
 }
 
+/// What made a stored version: a grading, a retry of its failed questions, an examiner's
+/// review, or a student's regrade request. Metrics and logs tell them apart.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Change {
+    Grading,
+    Retry,
+    Review,
+    RegradeRequest,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Grading => "grading",
+            Change::Retry => "retry",
+            Change::Review => "review",
+            Change::RegradeRequest => "regrade_request",
+        }
+    }
+}
+
 pub(super) async fn store_evaluation(
     state: &AppState,
     evaluation: NewEvaluation,
+    change: Change,
 ) -> Result<EvaluationResult, ApiError> {
     let failed = evaluation
         .items
@@ -588,7 +610,9 @@ pub(super) async fn store_evaluation(
     let record = state.store.insert_evaluation(evaluation).await?;
     metrics::histogram!("examiner_store_seconds", "op" => "insert_evaluation")
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("examiner_evaluations_total", "status" => record.status.clone()).increment(1);
+    metrics::counter!("examiner_evaluations_total",
+        "status" => record.status.clone(), "change" => change.as_str())
+    .increment(1);
     // One line per evaluation at `info`; the stages and questions log at `debug`, as a busy
     // server grades thousands of questions a second.
     tracing::info!(
@@ -598,6 +622,7 @@ pub(super) async fn store_evaluation(
         questions = record.items.len(),
         failed,
         final_score = record.final_score,
+        change = change.as_str(),
         "evaluation stored"
     );
     Ok(EvaluationResult { record, message })

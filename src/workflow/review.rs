@@ -18,7 +18,7 @@ use crate::model::{flag, EvaluationItem, ItemStatus};
 use crate::segment::QuestionNumber;
 
 use super::evaluate::{
-    marks_step_of, store_evaluation, stored_evaluation, summarise, EvaluationResult,
+    marks_step_of, store_evaluation, stored_evaluation, summarise, Change, EvaluationResult,
 };
 
 /// The marks an examiner gives one question.
@@ -78,9 +78,7 @@ pub async fn request_regrade(
     push_stage(item, record)?;
     item.flags.push(flag::REGRADE_REQUESTED.to_string());
     let new = summarise(previous.next_version(items));
-    let result = store_evaluation(state, new).await?;
-    metrics::counter!("examiner_regrade_requests_total").increment(1);
-    Ok(result)
+    store_evaluation(state, new, Change::RegradeRequest).await
 }
 
 fn push_stage(item: &mut EvaluationItem, record: serde_json::Value) -> Result<(), ApiError> {
@@ -118,7 +116,7 @@ pub async fn review(
         apply(item, question, review.reviewer.as_deref(), reviewed_at)?;
     }
     let new = summarise(previous.next_version(items));
-    let result = store_evaluation(state, new).await?;
+    let result = store_evaluation(state, new, Change::Review).await?;
     metrics::counter!("examiner_reviewed_questions_total").increment(reviewed);
     Ok(result)
 }

@@ -123,6 +123,23 @@ async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
     assert_eq!(moderation["by_question"][0]["total_marks"], 5.0);
     let (status, problem, _) = app.get("/question-papers/NOPE/moderation").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+
+    // Metrics tell a review from a grading.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("examiner_evaluations_total{") && l.contains("change=\"review\"")
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
