@@ -86,7 +86,7 @@ pub async fn marks_sheet(
 #[utoipa::path(get, path = "/question-papers/{question_paper_code}/moderation", tag = "results",
     params(("question_paper_code" = String, Path)),
     responses((status = 200, body = ModerationReport), (status = 403),
-        (status = 404, description = "no evaluation of the paper is stored")))]
+        (status = 404, description = "neither the paper nor any evaluation of it is stored")))]
 pub async fn moderation_report(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,7 +97,7 @@ pub async fn moderation_report(
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(
-                "no evaluation of question paper {code:?} is stored"
+                "question paper {code:?} does not exist and no evaluation of it is stored"
             ))
         })?;
     Ok(Json(report))

@@ -5,10 +5,22 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use examiner::config::AuthMode;
-use examiner::model::Role;
+use examiner::model::{ApiKey, Role};
 
 use crate::helpers::{spawn_app, spawn_app_with, split, TestApp};
 use crate::listings::store_graded;
+
+/// A new API key of this role (and user): the key and its secret.
+async fn key(app: &TestApp, role: Role, user_id: Option<&str>) -> (ApiKey, String) {
+    examiner::http::auth::create_key(
+        app.state.store.as_ref(),
+        role,
+        user_id.map(str::to_string),
+        None,
+    )
+    .await
+    .unwrap()
+}
 
 async fn review(app: &TestApp, id: &str, body: Value) -> (StatusCode, Value, String) {
     app.post(&format!("/evaluations/{id}/review"), &body).await
@@ -123,6 +135,13 @@ async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
     assert_eq!(moderation["by_question"][0]["total_marks"], 5.0);
     let (status, problem, _) = app.get("/question-papers/NOPE/moderation").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"NOPE\" does not exist and no evaluation of it is stored"),
+        "{problem}"
+    );
 
     // Metrics tell a review from a grading.
     let metrics = app
@@ -270,15 +289,8 @@ async fn bad_reviews_are_refused_with_problem_details_and_store_nothing() {
 #[tokio::test]
 async fn students_cannot_review_and_reviews_name_the_examiners_key() {
     let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
-    let store = app.state.store.as_ref();
-    let (examiner_key, examiner) =
-        examiner::http::auth::create_key(store, Role::Examiner, None, None)
-            .await
-            .unwrap();
-    let student = examiner::http::auth::create_key(store, Role::Student, Some("U1".into()), None)
-        .await
-        .unwrap()
-        .1;
+    let (examiner_key, examiner) = key(&app, Role::Examiner, None).await;
+    let student = key(&app, Role::Student, Some("U1")).await.1;
     let id = store_graded(&app, "U1", "QP1", &["needs_review"], "success", json!(3.0)).await;
     let send = |key: &str| {
         app.client
@@ -327,19 +339,9 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
 #[tokio::test]
 async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it() {
     let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
-    let store = app.state.store.as_ref();
-    let (examiner_key, examiner) =
-        examiner::http::auth::create_key(store, Role::Examiner, None, None)
-            .await
-            .unwrap();
-    let (student_key, student) =
-        examiner::http::auth::create_key(store, Role::Student, Some("U1".into()), None)
-            .await
-            .unwrap();
-    let other = examiner::http::auth::create_key(store, Role::Student, Some("U2".into()), None)
-        .await
-        .unwrap()
-        .1;
+    let (examiner_key, examiner) = key(&app, Role::Examiner, None).await;
+    let (student_key, student) = key(&app, Role::Student, Some("U1")).await;
+    let other = key(&app, Role::Student, Some("U2")).await.1;
     let id = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
     let send = |key: &str, path: String, body: Value| {
         app.client
