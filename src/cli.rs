@@ -325,9 +325,7 @@ pub async fn marks(
     let Some(sheet) =
         crate::workflow::marks::marks_sheet(store.as_ref(), question_paper_code).await?
     else {
-        bail!(
-            "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
-        );
+        bail!(crate::workflow::marks::unknown_paper(question_paper_code));
     };
     // clap admits only `csv` and `json`.
     let text = if format == "json" {
@@ -358,9 +356,7 @@ pub async fn moderation(
     let Some(report) =
         crate::workflow::moderation::moderation_report(store.as_ref(), question_paper_code).await?
     else {
-        bail!(
-            "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
-        );
+        bail!(crate::workflow::marks::unknown_paper(question_paper_code));
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(std::process::ExitCode::SUCCESS)

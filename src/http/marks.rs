@@ -55,11 +55,7 @@ pub async fn marks_sheet(
     };
     let sheet = marks::marks_sheet(state.store.as_ref(), &code)
         .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "question paper {code:?} does not exist and no evaluation of it is stored"
-            ))
-        })?;
+        .ok_or_else(|| ApiError::NotFound(marks::unknown_paper(&code)))?;
     if !csv {
         return Ok(Json(sheet).into_response());
     }
@@ -95,10 +91,6 @@ pub async fn moderation_report(
     caller.require_staff()?;
     let report = moderation::moderation_report(state.store.as_ref(), &code)
         .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "question paper {code:?} does not exist and no evaluation of it is stored"
-            ))
-        })?;
+        .ok_or_else(|| ApiError::NotFound(marks::unknown_paper(&code)))?;
     Ok(Json(report))
 }

@@ -9,9 +9,9 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{redact_for_student, Caller};
+use super::auth::Caller;
 use super::error::ApiError;
-use super::workflows::evaluation_to_act_on;
+use super::workflows::{evaluation_to_act_on, evaluation_view, readable_evaluation};
 use super::{validate, ApiJson};
 use crate::app::AppState;
 use crate::model::EvaluationRecord;
@@ -64,6 +64,7 @@ pub async fn review_evaluation(
     ApiJson(request): ApiJson<ReviewRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
+    let previous = readable_evaluation(&state, &caller, &id).await?;
     let max_questions = state.settings.limits.max_questions;
     if request.questions.len() > max_questions {
         return Err(ApiError::Validation(format!(
@@ -94,7 +95,7 @@ pub async fn review_evaluation(
         reviewer: caller.key_id.clone(),
         questions,
     };
-    let result = review::review(&state, &id, review).await?;
+    let result = review::review(&state, previous, review).await?;
     created(&caller, result)
 }
 
@@ -129,7 +130,7 @@ pub async fn request_regrade(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<RegradeRequestBody>,
 ) -> Result<Response, ApiError> {
-    evaluation_to_act_on(&state, &caller, &id).await?;
+    let previous = evaluation_to_act_on(&state, &caller, &id).await?;
     let number = validate::question_number(&request.question_number)?;
     let comment = request.comment.trim();
     if comment.is_empty() {
@@ -143,17 +144,14 @@ pub async fn request_regrade(
         question_number: number,
         comment: comment.to_string(),
     };
-    let result = review::request_regrade(&state, &id, request).await?;
+    let result = review::request_regrade(&state, previous, request).await?;
     created(&caller, result)
 }
 
 /// 201 with the stored version (as the caller may see it) and its `Location`.
 fn created(caller: &Caller, result: EvaluationResult) -> Result<Response, ApiError> {
     let location = format!("/evaluations/{}", result.record.evaluation_id);
-    let mut body = serde_json::to_value(&result.record).map_err(ApiError::internal)?;
-    if caller.is_student() {
-        redact_for_student(&mut body);
-    }
+    let body = evaluation_view(caller, &result.record)?;
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);

@@ -469,7 +469,7 @@ pub async fn retry_evaluation(
     Path(id): Path<String>,
 ) -> Result<Response, SpecError> {
     let caller = caller?;
-    evaluation_to_act_on(&state, &caller, &id).await?;
+    let previous = evaluation_to_act_on(&state, &caller, &id).await?;
     let _permit = state
         .work_permits
         .clone()
@@ -478,7 +478,7 @@ pub async fn retry_evaluation(
             detail: "the service is at its limit of requests in progress; retry shortly".into(),
             retry_after: 5,
         })?;
-    let result = evaluate::retry_failed(&state, &id).await?;
+    let result = evaluate::retry_failed(&state, previous).await?;
     let (status, body) = evaluate_response(result.record, result.message)?;
     Ok((status, Json(body)).into_response())
 }
@@ -692,16 +692,25 @@ pub async fn get_evaluation(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = readable_evaluation(&state, &caller, &id).await?;
-    let mut value = to_json(&record)?;
+    Ok(Json(evaluation_view(&caller, &record)?))
+}
+
+/// An evaluation as the caller may see it: students without standard answers, reasoning
+/// or stages.
+pub(super) fn evaluation_view(
+    caller: &Caller,
+    record: &EvaluationRecord,
+) -> Result<Value, ApiError> {
+    let mut value = to_json(record)?;
     if caller.is_student() {
         redact_for_student(&mut value);
     }
-    Ok(Json(value))
+    Ok(value)
 }
 
 /// The evaluation `id` if the caller may read it; another user's is as absent as an unknown
 /// one, so students cannot probe for ids.
-async fn readable_evaluation(
+pub(super) async fn readable_evaluation(
     state: &AppState,
     caller: &Caller,
     id: &str,

@@ -290,9 +290,8 @@ pub async fn evaluate(
 /// others, and stores the result as a new version.
 pub async fn retry_failed(
     state: &AppState,
-    evaluation_id: &str,
+    mut previous: EvaluationRecord,
 ) -> Result<EvaluationResult, ApiError> {
-    let mut previous = stored_evaluation(state, evaluation_id).await?;
     let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
     let mut items = std::mem::take(&mut previous.items);
     let failed: Vec<(usize, GradeTask)> = items
@@ -326,18 +325,6 @@ pub async fn retry_failed(
     let mut new = previous.next_version(items);
     new.grader = state.grader.name().to_string();
     store_evaluation(state, summarise(new), Change::Retry).await
-}
-
-/// The stored evaluation `evaluation_id`, or why not.
-pub(super) async fn stored_evaluation(
-    state: &AppState,
-    evaluation_id: &str,
-) -> Result<EvaluationRecord, ApiError> {
-    state
-        .store
-        .get_evaluation(evaluation_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("evaluation {evaluation_id:?} does not exist")))
 }
 
 /// The marks step of the paper: its own when stored, else the default.

@@ -55,6 +55,13 @@ pub async fn marks_sheet(
     }))
 }
 
+/// Why a paper's reports (marks sheet, moderation) have nothing to show.
+pub fn unknown_paper(question_paper_code: &str) -> String {
+    format!(
+        "question paper {question_paper_code:?} does not exist and no evaluation of it is stored"
+    )
+}
+
 /// A file name for the sheet's CSV: the paper code with anything but letters, digits, `-`,
 /// `_` and `.` replaced.
 pub fn csv_file_name(question_paper_code: &str) -> String {

@@ -13,13 +13,12 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::grade::clamp_and_round;
 use crate::http::ApiError;
-use crate::model::{flag, EvaluationItem, ItemStatus};
+use crate::model::{flag, EvaluationItem, EvaluationRecord, ItemStatus};
 use crate::segment::QuestionNumber;
 
-use super::evaluate::{
-    marks_step_of, store_evaluation, stored_evaluation, summarise, Change, EvaluationResult,
-};
+use super::evaluate::{marks_step_of, store_evaluation, summarise, Change, EvaluationResult};
 
 /// The marks an examiner gives one question.
 #[derive(Debug, Clone)]
@@ -51,14 +50,13 @@ pub struct RegradeRequest {
     pub comment: String,
 }
 
-/// Flags the question of the evaluation `evaluation_id` for an examiner's review with the
-/// student's comment, as the student's newest version; its marks do not change.
+/// Flags the question of the stored evaluation `previous` for an examiner's review with
+/// the student's comment, as the student's newest version; its marks do not change.
 pub async fn request_regrade(
     state: &AppState,
-    evaluation_id: &str,
+    mut previous: EvaluationRecord,
     request: RegradeRequest,
 ) -> Result<EvaluationResult, ApiError> {
-    let mut previous = stored_evaluation(state, evaluation_id).await?;
     let mut items = std::mem::take(&mut previous.items);
     let number = &request.question_number;
     let position = position_of(&items, number)?;
@@ -97,14 +95,13 @@ fn push_stage(item: &mut EvaluationItem, record: serde_json::Value) -> Result<()
 /// Feedback for a question the grader had not marked, when the examiner gives none.
 const MARKED_BY_EXAMINER: &str = "Marked by an examiner.";
 
-/// Applies the review to the evaluation `evaluation_id` and stores the result as its
+/// Applies the review to the stored evaluation `previous` and stores the result as its
 /// student's newest version.
 pub async fn review(
     state: &AppState,
-    evaluation_id: &str,
+    mut previous: EvaluationRecord,
     review: Review,
 ) -> Result<EvaluationResult, ApiError> {
-    let mut previous = stored_evaluation(state, evaluation_id).await?;
     let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
     let mut items = std::mem::take(&mut previous.items);
     let positions = positions_of(&items, &review.questions)?;
@@ -172,7 +169,8 @@ fn check_marks(question: &ReviewedQuestion, total: f64, step: f64) -> Result<(),
             "question {number}: marks_awarded {marks} is outside 0 to {total}"
         )));
     }
-    let on_step = step > 0.0 && ((marks / step).round() * step - marks).abs() < 1e-9;
+    // On the grid the graders' marks are rounded to; full marks count even when off it.
+    let on_step = (clamp_and_round(marks, total, step) - marks).abs() < 1e-9;
     if !(on_step || (marks - total).abs() < 1e-9) {
         return Err(ApiError::Validation(format!(
             "question {number}: marks_awarded {marks} is not a multiple of the paper's marks step {step}"

@@ -10,15 +10,7 @@ use crate::fake_llm::{evaluator, verifier, FakeLlm, Reply, Stage};
 use crate::helpers::{png, spawn_app_with, split, upload_body, ImageServer, TestApp};
 
 async fn key(app: &TestApp, role: Role, user_id: Option<&str>) -> String {
-    examiner::http::auth::create_key(
-        app.state.store.as_ref(),
-        role,
-        user_id.map(str::to_string),
-        None,
-    )
-    .await
-    .expect("key created")
-    .1
+    app.key(role, user_id).await.1
 }
 
 async fn send(

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use examiner::config::Settings;
+use examiner::model::{ApiKey, Role};
 use image::{ImageFormat, Luma};
 use serde_json::{json, Value};
 
@@ -57,6 +58,30 @@ impl TestApp {
             .await
             .expect("request reaches the service");
         split(response).await
+    }
+
+    /// The body of `GET path` as text, whatever its status.
+    pub async fn text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the service")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
+    /// A new API key of this role (bound to `user_id` for students): the key and its secret.
+    pub async fn key(&self, role: Role, user_id: Option<&str>) -> (ApiKey, String) {
+        examiner::http::auth::create_key(
+            self.state.store.as_ref(),
+            role,
+            user_id.map(str::to_string),
+            None,
+        )
+        .await
+        .expect("key created")
     }
 
     /// Creates the demo-like catalog used by most tests.

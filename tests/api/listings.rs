@@ -163,20 +163,8 @@ async fn bad_listing_queries_are_problem_details() {
 #[tokio::test]
 async fn a_paper_marks_sheet_lists_each_students_newest_marks_as_json_or_csv() {
     let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
-    let staff =
-        examiner::http::auth::create_key(app.state.store.as_ref(), Role::Examiner, None, None)
-            .await
-            .unwrap()
-            .1;
-    let student = examiner::http::auth::create_key(
-        app.state.store.as_ref(),
-        Role::Student,
-        Some("=cmd".into()),
-        None,
-    )
-    .await
-    .unwrap()
-    .1;
+    let staff = app.key(Role::Examiner, None).await.1;
+    let student = app.key(Role::Student, Some("=cmd")).await.1;
     // Graded ad hoc: the paper itself is not stored, so the columns come from the marks.
     store_graded(&app, "U2", "ADHOC", &[], "success", json!(2.0)).await;
     let newest = store_graded(
@@ -288,15 +276,7 @@ async fn a_stored_paper_gives_the_marks_sheet_its_columns() {
         .map(|q| q["question_number"].as_str().unwrap())
         .collect();
     assert_eq!(columns, ["1.a", "1.b", "2"]);
-    let csv = app
-        .client
-        .get(app.url("/question-papers/QP001/marks?format=csv"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = app.text("/question-papers/QP001/marks?format=csv").await;
     let header = csv.lines().next().unwrap();
     assert!(
         header.ends_with(",1.a (5),1.b (5),2 (10),flags"),

@@ -5,22 +5,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use examiner::config::AuthMode;
-use examiner::model::{ApiKey, Role};
+use examiner::model::Role;
 
 use crate::helpers::{spawn_app, spawn_app_with, split, TestApp};
 use crate::listings::store_graded;
-
-/// A new API key of this role (and user): the key and its secret.
-async fn key(app: &TestApp, role: Role, user_id: Option<&str>) -> (ApiKey, String) {
-    examiner::http::auth::create_key(
-        app.state.store.as_ref(),
-        role,
-        user_id.map(str::to_string),
-        None,
-    )
-    .await
-    .unwrap()
-}
 
 async fn review(app: &TestApp, id: &str, body: Value) -> (StatusCode, Value, String) {
     app.post(&format!("/evaluations/{id}/review"), &body).await
@@ -144,15 +132,7 @@ async fn a_review_empties_the_review_queue_and_shows_on_the_marks_sheet() {
     );
 
     // Metrics tell a review from a grading.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.text("/metrics").await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("examiner_evaluations_total{") && l.contains("change=\"review\"")
@@ -289,8 +269,8 @@ async fn bad_reviews_are_refused_with_problem_details_and_store_nothing() {
 #[tokio::test]
 async fn students_cannot_review_and_reviews_name_the_examiners_key() {
     let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
-    let (examiner_key, examiner) = key(&app, Role::Examiner, None).await;
-    let student = key(&app, Role::Student, Some("U1")).await.1;
+    let (examiner_key, examiner) = app.key(Role::Examiner, None).await;
+    let student = app.key(Role::Student, Some("U1")).await.1;
     let id = store_graded(&app, "U1", "QP1", &["needs_review"], "success", json!(3.0)).await;
     let send = |key: &str| {
         app.client
@@ -339,9 +319,9 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
 #[tokio::test]
 async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it() {
     let app = spawn_app_with(|s| s.auth.mode = AuthMode::ApiKey).await;
-    let (examiner_key, examiner) = key(&app, Role::Examiner, None).await;
-    let (student_key, student) = key(&app, Role::Student, Some("U1")).await;
-    let other = key(&app, Role::Student, Some("U2")).await.1;
+    let (examiner_key, examiner) = app.key(Role::Examiner, None).await;
+    let (student_key, student) = app.key(Role::Student, Some("U1")).await;
+    let other = app.key(Role::Student, Some("U2")).await.1;
     let id = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
     let send = |key: &str, path: String, body: Value| {
         app.client
