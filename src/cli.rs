@@ -109,8 +109,10 @@ pub enum Command {
     /// GET /question-papers/{code}/moderation).
     Moderation { question_paper_code: String },
     /// Erase everything stored about a user, in one transaction: submissions, every
-    /// version of their evaluations, the user record, keys bound to the user and replayable
-    /// responses (as DELETE /users/{user_id}). Prints what was erased, as JSON.
+    /// version of their evaluations, the user record, keys bound to the user, replayable
+    /// responses and the memo entries those records name (as DELETE /users/{user_id}; a
+    /// running service's in-memory replies are out of this command's reach, so with the
+    /// service running, erase over HTTP). Prints what was erased, as JSON.
     EraseUser {
         user_id: String,
         /// Required: erasure cannot be undone.

@@ -177,6 +177,10 @@ pub struct SubmissionImage {
     /// Mean word confidence of the OCR engine, 0 to 1.
     pub ocr_confidence: f64,
     pub ocr_engine: String,
+    /// The key of the page's text in the memo (namespace `ocr`), so that erasing the user's
+    /// data deletes it there too; `None` for images stored before keys were kept.
+    #[serde(default)]
+    pub ocr_memo_key: Option<String>,
 }
 
 /// A question-answer pair as stored.
@@ -420,6 +424,9 @@ pub struct Erasure {
     pub api_keys: Vec<String>,
     /// Responses kept to answer repeated requests with the same `Idempotency-Key`.
     pub replayable_responses: u64,
+    /// Memoised results derived from the user's pages and answers (OCR texts, LLM replies),
+    /// found by the keys kept with the records erased.
+    pub memoised_results: u64,
 }
 
 impl Erasure {
@@ -430,6 +437,7 @@ impl Erasure {
             && self.evaluations == 0
             && self.api_keys.is_empty()
             && self.replayable_responses == 0
+            && self.memoised_results == 0
     }
 }
 

@@ -5,7 +5,7 @@
 //! never are (the caller guarantees it).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,12 @@ impl MemoryReplyCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        inner.order.clear();
+    }
+
     fn get_text(&self, key: &str) -> Option<Arc<str>> {
         self.lock().map.get(key).cloned()
     }
@@ -133,6 +139,10 @@ impl ReplyCache for MemoryReplyCache {
     async fn put(&self, key: &str, value: &Value) {
         self.put_text(key, Arc::from(value.to_string()));
     }
+
+    fn forget_in_memory(&self) {
+        self.clear();
+    }
 }
 
 /// Remembers nothing.
@@ -159,7 +169,7 @@ const WRITE_BATCH: usize = 4_096;
 /// (BENCHMARKS.md, steps 11 and 14). Replies are served from memory (`recent`) meanwhile.
 const WRITE_LINGER: Duration = Duration::from_millis(250);
 /// The namespace of LLM replies among the store's memoised values.
-const NAMESPACE: &str = "llm";
+const NAMESPACE: &str = crate::store::LLM_MEMO;
 
 /// Replies queued for the store by every [`StoreReplyCache`] of the process, so that
 /// shutdown can wait for them.
@@ -199,14 +209,21 @@ pub struct StoreReplyCache {
     recent: MemoryReplyCache,
     /// `None` outside a Tokio runtime: then writes are made inline.
     writes: Option<tokio::sync::mpsc::Sender<(String, String)>>,
+    /// Replies handed to the writer, and replies it has written (or failed to): the queue
+    /// is first in, first out, so once `written` reaches a value `queued` had, everything
+    /// queued by then is through.
+    queued: AtomicU64,
+    written: Arc<AtomicU64>,
 }
 
 impl StoreReplyCache {
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let written = Arc::new(AtomicU64::new(0));
         let writes = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let (sender, mut queue) =
                 tokio::sync::mpsc::channel::<(String, String)>(PENDING_WRITES);
             let store = store.clone();
+            let written = written.clone();
             runtime.spawn(async move {
                 let mut batch = Vec::with_capacity(WRITE_BATCH);
                 while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -219,6 +236,7 @@ impl StoreReplyCache {
                     }
                     write_replies(store.as_ref(), &batch).await;
                     PENDING_REPLY_WRITES.fetch_sub(batch.len(), Ordering::AcqRel);
+                    written.fetch_add(batch.len() as u64, Ordering::Release);
                     batch.clear();
                 }
             });
@@ -228,6 +246,8 @@ impl StoreReplyCache {
             store,
             recent: MemoryReplyCache::with_capacity(RECENT_REPLIES),
             writes,
+            queued: AtomicU64::new(0),
+            written,
         }
     }
 }
@@ -269,12 +289,29 @@ impl ReplyCache for StoreReplyCache {
                 Ok(slot) => {
                     PENDING_REPLY_WRITES.fetch_add(1, Ordering::AcqRel);
                     slot.send(entry);
+                    self.queued.fetch_add(1, Ordering::Release);
                 }
                 // The writer is gone (the runtime is shutting down): write inline.
                 Err(_) => write_replies(self.store.as_ref(), &[entry]).await,
             },
             None => write_replies(self.store.as_ref(), &[entry]).await,
         }
+    }
+
+    async fn settle(&self, limit: Duration) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.written.load(Ordering::Acquire) < queued {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    fn forget_in_memory(&self) {
+        self.recent.clear();
     }
 }
 
@@ -321,6 +358,34 @@ mod tests {
             );
         }
         assert_eq!(reopened.get(&key(5_000)).await, None);
+    }
+
+    #[tokio::test]
+    async fn settling_writes_what_is_queued_and_forgetting_empties_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir).await;
+        let cache = StoreReplyCache::new(store.clone());
+        for n in 0..10 {
+            cache.put(&key(n), &serde_json::json!({ "n": n })).await;
+        }
+        // Queued for a write that lingers first: not in the store yet.
+        assert_eq!(store.cache_get(NAMESPACE, &key(0)).await.unwrap(), None);
+        assert!(cache.settle(Duration::from_secs(10)).await);
+        for n in 0..10 {
+            assert!(store.cache_get(NAMESPACE, &key(n)).await.unwrap().is_some());
+        }
+        assert_eq!(cache.recent.len(), 10);
+
+        // With the store's copy gone, so is the reply once the front is dropped.
+        store.cache_forget(NAMESPACE, &[key(3)]).await.unwrap();
+        assert!(cache.get(&key(3)).await.is_some(), "still in memory");
+        cache.forget_in_memory();
+        assert!(cache.recent.is_empty());
+        assert_eq!(cache.get(&key(3)).await, None);
+        assert_eq!(
+            cache.get(&key(4)).await,
+            Some(serde_json::json!({ "n": 4 }))
+        );
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub struct StageRecord {
     /// the one re-ask after an invalid reply all count; 0 when cached.
     pub attempts: u32,
     pub error: Option<String>,
+    /// The content address of the reply in the memo (`cache::cache_key`), so that erasing
+    /// the student's data deletes it there too. Absent when nothing was memoised: the memo
+    /// is off, the stage failed, the embedded grader (which memoises nothing), and stages
+    /// stored before addresses were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo_key: Option<String>,
 }
 
 /// The result of grading one question.
@@ -154,6 +160,14 @@ impl GradeOutcome {
 pub trait Grader: Send + Sync {
     fn name(&self) -> &str;
     async fn grade(&self, task: &GradeTask) -> GradeOutcome;
+    /// Writes the replies this grader queued for the store's memo; false if that did not
+    /// finish within `limit`. Erasing a user's data runs it before deleting memo entries from
+    /// the store, so none lands after, and [`Grader::forget_memo_in_memory`] after.
+    async fn settle_memo(&self, _limit: std::time::Duration) -> bool {
+        true
+    }
+    /// Drops the replies held in memory in front of the store's memo.
+    fn forget_memo_in_memory(&self) {}
 }
 
 /// Content-addressed memo of validated stage replies (the store implements it with SQLite).
@@ -161,6 +175,12 @@ pub trait Grader: Send + Sync {
 pub trait ReplyCache: Send + Sync {
     async fn get(&self, key: &str) -> Option<serde_json::Value>;
     async fn put(&self, key: &str, value: &serde_json::Value);
+    /// Writes the replies queued for the store; false if that did not finish within `limit`.
+    async fn settle(&self, _limit: std::time::Duration) -> bool {
+        true
+    }
+    /// Drops the replies held in memory (for a cache with no store behind it, all of them).
+    fn forget_in_memory(&self) {}
 }
 
 /// Errors constructing a grader (grading itself reports failures in [`GradeOutcome`]).

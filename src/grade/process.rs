@@ -229,6 +229,7 @@ impl LlmGrader {
                 cached: false,
                 attempts: 0,
                 error: None,
+                memo_key: None,
             };
             let clamp = |m: f64| clamp_and_round(m, task.total_marks, task.marks_step);
 
@@ -238,6 +239,7 @@ impl LlmGrader {
                     match T::validate(&value) {
                         Ok(reply) => {
                             record.cached = true;
+                            record.memo_key = Some(key.clone());
                             record.marks = Some(clamp(reply.marks()));
                             record.reply = Some(reply.to_value());
                             record.latency_ms = started.elapsed().as_millis() as u64;
@@ -296,8 +298,9 @@ impl LlmGrader {
             match result {
                 Ok(reply) => {
                     let value = reply.to_value();
-                    if let (Some(cache), Some(key)) = (&self.cache, &key) {
-                        cache.put(key, &value).await;
+                    if let (Some(cache), Some(key)) = (&self.cache, key) {
+                        cache.put(&key, &value).await;
+                        record.memo_key = Some(key);
                     }
                     record.marks = Some(clamp(reply.marks()));
                     record.reply = Some(value);
@@ -322,6 +325,19 @@ impl LlmGrader {
 impl Grader for LlmGrader {
     fn name(&self) -> &str {
         "llm"
+    }
+
+    async fn settle_memo(&self, limit: std::time::Duration) -> bool {
+        match &self.cache {
+            Some(cache) => cache.settle(limit).await,
+            None => true,
+        }
+    }
+
+    fn forget_memo_in_memory(&self) {
+        if let Some(cache) = &self.cache {
+            cache.forget_in_memory();
+        }
     }
 
     async fn grade(&self, task: &GradeTask) -> GradeOutcome {

@@ -313,23 +313,38 @@ pub async fn get_user(
         .ok_or_else(|| ApiError::NotFound(format!("user {id:?} does not exist")))
 }
 
+/// How long an erasure waits for memo writes already queued.
+const MEMO_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Erase everything stored about a user (admin): submissions with their OCR text and
-/// answers, every version of their evaluations, the user record, API keys bound to the user
-/// and responses kept for `Idempotency-Key` replays. One transaction: all of it or nothing.
-/// The memo of OCR texts and LLM replies is keyed by content, not by user, and is not
-/// touched (README, "Erasing a user's data").
+/// answers, every version of their evaluations, the user record, API keys bound to the user,
+/// responses kept for `Idempotency-Key` replays, and the memoised OCR texts and LLM replies
+/// found by the keys those records kept. One transaction: all of it or nothing (README,
+/// "Erasing a user's data").
 #[utoipa::path(delete, path = "/users/{user_id}", tag = "catalog",
     params(("user_id" = String, Path)),
     responses((status = 200, body = Erasure, description = "What was erased"),
         (status = 403, description = "Not an admin key"),
-        (status = 404, description = "Nothing is stored about this user")))]
+        (status = 404, description = "Nothing is stored about this user"),
+        (status = 503, description = "Memo writes queued before the erasure did not finish in time; nothing was erased")))]
 pub async fn erase_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Erasure>, ApiError> {
     caller.require_admin()?;
+    // Replies about the user's answers still queued for the memo would land after the
+    // erasure deleted their keys.
+    if !state.grader.settle_memo(MEMO_SETTLE_LIMIT).await {
+        return Err(ApiError::Overloaded {
+            detail: "LLM replies are still being written to the memo, so the erasure could \
+                     not cover them; nothing was erased, try again shortly"
+                .into(),
+            retry_after: 5,
+        });
+    }
     let erasure = state.store.erase_user(&id).await?;
+    state.grader.forget_memo_in_memory();
     if erasure.is_empty() {
         return Err(ApiError::NotFound(format!(
             "nothing is stored about user {id:?}"

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{redact_for_student, Caller};
@@ -696,16 +696,55 @@ pub async fn get_evaluation(
 }
 
 /// An evaluation as the caller may see it: students without standard answers, reasoning
-/// or stages.
+/// or stages, but with their own regrade requests ([`regrade_requests_of`]).
 pub(super) fn evaluation_view(
     caller: &Caller,
     record: &EvaluationRecord,
 ) -> Result<Value, ApiError> {
     let mut value = to_json(record)?;
     if caller.is_student() {
+        let requests: Vec<Vec<Value>> = record
+            .items
+            .iter()
+            .map(|item| regrade_requests_of(&item.stages))
+            .collect();
         redact_for_student(&mut value);
+        if let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) {
+            for (item, requests) in items.iter_mut().zip(requests) {
+                if let (Some(item), false) = (item.as_object_mut(), requests.is_empty()) {
+                    item.insert("regrade_requests".into(), Value::Array(requests));
+                }
+            }
+        }
     }
     Ok(value)
+}
+
+/// A question's regrade requests as its student may see them, from its stages: when they
+/// asked, what they wrote, the marks at the time, and when an examiner reviewed the
+/// question after it (`null` while it waits). Who asked (a key id) stays with the stages.
+fn regrade_requests_of(stages: &Value) -> Vec<Value> {
+    let stages = stages.as_array().map(Vec::as_slice).unwrap_or_default();
+    let role = |stage: &Value, role: &str| stage.get("role").and_then(Value::as_str) == Some(role);
+    let requests = stages
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| role(stage, "regrade_request"));
+    let requests = requests.map(|(position, stage)| {
+        let reviewed_at = stages[position..]
+            .iter()
+            .find(|later| role(later, "examiner"))
+            .and_then(|review| review.get("reviewed_at"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        json!({
+            "requested_at": stage.get("requested_at"),
+            "comment": stage.get("comment"),
+            "marks_at_request": stage.get("marks"),
+            "reviewed_at": reviewed_at,
+        })
+    });
+    requests.collect()
 }
 
 /// The evaluation `id` if the caller may read it; another user's is as absent as an unknown

@@ -306,6 +306,7 @@ fn submission(id: &str, user_id: &str, at_offset_secs: i64) -> Submission {
             ocr_text: "1.a going concern\n2 assets".into(),
             ocr_confidence: 0.91,
             ocr_engine: "tesseract".into(),
+            ocr_memo_key: Some(format!("tesseract:{}", "ab".repeat(32))),
         }],
         extracted_text: "1.a going concern\n2 assets".into(),
         unassigned_text: String::new(),
@@ -626,17 +627,37 @@ async fn erasing_a_user_removes_everything_about_them(store: &dyn Store) {
     };
     store.put_user(&person("U1")).await.unwrap();
     store.put_user(&person("U2")).await.unwrap();
+    // Each page's text and each stage's reply memoised under a key of its own; the user's
+    // two evaluations share their replies' keys, so those are memoised twice.
     for (id, user) in [("S1", "U1"), ("S2", "U1"), ("S3", "U2")] {
+        let mut stored = submission(id, user, 0);
+        stored.images[0].ocr_memo_key = Some(format!("ocr-{id}"));
+        store.insert_submission(&stored, id).await.unwrap();
         store
-            .insert_submission(&submission(id, user, 0), id)
+            .cache_put(super::OCR_MEMO, &format!("ocr-{id}"), "page text")
             .await
             .unwrap();
     }
     let mut evaluation_ids = Vec::new();
     for user in ["U1", "U1", "U2"] {
-        let stored = store.insert_evaluation(evaluation(user, 2)).await.unwrap();
+        let mut new = evaluation(user, 2);
+        for (n, item) in new.items.iter_mut().enumerate() {
+            item.stages = serde_json::json!([
+                {"role": "evaluator", "memo_key": format!("llm-{user}-{n}")},
+                {"role": "examiner"}
+            ]);
+            store
+                .cache_put(super::LLM_MEMO, &format!("llm-{user}-{n}"), "{}")
+                .await
+                .unwrap();
+        }
+        let stored = store.insert_evaluation(new).await.unwrap();
         evaluation_ids.push(stored.evaluation_id);
     }
+    store
+        .cache_put(super::LLM_MEMO, "unrelated", "{}")
+        .await
+        .unwrap();
     for (key_id, role, user) in [
         ("K-U1", Role::Student, Some("U1")),
         ("K-U2", Role::Student, Some("U2")),
@@ -673,8 +694,32 @@ async fn erasing_a_user_removes_everything_about_them(store: &dyn Store) {
             evaluations: 2,
             api_keys: vec!["K-U1".into()],
             replayable_responses: 2,
+            memoised_results: 4,
         }
     );
+    for (namespace, key) in [
+        (super::OCR_MEMO, "ocr-S1"),
+        (super::OCR_MEMO, "ocr-S2"),
+        (super::LLM_MEMO, "llm-U1-0"),
+        (super::LLM_MEMO, "llm-U1-1"),
+    ] {
+        assert_eq!(
+            store.cache_get(namespace, key).await.unwrap(),
+            None,
+            "{key}"
+        );
+    }
+    for (namespace, key) in [
+        (super::OCR_MEMO, "ocr-S3"),
+        (super::LLM_MEMO, "llm-U2-0"),
+        (super::LLM_MEMO, "llm-U2-1"),
+        (super::LLM_MEMO, "unrelated"),
+    ] {
+        assert!(
+            store.cache_get(namespace, key).await.unwrap().is_some(),
+            "{key}"
+        );
+    }
 
     assert_eq!(store.get_user("U1").await.unwrap(), None);
     assert_eq!(store.get_submission("S1").await.unwrap(), None);

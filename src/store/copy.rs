@@ -116,6 +116,7 @@ const TABLES: &[Table] = &[
             ("ocr_text", Text),
             ("ocr_confidence", Real),
             ("ocr_engine", Text),
+            ("ocr_memo_key", Text),
         ],
         key_columns: 2,
     },

@@ -47,6 +47,13 @@ pub struct StoreOptions {
     pub max_connections: u32,
 }
 
+/// The memo's namespace of page texts read by OCR, keyed by the reading's configuration and
+/// the image's hash (kept with each stored image as `ocr_memo_key`).
+pub const OCR_MEMO: &str = "ocr";
+/// The memo's namespace of validated LLM stage replies, keyed by the rendered prompt (kept
+/// with each stored stage as `memo_key`).
+pub const LLM_MEMO: &str = "llm";
+
 /// The default bound of the memo.
 pub const DEFAULT_MEMO_MAX_ENTRIES: u64 = 1_000_000;
 
@@ -224,6 +231,8 @@ pub trait Store: Send + Sync {
         namespace: &str,
         entries: &[(String, String)],
     ) -> Result<(), StoreError>;
+    /// Deletes the memoised values under these keys; returns how many keys had one.
+    async fn cache_forget(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError>;
     /// Stores a new API key by the hash of its secret.
     async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError>;
     /// The active (not revoked) key with this secret hash.

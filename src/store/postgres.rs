@@ -281,6 +281,28 @@ impl Memo for MemoTable {
         Ok(())
     }
 
+    async fn forget(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        // Rows locked in key order, as `put_many` locks them, so the two never deadlock.
+        let deleted: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM memo WHERE id IN
+                 (SELECT id FROM memo WHERE namespace = $1 AND key = ANY($2)
+                  ORDER BY key FOR UPDATE)
+             RETURNING key",
+        )
+        .bind(namespace)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = self.seen();
+        for key in &deleted {
+            seen.addresses.remove(&memo_address(namespace, key));
+        }
+        Ok(deleted.len() as u64)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // The memo is a table of the records' database, which the store has just pinged.
         Ok(())

@@ -11,7 +11,7 @@
 //! Functions here run inside whatever the caller holds: a writer that must be atomic passes
 //! a transaction's connection and commits it afterwards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -668,8 +668,8 @@ pub(super) async fn insert_submission<C: Conn + ?Sized>(
         conn.execute(
             "INSERT INTO submission_images (submission_id, position, image_id, image_url,
                  content_sha256, media_type, byte_size, width, height, ocr_text,
-                 ocr_confidence, ocr_engine)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 ocr_confidence, ocr_engine, ocr_memo_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             args![
                 &s.submission_id,
                 position as i64,
@@ -682,7 +682,8 @@ pub(super) async fn insert_submission<C: Conn + ?Sized>(
                 image.height,
                 &image.ocr_text,
                 image.ocr_confidence,
-                &image.ocr_engine
+                &image.ocr_engine,
+                &image.ocr_memo_key
             ],
         )
         .await?;
@@ -725,7 +726,7 @@ pub(super) async fn get_submission<C: Conn + ?Sized>(
     let images = conn
         .fetch_all(
             "SELECT image_id, image_url, content_sha256, media_type, byte_size, width, height,
-                    ocr_text, ocr_confidence, ocr_engine
+                    ocr_text, ocr_confidence, ocr_engine, ocr_memo_key
              FROM submission_images WHERE submission_id = $1 ORDER BY position",
             args![id],
         )
@@ -743,6 +744,7 @@ pub(super) async fn get_submission<C: Conn + ?Sized>(
                 ocr_text: r.col("ocr_text")?,
                 ocr_confidence: r.col("ocr_confidence")?,
                 ocr_engine: r.col("ocr_engine")?,
+                ocr_memo_key: r.col("ocr_memo_key")?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -1330,6 +1332,50 @@ pub(super) async fn revoke_api_key<C: Conn + ?Sized>(
 /// Deletes everything stored about `user_id` inside the caller's transaction (see
 /// [`super::Store::erase_user`]). Children go before their parents: the schema's foreign keys
 /// hold throughout.
+/// The memo keys kept with a user's records, by namespace: their pages' OCR texts and the
+/// LLM replies about their answers (every version's stages).
+pub(super) async fn user_memo_keys<C: Conn + ?Sized>(
+    conn: &mut C,
+    user_id: &str,
+) -> Result<Vec<(&'static str, Vec<String>)>, StoreError> {
+    let mut ocr = BTreeSet::new();
+    for row in conn
+        .fetch_all(
+            "SELECT i.ocr_memo_key FROM submission_images i
+             JOIN submissions s ON s.submission_id = i.submission_id
+             WHERE s.user_id = $1 AND i.ocr_memo_key IS NOT NULL",
+            args![user_id],
+        )
+        .await?
+    {
+        ocr.insert(row.col::<String>("ocr_memo_key")?);
+    }
+    let mut llm = BTreeSet::new();
+    for row in conn
+        .fetch_all(
+            "SELECT DISTINCT i.stages FROM evaluation_items i
+             JOIN evaluations e ON e.evaluation_id = i.evaluation_id
+             WHERE e.user_id = $1",
+            args![user_id],
+        )
+        .await?
+    {
+        let stages: String = row.col("stages")?;
+        let stages: serde_json::Value = serde_json::from_str(&stages)
+            .map_err(|e| StoreError::Corrupt(format!("bad stages: {e}")))?;
+        let keys = stages
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|stage| stage.get("memo_key")?.as_str());
+        llm.extend(keys.map(str::to_string));
+    }
+    Ok(vec![
+        (super::OCR_MEMO, ocr.into_iter().collect()),
+        (super::LLM_MEMO, llm.into_iter().collect()),
+    ])
+}
+
 pub(super) async fn erase_user<C: Conn + ?Sized>(
     conn: &mut C,
     user_id: &str,
@@ -1394,6 +1440,8 @@ pub(super) async fn erase_user<C: Conn + ?Sized>(
         evaluations,
         api_keys,
         replayable_responses,
+        // Counted by the store, which deletes them from its memo.
+        memoised_results: 0,
     })
 }
 

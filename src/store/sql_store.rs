@@ -31,6 +31,9 @@ pub trait Memo: Send + Sync + 'static {
         namespace: &str,
         entries: &[(String, String)],
     ) -> Result<(), StoreError>;
+    /// Deletes the entries under these keys, every copy of each; returns how many keys had
+    /// one. Keys with none are skipped.
+    async fn forget(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
@@ -356,6 +359,10 @@ where
         self.memo.put_many(namespace, entries).await
     }
 
+    async fn cache_forget(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError> {
+        self.memo.forget(namespace, keys).await
+    }
+
     async fn create_api_key(&self, key: &ApiKey, key_hash: &str) -> Result<(), StoreError> {
         sql::create_api_key(&mut *self.writer.acquire().await?, key, key_hash).await
     }
@@ -407,7 +414,13 @@ where
 
     async fn erase_user(&self, user_id: &str) -> Result<Erasure, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let erasure = sql::erase_user(&mut *tx, user_id).await?;
+        let memo_keys = sql::user_memo_keys(&mut *tx, user_id).await?;
+        let mut erasure = sql::erase_user(&mut *tx, user_id).await?;
+        // Before the commit: should this fail, the records stay, and with them the keys that
+        // find these entries when the erasure is tried again.
+        for (namespace, keys) in memo_keys {
+            erasure.memoised_results += self.memo.forget(namespace, &keys).await?;
+        }
         tx.commit().await?;
         self.known.forget_user(user_id);
         Ok(erasure)

@@ -21,6 +21,7 @@ use crate::http::ApiError;
 use crate::model::{QuestionPaper, StoredQaPair, Submission, SubmissionImage};
 use crate::ocr::{PageText, Vocabulary};
 use crate::segment::segment;
+use crate::store::OCR_MEMO;
 
 /// One image reference of an upload.
 #[derive(Debug, Clone)]
@@ -199,6 +200,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
             ocr_text: page.text.clone(),
             ocr_confidence: page.confidence,
             ocr_engine: page.engine.clone(),
+            ocr_memo_key: Some(memo.key(&fetched.sha256)),
         })
         .collect();
     let submission = Submission {
@@ -311,7 +313,7 @@ async fn recognise(
     memo: &OcrMemo,
 ) -> Result<CachedPage, crate::ocr::OcrError> {
     let key = memo.key(&fetched.sha256);
-    match state.store.cache_get("ocr", &key).await {
+    match state.store.cache_get(OCR_MEMO, &key).await {
         Ok(Some(json)) => match serde_json::from_str::<CachedPage>(&json) {
             Ok(page) => {
                 metrics::counter!("examiner_ocr_cache_hits_total").increment(1);
@@ -331,7 +333,7 @@ async fn recognise(
         .into();
     match serde_json::to_string(&page) {
         Ok(json) => {
-            if let Err(e) = state.store.cache_put("ocr", &key, &json).await {
+            if let Err(e) = state.store.cache_put(OCR_MEMO, &key, &json).await {
                 tracing::warn!(error = %e, "OCR cache write failed");
             }
         }

@@ -481,7 +481,7 @@ async fn an_admin_erases_a_user_with_their_keys_and_replayable_responses() {
     let evaluate = |user: &str| {
         json!({"user_id": user, "course_code": "C1", "exam_code": "E1",
                "question_paper_code": "ADHOC",
-               "qa_pairs": [{"question_number": "1", "student_answer": "An answer.",
+               "qa_pairs": [{"question_number": "1", "student_answer": format!("{user}'s answer."),
                              "standard_answer": "The answer.", "total_marks": 5}]})
     };
     let idempotent = |key: &str, body: Value| {
@@ -524,6 +524,10 @@ async fn an_admin_erases_a_user_with_their_keys_and_replayable_responses() {
     assert_eq!(erased["submissions"], 0);
     assert_eq!(erased["api_keys"].as_array().unwrap().len(), 1);
     assert_eq!(erased["replayable_responses"], 1);
+    // The evaluator's and the verifier's replies about RAVI's answer, memoised once and
+    // served from the memo for the second evaluation.
+    assert_eq!(erased["memoised_results"], 2);
+    assert_eq!(llm.calls(Stage::Evaluator), 2);
 
     // The student's key stopped working at once, though it was verified moments ago.
     let (status, _, _) = send(&app, M::GET, "/evaluations", Some(&ravi), None).await;
@@ -540,6 +544,19 @@ async fn an_admin_erases_a_user_with_their_keys_and_replayable_responses() {
     let again = idempotent("grade-ravi", evaluate("RAVI")).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert!(again.headers().get("idempotent-replayed").is_none());
+    // By the model: the memo forgot RAVI's answer, in the store and in memory alike, and
+    // kept ASHA's.
+    assert_eq!(llm.calls(Stage::Evaluator), 3);
+    let (status, body, _) = send(
+        &app,
+        M::POST,
+        "/evaluate-answers",
+        Some(&examiner),
+        Some(&evaluate("ASHA")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(llm.calls(Stage::Evaluator), 3);
 
     let (status, _, _) = send(&app, M::DELETE, "/users/NOBODY", Some(&admin), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -368,6 +368,14 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     assert_eq!(item["marks_awarded"], 2.0, "the marks stay until reviewed");
     assert_eq!(item["flags"], json!(["regrade_requested"]));
     assert!(item.get("stages").is_none(), "students see no stages");
+    // But they see what they asked, and that it waits.
+    let mine = &item["regrade_requests"];
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{item}");
+    assert_eq!(mine[0]["comment"], "My second paragraph was not marked.");
+    assert_eq!(mine[0]["marks_at_request"], 2.0);
+    assert!(mine[0]["requested_at"].is_string(), "{mine}");
+    assert_eq!(mine[0]["reviewed_at"], Value::Null);
+    assert!(mine[0].get("requested_by").is_none(), "{mine}");
     let requested_id = requested["evaluation_id"].as_str().unwrap().to_string();
 
     let (status, problem, _) =
@@ -438,8 +446,33 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
         examiner_key.key_id.as_str()
     );
     assert_eq!(queue().await, json!([]));
-    // And the student may ask again about the reviewed marks.
     let reviewed_id = reviewed["evaluation_id"].as_str().unwrap();
+    // The student sees the review's time beside the request, and the examiner's feedback.
+    let seen = app
+        .client
+        .get(app.url(&format!("/evaluations/{reviewed_id}")))
+        .bearer_auth(&student)
+        .send()
+        .await
+        .unwrap();
+    let (_, seen, _) = split(seen).await;
+    let item = &seen["items"][0];
+    assert_eq!(item["marks_awarded"], 3.5);
+    assert_eq!(
+        item["llm_evaluation"],
+        "The second paragraph earns 1.5 more."
+    );
+    let answered = &item["regrade_requests"][0];
+    assert_eq!(
+        answered["reviewed_at"],
+        reviewed["items"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["reviewed_at"]
+    );
+    assert!(answered["reviewed_at"].is_string(), "{answered}");
+    // And may ask again about the reviewed marks.
     let (status, _, _) = split(regrade(&student, reviewed_id, ask).await.unwrap()).await;
     assert_eq!(status, StatusCode::CREATED);
 }

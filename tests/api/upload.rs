@@ -2,6 +2,7 @@
 //! segmented, stored and read back; and bad input refused with nothing stored.
 
 use base64::Engine as _;
+use examiner::store::OCR_MEMO;
 use image::ImageFormat;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -116,6 +117,21 @@ async fn printed_pages_become_stored_question_answer_pairs() {
         64
     );
     assert!(stored_images[0]["ocr_confidence"].as_f64().unwrap() > 0.5);
+    // Each image keeps the key of its memoised text, so an erasure finds it.
+    let record = app
+        .state
+        .store
+        .get_submission(&submission_id)
+        .await
+        .unwrap()
+        .unwrap();
+    for image in &record.images {
+        let key = image.ocr_memo_key.as_deref().expect("a memo key");
+        assert!(key.ends_with(&image.content_sha256), "{key}");
+        let memoised = app.state.store.cache_get(OCR_MEMO, key).await.unwrap();
+        let memoised: Value = serde_json::from_str(&memoised.expect("memoised")).unwrap();
+        assert_eq!(memoised["text"], image.ocr_text.as_str(), "{key}");
+    }
     // Printed pages stay with Tesseract in `auto`, and every pair carries the confidence and
     // engine of the pages it was read from.
     for pair in body["qa_pairs"].as_array().unwrap() {

@@ -254,6 +254,7 @@ impl LocalGrader {
             cached: false,
             attempts: 1,
             error,
+            memo_key: None,
         }
     }
 }

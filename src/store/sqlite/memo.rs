@@ -16,7 +16,7 @@
 //! log is appended again (a second chance), so entries in use outlive those that are not:
 //! close to least-recently-used, for one write per entry per half a bound of appends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::Database;
@@ -197,6 +197,81 @@ impl MemoLog {
         Ok(())
     }
 
+    /// Deletes every row under the keys: the log may hold an older copy of an entry beside
+    /// the one the index points at (a second chance appends a copy), so the rows are found
+    /// by address in `memo_addresses` (a scan of about 20 bytes a row), then checked by key.
+    async fn delete(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError> {
+        let keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let addresses: Vec<i64> = keys
+            .iter()
+            .map(|key| memo_address(namespace, key) as i64)
+            .collect();
+        let _writing = self.writing.lock().await;
+        let mut tx = self.db.writer.begin().await?;
+        let mut candidates = Vec::new();
+        for chunk in addresses.chunks(ROWS_PER_STATEMENT) {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT id FROM memo_addresses WHERE address IN (");
+            let mut list = select.separated(", ");
+            for address in chunk {
+                list.push_bind(*address);
+            }
+            select.push(")");
+            candidates.extend(
+                select
+                    .build_query_scalar::<i64>()
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
+        // An address another key shares leaves that key's rows alone.
+        let mut doomed = Vec::new();
+        let mut found = HashSet::new();
+        for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT id, key FROM memo_log WHERE namespace = ");
+            select.push_bind(namespace).push(" AND id IN (");
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            select.push(")");
+            let rows: Vec<(i64, String)> = select.build_query_as().fetch_all(&mut *tx).await?;
+            for (id, key) in rows {
+                if let Some(key) = keys.get(key.as_str()) {
+                    doomed.push(id);
+                    found.insert(*key);
+                }
+            }
+        }
+        for table in ["memo_log", "memo_addresses"] {
+            for chunk in doomed.chunks(ROWS_PER_STATEMENT) {
+                let mut delete =
+                    sqlx::QueryBuilder::new(format!("DELETE FROM {table} WHERE id IN ("));
+                let mut list = delete.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                delete.push(")");
+                delete.build().execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        // An index still loading reads the tables as they are now, or finds rows gone.
+        if let Some(index) = self.index.get() {
+            let mut index = index
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let doomed: HashSet<i64> = doomed.iter().copied().collect();
+            index.rows.retain(|_, id| !doomed.contains(id));
+            index.count = index.count.saturating_sub(doomed.len() as u64);
+        }
+        Ok(found.len() as u64)
+    }
+
     /// Deletes the oldest rows so that nine tenths of the bound remain, leaving room for many
     /// batches before the next trim. Returns the oldest id kept and how many rows went.
     async fn trim(&self, tx: &mut sqlx::SqliteConnection) -> Result<(i64, u64), StoreError> {
@@ -242,6 +317,10 @@ impl Memo for MemoLog {
         entries: &[(String, String)],
     ) -> Result<(), StoreError> {
         self.append(namespace, entries).await
+    }
+
+    async fn forget(&self, namespace: &str, keys: &[String]) -> Result<u64, StoreError> {
+        self.delete(namespace, keys).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -446,6 +525,47 @@ mod tests {
             .unwrap();
         assert_eq!(logged, ["new", "v", "v"]);
         assert_eq!(get(&store, "ns", "k").await.as_deref(), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn forgetting_deletes_every_copy_of_an_entry_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1_000).await;
+        store.cache_put("ns", "k", "old").await.unwrap();
+        store.cache_put("ns", "k", "new").await.unwrap();
+        store.cache_put_many("ns", &entries(0..3)).await.unwrap();
+        store.cache_put("other", "k", "elsewhere").await.unwrap();
+
+        let keys = ["k".to_string(), "k1".into(), "absent".into()];
+        assert_eq!(store.memo.forget("ns", &keys).await.unwrap(), 2);
+        let logged: Vec<(String, String)> =
+            sqlx::query_as("SELECT namespace, key FROM memo_log ORDER BY id")
+                .fetch_all(&store.memo.db.pool)
+                .await
+                .unwrap();
+        let remaining = [("ns", "k0"), ("ns", "k2"), ("other", "k")];
+        let remaining: Vec<(String, String)> = remaining
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect();
+        assert_eq!(logged, remaining, "the older copy of k went too");
+        let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
+            .fetch_one(&store.memo.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(addressed, 3);
+        assert_eq!(store.memo.rows().await, 3);
+
+        let reopened = open(&dir, 1_000).await;
+        for store in [&store, &reopened] {
+            assert_eq!(get(store, "ns", "k").await, None);
+            assert_eq!(get(store, "ns", "k1").await, None);
+            assert_eq!(get(store, "ns", "k0").await.as_deref(), Some("v0"));
+            assert_eq!(get(store, "other", "k").await.as_deref(), Some("elsewhere"));
+        }
+        assert_eq!(store.memo.forget("ns", &keys).await.unwrap(), 0);
+        store.cache_put("ns", "k", "again").await.unwrap();
+        assert_eq!(get(&store, "ns", "k").await.as_deref(), Some("again"));
     }
 
     #[tokio::test]
