@@ -108,7 +108,7 @@ pub enum Command {
     /// review, and how their marks compare with the graders' (as
     /// GET /question-papers/{code}/moderation).
     Moderation { question_paper_code: String },
-    /// Erase everything stored about a user, in one transaction: submissions, every
+    /// Erase everything stored about a user, the records in one transaction: submissions, every
     /// version of their evaluations, the user record, keys bound to the user, replayable
     /// responses and the memo entries those records name (as DELETE /users/{user_id}; a
     /// running service's in-memory replies are out of this command's reach, so with the

@@ -319,8 +319,8 @@ const MEMO_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30
 /// Erase everything stored about a user (admin): submissions with their OCR text and
 /// answers, every version of their evaluations, the user record, API keys bound to the user,
 /// responses kept for `Idempotency-Key` replays, and the memoised OCR texts and LLM replies
-/// found by the keys those records kept. One transaction: all of it or nothing (README,
-/// "Erasing a user's data").
+/// found by the keys those records kept. The records go in one transaction, all or none;
+/// the memo entries just before it commits (README, "Erasing a user's data").
 #[utoipa::path(delete, path = "/users/{user_id}", tag = "catalog",
     params(("user_id" = String, Path)),
     responses((status = 200, body = Erasure, description = "What was erased"),

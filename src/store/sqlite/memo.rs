@@ -213,13 +213,7 @@ impl MemoLog {
         let mut tx = self.db.writer.begin().await?;
         let mut candidates = Vec::new();
         for chunk in addresses.chunks(ROWS_PER_STATEMENT) {
-            let mut select =
-                sqlx::QueryBuilder::new("SELECT id FROM memo_addresses WHERE address IN (");
-            let mut list = select.separated(", ");
-            for address in chunk {
-                list.push_bind(*address);
-            }
-            select.push(")");
+            let mut select = in_list("SELECT id FROM memo_addresses WHERE address IN", chunk);
             candidates.extend(
                 select
                     .build_query_scalar::<i64>()
@@ -231,32 +225,20 @@ impl MemoLog {
         let mut doomed = Vec::new();
         let mut found = HashSet::new();
         for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
-            let mut select =
-                sqlx::QueryBuilder::new("SELECT id, key FROM memo_log WHERE namespace = ");
-            select.push_bind(namespace).push(" AND id IN (");
-            let mut list = select.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            select.push(")");
-            let rows: Vec<(i64, String)> = select.build_query_as().fetch_all(&mut *tx).await?;
-            for (id, key) in rows {
+            let mut select = in_list("SELECT id, namespace, key FROM memo_log WHERE id IN", chunk);
+            let rows: Vec<(i64, String, String)> =
+                select.build_query_as().fetch_all(&mut *tx).await?;
+            for (id, _, key) in rows.iter().filter(|(_, ns, _)| ns == namespace) {
                 if let Some(key) = keys.get(key.as_str()) {
-                    doomed.push(id);
+                    doomed.push(*id);
                     found.insert(*key);
                 }
             }
         }
         for table in ["memo_log", "memo_addresses"] {
             for chunk in doomed.chunks(ROWS_PER_STATEMENT) {
-                let mut delete =
-                    sqlx::QueryBuilder::new(format!("DELETE FROM {table} WHERE id IN ("));
-                let mut list = delete.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                delete.push(")");
-                delete.build().execute(&mut *tx).await?;
+                let statement = format!("DELETE FROM {table} WHERE id IN");
+                in_list(statement, chunk).build().execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
@@ -298,6 +280,21 @@ impl MemoLog {
         );
         Ok((oldest_kept, deleted))
     }
+}
+
+/// `{statement} (v1, v2, …)`, the values bound.
+fn in_list<'a>(
+    statement: impl Into<String>,
+    values: &'a [i64],
+) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
+    let mut query = sqlx::QueryBuilder::new(statement);
+    query.push(" (");
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(*value);
+    }
+    query.push(")");
+    query
 }
 
 /// Addresses read per query while loading the index: each read is short, so other queries on
