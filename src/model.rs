@@ -10,6 +10,15 @@ use utoipa::ToSchema;
 
 use crate::segment::QuestionNumber;
 
+/// Roles of the stages recorded by people rather than graders (`EvaluationItem::stages`;
+/// the graders' roles are `grade::StageRole`).
+pub mod stage_role {
+    /// An examiner set the marks by hand (`POST /evaluations/{id}/review`).
+    pub const EXAMINER: &str = "examiner";
+    /// The student asked for the marks to be looked at again.
+    pub const REGRADE_REQUEST: &str = "regrade_request";
+}
+
 /// The flags a graded question can carry (`EvaluationItem::flags`), named once so that
 /// listings can be filtered by them and a mistyped filter is refused, not silently empty.
 pub mod flag {

@@ -368,8 +368,7 @@ mod tests {
         for n in 0..10 {
             cache.put(&key(n), &serde_json::json!({ "n": n })).await;
         }
-        // Queued for a write that lingers first: not in the store yet.
-        assert_eq!(store.cache_get(NAMESPACE, &key(0)).await.unwrap(), None);
+        // Queued for a write that lingers for 250 ms first; settling waits for it.
         assert!(cache.settle(Duration::from_secs(10)).await);
         for n in 0..10 {
             assert!(store.cache_get(NAMESPACE, &key(n)).await.unwrap().is_some());

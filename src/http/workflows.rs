@@ -19,7 +19,9 @@ use super::envelope::{self, AboutUser};
 use super::error::{ApiError, SpecError};
 use super::{validate, ApiQuery};
 use crate::app::AppState;
-use crate::model::{EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary};
+use crate::model::{
+    stage_role, EvaluationRecord, EvaluationSummary, Role, Submission, SubmissionSummary,
+};
 use crate::store::Filter;
 use crate::workflow::evaluate::{self, Caller as GradingCaller, EvaluateInput, PairInput};
 use crate::workflow::upload::{self, ImageRef, UploadInput};
@@ -711,7 +713,10 @@ pub(super) fn evaluation_view(
         redact_for_student(&mut value);
         if let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) {
             for (item, requests) in items.iter_mut().zip(requests) {
-                if let (Some(item), false) = (item.as_object_mut(), requests.is_empty()) {
+                if requests.is_empty() {
+                    continue;
+                }
+                if let Some(item) = item.as_object_mut() {
                     item.insert("regrade_requests".into(), Value::Array(requests));
                 }
             }
@@ -729,11 +734,11 @@ fn regrade_requests_of(stages: &Value) -> Vec<Value> {
     let requests = stages
         .iter()
         .enumerate()
-        .filter(|(_, stage)| role(stage, "regrade_request"));
+        .filter(|(_, stage)| role(stage, stage_role::REGRADE_REQUEST));
     let requests = requests.map(|(position, stage)| {
         let reviewed_at = stages[position..]
             .iter()
-            .find(|later| role(later, "examiner"))
+            .find(|later| role(later, stage_role::EXAMINER))
             .and_then(|review| review.get("reviewed_at"))
             .cloned()
             .unwrap_or(Value::Null);

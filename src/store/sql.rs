@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use super::{StoreError, Written};
 use crate::model::{
-    ApiKey, Course, Erasure, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
+    stage_role, ApiKey, Course, Erasure, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
     IdempotencyState, ItemStatus, MarksSheetRow, ModerationItem, NewEvaluation, Question,
     QuestionMarks, QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage,
     SubmissionSummary, User,
@@ -1153,7 +1153,10 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
                     .map_err(|e| StoreError::Corrupt(format!("stages: {e}")))?;
                 let first = stages
                     .as_array()
-                    .and_then(|list| list.iter().find(|stage| stage["role"] == "examiner"))
+                    .and_then(|list| {
+                        list.iter()
+                            .find(|stage| stage["role"] == stage_role::EXAMINER)
+                    })
                     .cloned()
                     .unwrap_or_default();
                 Some(first)

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::grade::clamp_and_round;
 use crate::http::ApiError;
-use crate::model::{flag, EvaluationItem, EvaluationRecord, ItemStatus};
+use crate::model::{flag, stage_role, EvaluationItem, EvaluationRecord, ItemStatus};
 use crate::segment::QuestionNumber;
 
 use super::evaluate::{marks_step_of, store_evaluation, summarise, Change, EvaluationResult};
@@ -67,7 +67,7 @@ pub async fn request_regrade(
         )));
     }
     let record = json!({
-        "role": "regrade_request",
+        "role": stage_role::REGRADE_REQUEST,
         "requested_by": request.requested_by,
         "requested_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "marks": item.marks_awarded,
@@ -192,7 +192,7 @@ fn apply(
         .filter(|raised| flag::SETTLED_BY_REVIEW.contains(&raised.as_str()))
         .collect();
     let record = json!({
-        "role": "examiner",
+        "role": stage_role::EXAMINER,
         "reviewer": reviewer,
         "reviewed_at": reviewed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "marks": question.marks_awarded,
@@ -212,7 +212,7 @@ fn apply(
     item.reasoning = question.note;
     item.status = ItemStatus::Graded;
     item.error = None;
-    item.final_stage = Some("examiner".to_string());
+    item.final_stage = Some(stage_role::EXAMINER.to_string());
     item.flags
         .retain(|raised| !flag::SETTLED_BY_REVIEW.contains(&raised.as_str()));
     if !item.flags.iter().any(|raised| raised == flag::REVIEWED) {
