@@ -288,6 +288,9 @@ impl LocalGraderSettings {
     }
 }
 
+/// The longest regrade window that can be set: ten years.
+const MAX_REGRADE_WINDOW_DAYS: u32 = 3_650;
+
 /// Grading settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -309,6 +312,10 @@ pub struct GradingSettings {
     /// being computed. Questions whose estimate is not in by then are stored without it and
     /// flagged `second_opinion_missing`; their queued work is withdrawn. 0: never wait.
     pub second_opinion_wait_secs: f64,
+    /// Days after a student's first evaluation of a paper during which they may ask for a
+    /// regrade of it (`POST /evaluations/{id}/regrade-request`); staff may ask on their behalf
+    /// at any time. 0: no limit.
+    pub regrade_window_days: u32,
     pub llm: LlmSettings,
     pub local: LocalGraderSettings,
 }
@@ -328,6 +335,7 @@ impl Default for GradingSettings {
             review_threshold_fraction: 0.4,
             second_opinion_fraction: 1.0,
             second_opinion_wait_secs: 1.0,
+            regrade_window_days: 0,
             llm: LlmSettings::default(),
             local: LocalGraderSettings::default(),
         }
@@ -569,6 +577,12 @@ impl Settings {
         if !(wait.is_finite() && (0.0..=3600.0).contains(&wait)) {
             return Err(ConfigError::Invalid(format!(
                 "grading.second_opinion_wait_secs must be between 0 and 3600 seconds, not {wait}"
+            )));
+        }
+        let window = self.grading.regrade_window_days;
+        if window > MAX_REGRADE_WINDOW_DAYS {
+            return Err(ConfigError::Invalid(format!(
+                "grading.regrade_window_days must be at most {MAX_REGRADE_WINDOW_DAYS} (0: no limit), not {window}"
             )));
         }
         if self.auth.max_in_flight == 0 {
@@ -891,6 +905,27 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn regrade_window() {
+        let window = |value: &str| {
+            with_env("EXAMINER_GRADING__REGRADE_WINDOW_DAYS", value, |s| {
+                s.grading.regrade_window_days
+            })
+        };
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(
+            defaults.grading.regrade_window_days, 0,
+            "no limit by default"
+        );
+        assert_eq!(window("14").unwrap(), 14);
+        let err = window("3651").unwrap_err();
+        assert!(
+            err.contains("grading.regrade_window_days must be at most 3650"),
+            "{err}"
+        );
+        assert!(window("-1").is_err());
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub struct RegradeRequestBody {
     responses((status = 201, body = EvaluationRecord, description = "Stored as the newest version",
         headers(("location" = String, description = "`/evaluations/{new evaluation_id}`"))),
         (status = 404, description = "No such evaluation of the caller's"),
-        (status = 409, description = "Already requested, or a newer version was stored since"),
+        (status = 409, description = "Already requested, a newer version was stored since, or the regrade window (`grading.regrade_window_days`) has closed"),
         (status = 422, description = "Unknown question, or an empty or too long comment")))]
 pub async fn request_regrade(
     State(state): State<AppState>,
@@ -143,6 +143,7 @@ pub async fn request_regrade(
         requested_by: caller.key_id.clone(),
         question_number: number,
         comment: comment.to_string(),
+        on_behalf: !caller.is_student(),
     };
     let result = review::request_regrade(&state, previous, request).await?;
     created(&caller, result)

@@ -475,6 +475,12 @@ async fn evaluations(store: &dyn Store) {
     );
     // Users graded for the first time are registered.
     assert!(store.get_user("U2").await.unwrap().is_some());
+    // The first version's time, whatever came after it.
+    let at = |user: &'static str, paper: &'static str| store.first_evaluated_at(user, paper);
+    assert_eq!(at("U1", "QP1").await.unwrap(), Some(first.created_at));
+    assert_eq!(at("U2", "QP1").await.unwrap(), Some(other.created_at));
+    assert_eq!(at("U1", "QP9").await.unwrap(), None);
+    assert_eq!(at("U9", "QP1").await.unwrap(), None);
 
     // Concurrent evaluations of one paper each get their own version.
     let writes = (0..8).map(|_| store.insert_evaluation(evaluation("U3", 2)));

@@ -204,6 +204,12 @@ pub trait Store: Send + Sync {
         evaluation: NewEvaluation,
     ) -> Result<EvaluationRecord, StoreError>;
     async fn get_evaluation(&self, id: &str) -> Result<Option<EvaluationRecord>, StoreError>;
+    /// When the user's first evaluation of the paper (version 1) was stored, if one is.
+    async fn first_evaluated_at(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError>;
     async fn list_evaluations(&self, filter: &Filter)
         -> Result<Vec<EvaluationSummary>, StoreError>;
     /// The newest evaluation of every student graded on a paper, with each question's

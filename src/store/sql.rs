@@ -989,6 +989,23 @@ pub(super) async fn evaluation_id_of_version<C: Conn + ?Sized>(
     .col("evaluation_id")
 }
 
+pub(super) async fn first_evaluated_at<C: Conn + ?Sized>(
+    conn: &mut C,
+    user_id: &str,
+    question_paper_code: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let first = conn
+        .fetch_optional(
+            "SELECT created_at FROM evaluations
+             WHERE user_id = $1 AND question_paper_code = $2 AND version = 1",
+            args![user_id, question_paper_code],
+        )
+        .await?;
+    first
+        .map(|row| parse_time(&row.col::<String>("created_at")?))
+        .transpose()
+}
+
 pub(super) async fn get_evaluation<C: Conn + ?Sized>(
     conn: &mut C,
     id: &str,

@@ -317,6 +317,15 @@ where
         sql::get_evaluation(&mut *self.reader.acquire().await?, id).await
     }
 
+    async fn first_evaluated_at(
+        &self,
+        user_id: &str,
+        question_paper_code: &str,
+    ) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        sql::first_evaluated_at(&mut *conn, user_id, question_paper_code).await
+    }
+
     async fn marks_sheet(
         &self,
         question_paper_code: &str,

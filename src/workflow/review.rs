@@ -48,6 +48,8 @@ pub struct RegradeRequest {
     pub question_number: QuestionNumber,
     /// Why the student thinks the marks are wrong.
     pub comment: String,
+    /// Made by staff on the student's behalf: not bound by `grading.regrade_window_days`.
+    pub on_behalf: bool,
 }
 
 /// Flags the question of the stored evaluation `previous` for an examiner's review with
@@ -57,6 +59,9 @@ pub async fn request_regrade(
     mut previous: EvaluationRecord,
     request: RegradeRequest,
 ) -> Result<EvaluationResult, ApiError> {
+    if !request.on_behalf {
+        check_regrade_window(state, &previous).await?;
+    }
     let mut items = std::mem::take(&mut previous.items);
     let number = &request.question_number;
     let position = position_of(&items, number)?;
@@ -77,6 +82,34 @@ pub async fn request_regrade(
     item.flags.push(flag::REGRADE_REQUESTED.to_string());
     let new = summarise(previous.next_version(items));
     store_evaluation(state, new, Change::RegradeRequest).await
+}
+
+/// Refuses a student's request once `grading.regrade_window_days` have passed since their
+/// first evaluation of the paper: when marks were first there for them to see. Later
+/// versions (retries, reviews, requests) do not extend it.
+async fn check_regrade_window(
+    state: &AppState,
+    evaluation: &EvaluationRecord,
+) -> Result<(), ApiError> {
+    let days = state.settings.grading.regrade_window_days;
+    if days == 0 {
+        return Ok(());
+    }
+    let first = state
+        .store
+        .first_evaluated_at(&evaluation.user_id, &evaluation.question_paper_code)
+        .await?
+        .unwrap_or(evaluation.created_at);
+    let closed_at = first + chrono::Duration::days(i64::from(days));
+    if Utc::now() > closed_at {
+        return Err(ApiError::Conflict(format!(
+            "regrade requests on paper {} closed at {}, {days} days after the first marks \
+             (grading.regrade_window_days); an examiner can still review the question",
+            evaluation.question_paper_code,
+            closed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(())
 }
 
 fn push_stage(item: &mut EvaluationItem, record: serde_json::Value) -> Result<(), ApiError> {

@@ -476,3 +476,52 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     let (status, _, _) = split(regrade(&student, reviewed_id, ask).await.unwrap()).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn regrade_requests_close_with_the_window_but_staff_may_still_ask() {
+    let app = spawn_app_with(|s| {
+        s.auth.mode = AuthMode::ApiKey;
+        s.grading.regrade_window_days = 14;
+    })
+    .await;
+    let examiner = app.key(Role::Examiner, None).await.1;
+    let late = app.key(Role::Student, Some("U1")).await.1;
+    let prompt = app.key(Role::Student, Some("U2")).await.1;
+    let regrade = |key: &str, id: &str| {
+        app.client
+            .post(app.url(&format!("/evaluations/{id}/regrade-request")))
+            .bearer_auth(key)
+            .json(&json!({"question_number": "1", "comment": "Please look again."}))
+            .send()
+    };
+    let old = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
+    let recent = store_graded(&app, "U2", "QP1", &[], "success", json!(2.0)).await;
+    // U1's marks came out 15 days ago (a second version since does not extend the window).
+    let newer = store_graded(&app, "U1", "QP1", &[], "success", json!(2.5)).await;
+    let database = app.state.settings.data_dir.join("examiner.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let first = chrono::Utc::now() - chrono::Duration::days(15);
+    sqlx::query("UPDATE evaluations SET created_at = $1 WHERE evaluation_id = $2")
+        .bind(first.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let (status, problem, _) = split(regrade(&late, &newer).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("regrade requests on paper QP1 closed at")
+            && detail.contains("14 days after the first marks"),
+        "{detail}"
+    );
+    // Staff may ask on the student's behalf; another student within the window may ask.
+    let (status, body, _) = split(regrade(&examiner, &newer).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body, _) = split(regrade(&prompt, &recent).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
