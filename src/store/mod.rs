@@ -270,8 +270,10 @@ pub trait Store: Send + Sync {
     /// Deletes everything stored about one user, in one transaction: submissions (with
     /// their images' OCR text and answers), every version of their evaluations, the user
     /// record, API keys bound to the user, and responses kept for replay that are about the
-    /// user or were made with those keys. Catalog records and the memo of OCR texts and LLM
-    /// replies (keyed by content, not by user) are not touched.
+    /// user or were made with those keys. The memo entries under the keys those records
+    /// kept (their pages' OCR texts, the LLM replies about their answers) are deleted just
+    /// before the transaction commits; should that fail, nothing is committed. Catalog records
+    /// are not touched.
     async fn erase_user(&self, user_id: &str) -> Result<Erasure, StoreError>;
     /// Gives a claimed key back after a failure, so a retry runs the request again.
     async fn idempotency_release(

@@ -1349,9 +1349,6 @@ pub(super) async fn revoke_api_key<C: Conn + ?Sized>(
 
 // ---- erasure ----
 
-/// Deletes everything stored about `user_id` inside the caller's transaction (see
-/// [`super::Store::erase_user`]). Children go before their parents: the schema's foreign keys
-/// hold throughout.
 /// The memo keys kept with a user's records, by namespace: their pages' OCR texts and the
 /// LLM replies about their answers (every version's stages).
 pub(super) async fn user_memo_keys<C: Conn + ?Sized>(
@@ -1396,6 +1393,9 @@ pub(super) async fn user_memo_keys<C: Conn + ?Sized>(
     ])
 }
 
+/// Deletes everything stored about `user_id` inside the caller's transaction (see
+/// [`super::Store::erase_user`]). Children go before their parents: the schema's foreign keys
+/// hold throughout.
 pub(super) async fn erase_user<C: Conn + ?Sized>(
     conn: &mut C,
     user_id: &str,
