@@ -346,8 +346,9 @@ pub struct EvaluationRecord {
 }
 
 impl EvaluationRecord {
-    /// The next version of this evaluation with these items (a retry or a review of it),
-    /// made by the same grader; the score and status are for the caller to total.
+    /// The next version of this evaluation with these items (a retry, a review or a
+    /// regrade request), made by the same grader; the score and status are for the caller
+    /// to total.
     pub fn next_version(self, items: Vec<EvaluationItem>) -> NewEvaluation {
         NewEvaluation {
             user_id: self.user_id,

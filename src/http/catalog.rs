@@ -360,6 +360,7 @@ pub async fn erase_user(
         submissions = erasure.submissions,
         evaluations = erasure.evaluations,
         api_keys = erasure.api_keys.len(),
+        memoised_results = erasure.memoised_results,
         "user data erased"
     );
     Ok(Json(erasure))

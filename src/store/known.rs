@@ -4,10 +4,11 @@
 //! content is a conflict — and nothing deletes exams or papers, so one found once is the
 //! record for good, whichever process wrote it. Users can be erased: the process that erases
 //! one forgets it, and a write that relies on a remembered user checks that it is still
-//! stored (`sql::insert_evaluation`), so another process's memory is corrected on first use. Every graded script reads its exam and paper and
-//! registers its user; from memory that is three round trips to the database fewer per
-//! request (on SQLite each a wake-up of a connection's thread: BENCHMARKS.md, step 17). Absence is
-//! never remembered: a record missing now may be written a moment later.
+//! stored (`sql::insert_evaluation`), so another process's memory is corrected on first use.
+//! Every graded script reads its exam and paper and registers its user; from memory that is
+//! three round trips to the database fewer per request (on SQLite each a wake-up of a
+//! connection's thread: BENCHMARKS.md, step 17). Absence is never remembered: a record
+//! missing now may be written a moment later.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1151,11 +1151,12 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
         .fetch_all(
             &format!(
                 "SELECT e.user_id, i.question_number, i.total_marks, i.marks_awarded, i.flags,
-                        CASE WHEN i.final_stage = 'examiner' THEN i.stages END AS examiner_stages
+                        CASE WHEN i.final_stage = '{examiner}' THEN i.stages END AS examiner_stages
                    FROM evaluations e JOIN evaluation_items i
                      ON i.evaluation_id = e.evaluation_id
                   WHERE e.question_paper_code = $1 {NEWEST_VERSION}
-                  ORDER BY e.user_id, i.position"
+                  ORDER BY e.user_id, i.position",
+                examiner = stage_role::EXAMINER
             ),
             args![question_paper_code],
         )
@@ -1163,22 +1164,7 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         let stages: Option<String> = row.col("examiner_stages")?;
-        let review = match stages {
-            None => None,
-            Some(text) => {
-                let stages: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| StoreError::Corrupt(format!("stages: {e}")))?;
-                let first = stages
-                    .as_array()
-                    .and_then(|list| {
-                        list.iter()
-                            .find(|stage| stage["role"] == stage_role::EXAMINER)
-                    })
-                    .cloned()
-                    .unwrap_or_default();
-                Some(first)
-            }
-        };
+        let review = stages.as_deref().map(first_examiner_stage).transpose()?;
         let reasons = review
             .as_ref()
             .and_then(|stage| stage["settled_flags"].as_array())
@@ -1201,6 +1187,17 @@ pub(super) async fn moderation_items<C: Conn + ?Sized>(
         });
     }
     Ok(items)
+}
+
+/// The first examiner stage among a question's stored stages (`Null` if there is none).
+fn first_examiner_stage(stages: &str) -> Result<serde_json::Value, StoreError> {
+    let stages: serde_json::Value =
+        serde_json::from_str(stages).map_err(|e| StoreError::Corrupt(format!("stages: {e}")))?;
+    let first = stages.as_array().and_then(|list| {
+        list.iter()
+            .find(|stage| stage["role"] == stage_role::EXAMINER)
+    });
+    Ok(first.cloned().unwrap_or_default())
 }
 
 /// A LIKE pattern (escape character `\`) for text holding `value` as a JSON string: flags

@@ -7,30 +7,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::fake_llm::{evaluator, verifier, FakeLlm, Reply, Stage};
-use crate::helpers::{png, spawn_app_with, split, upload_body, ImageServer, TestApp};
+use crate::helpers::{png, send, spawn_app_with, split, upload_body, ImageServer, TestApp};
 
 async fn key(app: &TestApp, role: Role, user_id: Option<&str>) -> String {
     app.key(role, user_id).await.1
-}
-
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let mut request = app.client.request(method, app.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let headers = response.headers().clone();
-    let (status, body, _) = split(response).await;
-    (status, body, headers)
 }
 
 fn grading(stage: Stage, _: &Value) -> Reply {

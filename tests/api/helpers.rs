@@ -326,3 +326,25 @@ pub async fn submission_count(app: &TestApp) -> usize {
 }
 
 pub use examiner::store::testing::PostgresSchema;
+
+/// `method path` with `key` as the bearer token and `body` as JSON: the status, the JSON
+/// body and the headers.
+pub async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let headers = response.headers().clone();
+    let (status, body, _) = split(response).await;
+    (status, body, headers)
+}

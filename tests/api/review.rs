@@ -1,13 +1,13 @@
 //! An examiner's review through HTTP: marks set by hand on flagged questions, stored as a new
 //! version that empties the review queue, and every way a review is refused.
 
-use reqwest::StatusCode;
+use reqwest::{Method as M, StatusCode};
 use serde_json::{json, Value};
 
 use examiner::config::AuthMode;
 use examiner::model::Role;
 
-use crate::helpers::{spawn_app, spawn_app_with, split, TestApp};
+use crate::helpers::{send, spawn_app, spawn_app_with, TestApp};
 use crate::listings::store_graded;
 
 async fn review(app: &TestApp, id: &str, body: Value) -> (StatusCode, Value, String) {
@@ -272,24 +272,17 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
     let (examiner_key, examiner) = app.key(Role::Examiner, None).await;
     let student = app.key(Role::Student, Some("U1")).await.1;
     let id = store_graded(&app, "U1", "QP1", &["needs_review"], "success", json!(3.0)).await;
-    let send = |key: &str| {
-        app.client
-            .post(app.url(&format!("/evaluations/{id}/review")))
-            .bearer_auth(key)
-            .json(&json!({"questions": [{"question_number": "1", "marks_awarded": 5}]}))
-            .send()
+    let review = async |key: &str| {
+        let body = json!({"questions": [{"question_number": "1", "marks_awarded": 5}]});
+        let path = format!("/evaluations/{id}/review");
+        send(&app, M::POST, &path, Some(key), Some(&body)).await
     };
-    let (status, problem, _) = split(send(&student).await.unwrap()).await;
+    let (status, problem, _) = review(&student).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
-    let moderation = app
-        .client
-        .get(app.url("/question-papers/QP1/moderation"))
-        .bearer_auth(&student)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(moderation.status(), StatusCode::FORBIDDEN);
-    let (status, reviewed, _) = split(send(&examiner).await.unwrap()).await;
+    let moderation = "/question-papers/QP1/moderation";
+    let (status, _, _) = send(&app, M::GET, moderation, Some(&student), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, reviewed, _) = review(&examiner).await;
     assert_eq!(status, StatusCode::CREATED, "{reviewed}");
     let stage = reviewed["items"][0]["stages"]
         .as_array()
@@ -301,15 +294,8 @@ async fn students_cannot_review_and_reviews_name_the_examiners_key() {
 
     // The student sees the examiner's marks and feedback, not the examiner's note or stages.
     let new_id = reviewed["evaluation_id"].as_str().unwrap();
-    let (status, seen, _) = split(
-        app.client
-            .get(app.url(&format!("/evaluations/{new_id}")))
-            .bearer_auth(&student)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let path = format!("/evaluations/{new_id}");
+    let (status, seen, _) = send(&app, M::GET, &path, Some(&student), None).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
     assert_eq!(seen["items"][0]["marks_awarded"], 5.0);
     assert!(seen["items"][0].get("stages").is_none());
@@ -323,20 +309,15 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     let (student_key, student) = app.key(Role::Student, Some("U1")).await;
     let other = app.key(Role::Student, Some("U2")).await.1;
     let id = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
-    let send = |key: &str, path: String, body: Value| {
-        app.client
-            .post(app.url(&path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
+    let regrade = async |key: &str, id: &str, body: &Value| {
+        let path = format!("/evaluations/{id}/regrade-request");
+        send(&app, M::POST, &path, Some(key), Some(body)).await
     };
-    let regrade = |key: &str, id: &str, body: Value| {
-        send(key, format!("/evaluations/{id}/regrade-request"), body)
-    };
+    let read = async |key: &str, path: &str| send(&app, M::GET, path, Some(key), None).await.1;
     let ask = json!({"question_number": "1", "comment": "  My second paragraph was not marked.  "});
 
     // Someone else's evaluation is not there for another student.
-    let (status, _, _) = split(regrade(&other, &id, ask.clone()).await.unwrap()).await;
+    let (status, _, _) = regrade(&other, &id, &ask).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     for (body, detail) in [
         (
@@ -352,7 +333,7 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
             "question 7 is not in this evaluation",
         ),
     ] {
-        let (status, problem, _) = split(regrade(&student, &id, body).await.unwrap()).await;
+        let (status, problem, _) = regrade(&student, &id, &body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
         assert!(
             problem["detail"].as_str().unwrap().contains(detail),
@@ -360,9 +341,8 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
         );
     }
 
-    let response = regrade(&student, &id, ask.clone()).await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let (_, requested, _) = split(response).await;
+    let (status, requested, headers) = regrade(&student, &id, &ask).await;
+    assert_eq!(status, StatusCode::CREATED, "{requested}");
     assert_eq!(requested["version"], 2);
     let item = &requested["items"][0];
     assert_eq!(item["marks_awarded"], 2.0, "the marks stay until reviewed");
@@ -378,8 +358,12 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     assert!(mine[0].get("requested_by").is_none(), "{mine}");
     let requested_id = requested["evaluation_id"].as_str().unwrap().to_string();
 
-    let (status, problem, _) =
-        split(regrade(&student, &requested_id, ask.clone()).await.unwrap()).await;
+    assert_eq!(
+        headers["location"],
+        format!("/evaluations/{requested_id}").as_str()
+    );
+
+    let (status, problem, _) = regrade(&student, &requested_id, &ask).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(
         problem["detail"]
@@ -388,31 +372,15 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
             .contains("already requested and waits for an examiner"),
         "{problem}"
     );
-    let (status, _, _) = split(regrade(&student, &id, ask.clone()).await.unwrap()).await;
+    let (status, _, _) = regrade(&student, &id, &ask).await;
     assert_eq!(status, StatusCode::CONFLICT, "an old version");
 
     // The examiner sees the request in the queue, with the comment and who asked.
-    let queue = || async {
-        let response = app
-            .client
-            .get(app.url("/evaluations?flag=regrade_requested&latest=true"))
-            .bearer_auth(&examiner)
-            .send()
-            .await
-            .unwrap();
-        split(response).await.1
-    };
+    let queue = async || read(&examiner, "/evaluations?flag=regrade_requested&latest=true").await;
     let waiting = queue().await;
     assert_eq!(waiting.as_array().unwrap().len(), 1, "{waiting}");
     assert_eq!(waiting[0]["evaluation_id"], requested_id.as_str());
-    let full = app
-        .client
-        .get(app.url(&format!("/evaluations/{requested_id}")))
-        .bearer_auth(&examiner)
-        .send()
-        .await
-        .unwrap();
-    let (_, full, _) = split(full).await;
+    let full = read(&examiner, &format!("/evaluations/{requested_id}")).await;
     let stage = full["items"][0]["stages"]
         .as_array()
         .unwrap()
@@ -424,17 +392,10 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     assert_eq!(stage["requested_by"], student_key.key_id.as_str());
     assert_eq!(stage["marks"], 2.0);
 
-    let (status, reviewed, _) = split(
-        send(
-            &examiner,
-            format!("/evaluations/{requested_id}/review"),
-            json!({"questions": [{"question_number": "1", "marks_awarded": 3.5,
-                                  "feedback": "The second paragraph earns 1.5 more."}]}),
-        )
-        .await
-        .unwrap(),
-    )
-    .await;
+    let review = json!({"questions": [{"question_number": "1", "marks_awarded": 3.5,
+                                       "feedback": "The second paragraph earns 1.5 more."}]});
+    let path = format!("/evaluations/{requested_id}/review");
+    let (status, reviewed, _) = send(&app, M::POST, &path, Some(&examiner), Some(&review)).await;
     assert_eq!(status, StatusCode::CREATED, "{reviewed}");
     assert_eq!(reviewed["items"][0]["flags"], json!(["reviewed"]));
     assert_eq!(
@@ -448,14 +409,7 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     assert_eq!(queue().await, json!([]));
     let reviewed_id = reviewed["evaluation_id"].as_str().unwrap();
     // The student sees the review's time beside the request, and the examiner's feedback.
-    let seen = app
-        .client
-        .get(app.url(&format!("/evaluations/{reviewed_id}")))
-        .bearer_auth(&student)
-        .send()
-        .await
-        .unwrap();
-    let (_, seen, _) = split(seen).await;
+    let seen = read(&student, &format!("/evaluations/{reviewed_id}")).await;
     let item = &seen["items"][0];
     assert_eq!(item["marks_awarded"], 3.5);
     assert_eq!(
@@ -473,7 +427,7 @@ async fn a_students_regrade_request_joins_the_queue_until_an_examiner_reviews_it
     );
     assert!(answered["reviewed_at"].is_string(), "{answered}");
     // And may ask again about the reviewed marks.
-    let (status, _, _) = split(regrade(&student, reviewed_id, ask).await.unwrap()).await;
+    let (status, _, _) = regrade(&student, reviewed_id, &ask).await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
@@ -487,12 +441,10 @@ async fn regrade_requests_close_with_the_window_but_staff_may_still_ask() {
     let examiner = app.key(Role::Examiner, None).await.1;
     let late = app.key(Role::Student, Some("U1")).await.1;
     let prompt = app.key(Role::Student, Some("U2")).await.1;
-    let regrade = |key: &str, id: &str| {
-        app.client
-            .post(app.url(&format!("/evaluations/{id}/regrade-request")))
-            .bearer_auth(key)
-            .json(&json!({"question_number": "1", "comment": "Please look again."}))
-            .send()
+    let regrade = async |key: &str, id: &str| {
+        let body = json!({"question_number": "1", "comment": "Please look again."});
+        let path = format!("/evaluations/{id}/regrade-request");
+        send(&app, M::POST, &path, Some(key), Some(&body)).await
     };
     let old = store_graded(&app, "U1", "QP1", &[], "success", json!(2.0)).await;
     let recent = store_graded(&app, "U2", "QP1", &[], "success", json!(2.0)).await;
@@ -511,7 +463,7 @@ async fn regrade_requests_close_with_the_window_but_staff_may_still_ask() {
         .unwrap();
     pool.close().await;
 
-    let (status, problem, _) = split(regrade(&late, &newer).await.unwrap()).await;
+    let (status, problem, _) = regrade(&late, &newer).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     let detail = problem["detail"].as_str().unwrap();
     assert!(
@@ -520,8 +472,8 @@ async fn regrade_requests_close_with_the_window_but_staff_may_still_ask() {
         "{detail}"
     );
     // Staff may ask on the student's behalf; another student within the window may ask.
-    let (status, body, _) = split(regrade(&examiner, &newer).await.unwrap()).await;
+    let (status, body, _) = regrade(&examiner, &newer).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body, _) = split(regrade(&prompt, &recent).await.unwrap()).await;
+    let (status, body, _) = regrade(&prompt, &recent).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
