@@ -31,6 +31,8 @@ pub struct AppState {
     /// Identifies the OCR configuration in memoised results, so changing the engine or its
     /// languages does not serve stale text.
     pub ocr_cache_key: String,
+    /// Renders uploaded PDFs page by page for [`AppState::ocr`].
+    pub pdf: crate::ocr::pdf::PdfRenderer,
     /// Marks answers.
     pub grader: Arc<dyn Grader>,
     /// In `llm` mode, the embedded grader's independent estimate, for review flags.
@@ -160,6 +162,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
     let images: Arc<dyn ImageSource> =
         Arc::new(HttpFetcher::new(&settings.fetch).context("configuring the image fetcher")?);
     let (ocr, ocr_cache_key) = start_ocr(&settings.ocr).context("starting OCR")?;
+    let pdf = crate::ocr::pdf::PdfRenderer::new(
+        settings.ocr.pdf_dpi,
+        decode_limits(&settings.ocr),
+        std::time::Duration::try_from_secs_f64(settings.ocr.pdf_time_limit_secs)
+            .unwrap_or(std::time::Duration::MAX),
+        settings.ocr.worker_threads(),
+    );
     let (grader, second_opinion) = build_graders(&settings, store.clone())?;
     if settings.auth.mode == crate::config::AuthMode::ApiKey {
         ensure_first_admin_key(store.as_ref()).await?;
@@ -178,6 +187,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
         images,
         ocr,
         ocr_cache_key,
+        pdf,
         grader,
         second_opinion,
         metrics: metrics_handle(),

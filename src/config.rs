@@ -183,6 +183,12 @@ pub struct OcrSettings {
     /// Seconds Tesseract may spend reading one page (0: no limit). Default 30. In `auto` a
     /// page it gives up on goes to PP-OCR; with `engine = "tesseract"` it is refused (422).
     pub tesseract_time_limit_secs: f64,
+    /// Resolution, in dots per inch, at which the pages of an uploaded PDF are rendered for
+    /// OCR (100–600). Default 300. A page that would break `max_pixels` is rendered at the
+    /// most it allows.
+    pub pdf_dpi: f32,
+    /// Seconds one PDF may take to render, all its pages together. Default 120.
+    pub pdf_time_limit_secs: f64,
     /// Page enhancement before the engines read (`ocr.preprocess.perspective`, `lighting`,
     /// `deskew`, `denoise`; environment `EXAMINER_OCR__PREPROCESS__DESKEW=true` and so on).
     /// Defaults are the measured choice in OCR.md ("Page enhancement").
@@ -205,6 +211,8 @@ impl Default for OcrSettings {
             max_pixels: 40_000_000,
             tessdata_dir: None,
             tesseract_time_limit_secs: crate::ocr::tesseract::DEFAULT_TIME_LIMIT.as_secs_f64(),
+            pdf_dpi: crate::ocr::pdf::DEFAULT_DPI,
+            pdf_time_limit_secs: crate::ocr::pdf::DEFAULT_TIME_LIMIT.as_secs_f64(),
             preprocess: crate::ocr::EnhanceSteps::default(),
         }
     }
@@ -240,6 +248,8 @@ impl OcrSettings {
 pub struct LimitSettings {
     /// Most images in one upload.
     pub max_images: usize,
+    /// Most pages read in one upload: an image is one page, a PDF as many as it has.
+    pub max_pages: usize,
     /// Longest identifier (user, course, exam, paper, image ids), in characters.
     pub max_id_chars: usize,
     /// Longest free text (a student or standard answer, a question), in characters.
@@ -252,6 +262,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_images: 50,
+            max_pages: 100,
             max_id_chars: 64,
             max_text_chars: 20_000,
             max_questions: 200,
@@ -524,6 +535,8 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("limits.max_images", self.limits.max_images as f64),
+            ("limits.max_pages", self.limits.max_pages as f64),
+            ("ocr.pdf_time_limit_secs", self.ocr.pdf_time_limit_secs),
             ("limits.max_id_chars", self.limits.max_id_chars as f64),
             ("limits.max_text_chars", self.limits.max_text_chars as f64),
             ("limits.max_questions", self.limits.max_questions as f64),
@@ -583,6 +596,13 @@ impl Settings {
         if window > MAX_REGRADE_WINDOW_DAYS {
             return Err(ConfigError::Invalid(format!(
                 "grading.regrade_window_days must be at most {MAX_REGRADE_WINDOW_DAYS} (0: no limit), not {window}"
+            )));
+        }
+        let dpi = self.ocr.pdf_dpi;
+        if !(crate::ocr::pdf::MIN_DPI..=600.0).contains(&dpi) {
+            return Err(ConfigError::Invalid(format!(
+                "ocr.pdf_dpi must be between {} and 600, not {dpi}",
+                crate::ocr::pdf::MIN_DPI
             )));
         }
         if self.auth.max_in_flight == 0 {
@@ -905,6 +925,38 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn pdf_pages() {
+        let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(defaults.ocr.pdf_dpi, 300.0);
+        assert_eq!(defaults.ocr.pdf_time_limit_secs, 120.0);
+        assert_eq!(defaults.limits.max_pages, 100);
+        let dpi = |value: &str| with_env("EXAMINER_OCR__PDF_DPI", value, |s| s.ocr.pdf_dpi);
+        assert_eq!(dpi("200").unwrap(), 200.0);
+        for bad in ["99", "601", "NaN"] {
+            let err = dpi(bad).unwrap_err();
+            assert!(
+                err.contains("ocr.pdf_dpi must be between 100 and 600"),
+                "{bad}: {err}"
+            );
+        }
+        let pages =
+            |value: &str| with_env("EXAMINER_LIMITS__MAX_PAGES", value, |s| s.limits.max_pages);
+        assert_eq!(pages("20").unwrap(), 20);
+        assert!(pages("0")
+            .unwrap_err()
+            .contains("limits.max_pages must be positive"));
+        let time = |value: &str| {
+            with_env("EXAMINER_OCR__PDF_TIME_LIMIT_SECS", value, |s| {
+                s.ocr.pdf_time_limit_secs
+            })
+        };
+        assert_eq!(time("30").unwrap(), 30.0);
+        assert!(time("0")
+            .unwrap_err()
+            .contains("ocr.pdf_time_limit_secs must be positive"));
     }
 
     #[test]

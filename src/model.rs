@@ -178,18 +178,28 @@ pub struct SubmissionImage {
     pub image_url: String,
     /// SHA-256 of the image bytes, hex.
     pub content_sha256: String,
+    /// `application/pdf` for a PDF, else the image's type.
     pub media_type: String,
     pub byte_size: i64,
+    /// Pages read: 1 for an image, the page count for a PDF.
+    #[serde(default = "one_page")]
+    pub pages: i64,
+    /// In pixels, as read; for a PDF, its first page as rendered.
     pub width: i64,
     pub height: i64,
+    /// For a PDF, its pages' texts in order, one line apart.
     pub ocr_text: String,
-    /// Mean word confidence of the OCR engine, 0 to 1.
+    /// Mean word confidence of the OCR engine, 0 to 1; for a PDF, its least legible page's.
     pub ocr_confidence: f64,
     pub ocr_engine: String,
     /// The key of the page's text in the memo (namespace `ocr`), so that erasing the user's
     /// data deletes it there too; `None` for images stored before keys were kept.
     #[serde(default)]
     pub ocr_memo_key: Option<String>,
+}
+
+fn one_page() -> i64 {
+    1
 }
 
 /// A question-answer pair as stored.

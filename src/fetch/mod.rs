@@ -1,7 +1,7 @@
 //! Fetching answer images from the URLs users give: `http`, `https` and `data:`.
 //!
 //! The fetcher promises that what it returns is a complete image of a supported type
-//! (PNG, JPEG, TIFF, WebP, BMP, GIF — sniffed from the bytes, not trusted from headers),
+//! (PNG, JPEG, TIFF, WebP, BMP, GIF) or a PDF — sniffed from the bytes, not trusted from headers —,
 //! no larger than the per-image cap, that all images of one request together stay under
 //! the per-request cap, and that it never connected to an address the [`AddressGuard`]
 //! refuses — including after redirects. Connections are pooled and bounded by a
@@ -25,11 +25,11 @@ pub use guard::{is_public, AddressGuard};
 
 use crate::config::FetchSettings;
 
-/// An image fetched and checked.
+/// An image (or PDF) fetched and checked.
 #[derive(Debug, Clone)]
 pub struct FetchedImage {
     pub bytes: Bytes,
-    /// MIME type sniffed from the bytes.
+    /// MIME type sniffed from the bytes (`application/pdf` for a PDF).
     pub media_type: &'static str,
     /// SHA-256 of the bytes, hex.
     pub sha256: String,
@@ -53,7 +53,7 @@ pub enum FetchError {
     TooLarge { limit: u64 },
     #[error("would take the request over its {limit}-byte limit for all images together")]
     RequestTooLarge { limit: u64 },
-    #[error("is not an image of a supported type (PNG, JPEG, TIFF, WebP, BMP, GIF){}", describe_content_type(.content_type))]
+    #[error("is not an image of a supported type (PNG, JPEG, TIFF, WebP, BMP, GIF) or a PDF{}", describe_content_type(.content_type))]
     NotAnImage { content_type: Option<String> },
     #[error("is a malformed data: URL: {0}")]
     BadDataUrl(String),
@@ -367,6 +367,13 @@ pub fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// [`sniff_image_type`], or [`crate::ocr::pdf::MEDIA_TYPE`] for a PDF (a scanned script,
+/// rendered page by page before OCR).
+pub fn sniff_media_type(bytes: &[u8]) -> Option<&'static str> {
+    sniff_image_type(bytes)
+        .or_else(|| crate::ocr::pdf::is_pdf(bytes).then_some(crate::ocr::pdf::MEDIA_TYPE))
+}
+
 #[async_trait]
 impl ImageSource for HttpFetcher {
     async fn fetch(&self, url: &str, budget: &RequestBudget) -> Result<FetchedImage, FetchError> {
@@ -388,7 +395,7 @@ impl ImageSource for HttpFetcher {
             let (bytes, content_type) = self.fetch_http(parsed, budget).await?;
             (bytes, content_type, stored)
         };
-        let media_type = sniff_image_type(&bytes).ok_or(FetchError::NotAnImage { content_type })?;
+        let media_type = sniff_media_type(&bytes).ok_or(FetchError::NotAnImage { content_type })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let stored_url = if stored_url.is_empty() {
             format!("data:{media_type};sha256={sha256}")
@@ -408,7 +415,7 @@ impl ImageSource for HttpFetcher {
 
 #[cfg(test)]
 mod tests {
-    use super::sniff_image_type;
+    use super::{sniff_image_type, sniff_media_type};
 
     #[test]
     fn only_what_the_decoder_reads_counts_as_an_image() {
@@ -428,5 +435,16 @@ mod tests {
             Some("image/png")
         );
         assert_eq!(sniff_image_type(b"<html>not found</html>"), None);
+    }
+
+    #[test]
+    fn a_pdf_is_fetched_as_a_pdf_but_is_no_image_to_the_decoder() {
+        assert_eq!(sniff_media_type(b"%PDF-1.7\n"), Some("application/pdf"));
+        assert_eq!(sniff_image_type(b"%PDF-1.7\n"), None);
+        assert_eq!(
+            sniff_media_type(b"\x89PNG\r\n\x1a\n...."),
+            Some("image/png")
+        );
+        assert_eq!(sniff_media_type(b"<html>not found</html>"), None);
     }
 }

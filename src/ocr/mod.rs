@@ -29,6 +29,7 @@
 pub mod decode;
 pub mod engine;
 pub mod enhance;
+pub mod pdf;
 pub mod pool;
 pub mod ppocr;
 pub mod preprocess;
@@ -142,6 +143,35 @@ pub enum OcrError {
          (ocr.tesseract_time_limit_secs); a sharper, evenly lit scan or photo reads faster"
     )]
     TimedOut { engine: String, limit_secs: f64 },
+    /// A PDF that could not be parsed or rendered; the text says what was wrong.
+    #[error("not a readable PDF: {0}")]
+    UnreadablePdf(String),
+    /// A PDF that needs a password to open.
+    #[error("a password-protected PDF; upload it without the password, or as page images")]
+    EncryptedPdf,
+    /// A document with more pages than the upload has left (`limits.max_pages`).
+    #[error(
+        "has {pages} page(s), more than the {left} left of the upload's page limit \
+         (limits.max_pages; every page of a PDF counts)"
+    )]
+    TooManyPages { pages: usize, left: usize },
+    /// A PDF page so large that within `ocr.max_pixels` it would render under
+    /// [`pdf::MIN_DPI`].
+    #[error(
+        "PDF page {page} is {width_in:.1} × {height_in:.1} in, too large to render at \
+         a legible resolution (100 dpi) within ocr.max_pixels"
+    )]
+    PdfPageTooLarge {
+        page: usize,
+        width_in: f32,
+        height_in: f32,
+    },
+    /// Rendering a PDF took longer than `ocr.pdf_time_limit_secs`.
+    #[error(
+        "rendering the PDF took longer than {limit_secs} s (ocr.pdf_time_limit_secs); \
+         {pages_done} pages were done"
+    )]
+    PdfTimedOut { pages_done: usize, limit_secs: f64 },
     /// The pool's queue is full (from [`OcrPool::try_recognize`]); retry later.
     #[error("OCR queue is full")]
     Overloaded,
@@ -158,6 +188,11 @@ impl OcrError {
             Self::UnsupportedFormat => "unsupported_format",
             Self::TooManyPixels { .. } | Self::SideTooLong { .. } => "too_large",
             Self::Corrupt(_) => "corrupt",
+            Self::UnreadablePdf(_) => "unreadable_pdf",
+            Self::EncryptedPdf => "encrypted_pdf",
+            Self::TooManyPages { .. } => "too_many_pages",
+            Self::PdfPageTooLarge { .. } => "too_large",
+            Self::PdfTimedOut { .. } => "timed_out",
             Self::EngineInit(_) => "engine_init",
             Self::Engine(_) => "engine",
             Self::Backend(_) => "backend",
@@ -179,6 +214,11 @@ impl OcrError {
                 | Self::SideTooLong { .. }
                 | Self::Corrupt(_)
                 | Self::TimedOut { .. }
+                | Self::UnreadablePdf(_)
+                | Self::EncryptedPdf
+                | Self::TooManyPages { .. }
+                | Self::PdfPageTooLarge { .. }
+                | Self::PdfTimedOut { .. }
         )
     }
 

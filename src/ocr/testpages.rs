@@ -166,3 +166,78 @@ pub fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
     tagged.extend_from_slice(&jpeg[2..]);
     tagged
 }
+
+/// A PDF as a scanner writes one: each page is one JPEG (`DCTDecode`, grayscale)
+/// drawn over the whole page, whose size in points is the image's at `dpi`.
+/// Written by hand (catalog, page tree, one page, image and content stream per
+/// page, cross-reference table) so tests need no PDF library of their own.
+pub fn scanned_pdf(pages: &[(GrayImage, f32)]) -> Vec<u8> {
+    let mut out = b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n".to_vec();
+    let mut offsets = Vec::new();
+    let mut object = |out: &mut Vec<u8>, body: &[u8]| {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n", offsets.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\nendobj\n");
+    };
+    let kids: Vec<String> = (0..pages.len())
+        .map(|i| format!("{} 0 R", 3 + 3 * i))
+        .collect();
+    object(&mut out, b"<< /Type /Catalog /Pages 2 0 R >>");
+    object(
+        &mut out,
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {} >>",
+            kids.join(" "),
+            pages.len()
+        )
+        .as_bytes(),
+    );
+    for (i, (image, dpi)) in pages.iter().enumerate() {
+        let (w, h) = (
+            image.width() as f32 * 72.0 / dpi,
+            image.height() as f32 * 72.0 / dpi,
+        );
+        let (image_ref, content_ref) = (4 + 3 * i, 5 + 3 * i);
+        object(
+            &mut out,
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w:.2} {h:.2}] \
+                 /Resources << /XObject << /Im0 {image_ref} 0 R >> >> /Contents {content_ref} 0 R >>"
+            )
+            .as_bytes(),
+        );
+        let data = jpeg(image, 90);
+        let mut stream = format!(
+            "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceGray \
+             /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",
+            image.width(),
+            image.height(),
+            data.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(&data);
+        stream.extend_from_slice(b"\nendstream");
+        object(&mut out, &stream);
+        let draw = format!("q {w:.2} 0 0 {h:.2} 0 0 cm /Im0 Do Q");
+        object(
+            &mut out,
+            format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()).as_bytes(),
+        );
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes(),
+    );
+    for offset in &offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            offsets.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}

@@ -117,6 +117,7 @@ const TABLES: &[Table] = &[
             ("ocr_confidence", Real),
             ("ocr_engine", Text),
             ("ocr_memo_key", Text),
+            ("pages", Int),
         ],
         key_columns: 2,
     },

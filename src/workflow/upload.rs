@@ -2,15 +2,19 @@
 //! stored as one submission.
 //!
 //! Every image of a request starts fetching at once; each goes to the OCR pool the moment
-//! its bytes arrive, so page 2 is downloading while page 1 is being recognised. OCR results
-//! are memoised by the image's content hash. The first failure cancels the rest and nothing
-//! is stored: a submission is written whole, in one transaction, or not at all.
+//! its bytes arrive, so page 2 is downloading while page 1 is being recognised. A PDF (a
+//! scanned script) is rendered page by page, and each page goes to the OCR pool as soon as
+//! it is rendered. OCR results are memoised by the document's content hash. Every page
+//! counts towards `limits.max_pages`. The first failure cancels the rest and nothing is
+//! stored: a submission is written whole, in one transaction, or not at all.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 use futures::future::try_join_all;
+use futures::stream::{FuturesOrdered, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -19,7 +23,8 @@ use crate::app::AppState;
 use crate::fetch::{FetchedImage, RequestBudget};
 use crate::http::ApiError;
 use crate::model::{QuestionPaper, StoredQaPair, Submission, SubmissionImage};
-use crate::ocr::{PageText, Vocabulary};
+use crate::ocr::pdf::{self, PdfEvent};
+use crate::ocr::{OcrError, PageText, Vocabulary};
 use crate::segment::segment;
 use crate::store::OCR_MEMO;
 
@@ -114,10 +119,40 @@ pub struct UploadOutcome {
     pub duplicate: bool,
 }
 
+/// Pages an upload may still read (`limits.max_pages`), shared by its documents.
+#[derive(Debug)]
+struct PageBudget {
+    left: AtomicUsize,
+}
+
+impl PageBudget {
+    fn new(pages: usize) -> Self {
+        PageBudget {
+            left: AtomicUsize::new(pages),
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.left.load(Ordering::SeqCst)
+    }
+
+    fn take(&self, pages: usize) -> Result<(), OcrError> {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(pages)
+            })
+            .map(|_| ())
+            .map_err(|left| OcrError::TooManyPages { pages, left })
+    }
+}
+
+/// A fetched image or PDF and what OCR read on each of its pages.
+type Document = (FetchedImage, Vec<CachedPage>);
+
 /// Identifies a set of images by their content hashes, in order.
-fn images_digest(pages: &[(FetchedImage, CachedPage)]) -> String {
+fn images_digest(documents: &[Document]) -> String {
     let mut hasher = Sha256::new();
-    for (fetched, _) in pages {
+    for (fetched, _) in documents {
         hasher.update(fetched.sha256.as_bytes());
         hasher.update(b"\n");
     }
@@ -136,9 +171,11 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
 
     let memo = OcrMemo::for_paper(state, &paper);
     let budget = Arc::new(RequestBudget::new(state.settings.fetch.max_request_bytes));
-    let pages = try_join_all(input.images.iter().enumerate().map(|(index, image)| {
+    let pages_left = PageBudget::new(state.settings.limits.max_pages);
+    let documents = try_join_all(input.images.iter().enumerate().map(|(index, image)| {
         let budget = budget.clone();
         let memo = &memo;
+        let pages_left = &pages_left;
         let span = tracing::info_span!("page", index, image_id = %image.image_id);
         async move {
             let fetched = state
@@ -150,19 +187,19 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            let page = recognise(state, &fetched, memo)
+            let pages = recognise(state, &fetched, memo, pages_left)
                 .await
                 .map_err(|error| ApiError::Ocr {
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            Ok::<_, ApiError>((fetched, page))
+            Ok::<_, ApiError>((fetched, pages))
         }
         .instrument(span)
     }))
     .await?;
 
-    let digest = images_digest(&pages);
+    let digest = images_digest(&documents);
     if let Some(existing) = state
         .store
         .find_submission_by_images(&input.user_id, &input.question_paper_code, &digest)
@@ -176,7 +213,8 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
     }
 
     let started = Instant::now();
-    let texts: Vec<&str> = pages.iter().map(|(_, page)| page.text.as_str()).collect();
+    let pages: Vec<&CachedPage> = documents.iter().flat_map(|(_, pages)| pages).collect();
+    let texts: Vec<&str> = pages.iter().map(|page| page.text.as_str()).collect();
     let known = paper.question_numbers();
     let segmented = segment(&texts, Some(&known));
     tracing::debug!(
@@ -188,19 +226,27 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
     let images = input
         .images
         .iter()
-        .zip(&pages)
-        .map(|(image, (fetched, page))| SubmissionImage {
-            image_id: image.image_id.clone(),
-            image_url: fetched.stored_url.clone(),
-            content_sha256: fetched.sha256.clone(),
-            media_type: fetched.media_type.to_string(),
-            byte_size: fetched.bytes.len() as i64,
-            width: i64::from(page.width),
-            height: i64::from(page.height),
-            ocr_text: page.text.clone(),
-            ocr_confidence: page.confidence,
-            ocr_engine: page.engine.clone(),
-            ocr_memo_key: Some(memo.key(&fetched.sha256)),
+        .zip(&documents)
+        .map(|(image, (fetched, pages))| {
+            let (confidence, engine) = reading_of(pages.iter());
+            SubmissionImage {
+                image_id: image.image_id.clone(),
+                image_url: fetched.stored_url.clone(),
+                content_sha256: fetched.sha256.clone(),
+                media_type: fetched.media_type.to_string(),
+                byte_size: fetched.bytes.len() as i64,
+                pages: pages.len() as i64,
+                width: pages.first().map_or(0, |p| i64::from(p.width)),
+                height: pages.first().map_or(0, |p| i64::from(p.height)),
+                ocr_text: pages
+                    .iter()
+                    .map(|p| p.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                ocr_confidence: confidence.unwrap_or(0.0),
+                ocr_engine: engine.unwrap_or_default(),
+                ocr_memo_key: Some(memo.key_of(state, fetched)),
+            }
         })
         .collect();
     let submission = Submission {
@@ -243,14 +289,14 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
 
 /// The confidence of a pair: the lowest of its pages' (a pair is only as legible as its worst
 /// page), and the engine that read them, `"mixed"` when several did.
-fn pair_confidence(
-    pages: &[(FetchedImage, CachedPage)],
-    indexes: &[usize],
-) -> (Option<f64>, Option<String>) {
-    let read: Vec<&CachedPage> = indexes
-        .iter()
-        .filter_map(|&i| pages.get(i).map(|(_, page)| page))
-        .collect();
+fn pair_confidence(pages: &[&CachedPage], indexes: &[usize]) -> (Option<f64>, Option<String>) {
+    reading_of(indexes.iter().filter_map(|&i| pages.get(i).copied()))
+}
+
+/// The lowest confidence of `pages` and the engine that read them (`"mixed"` for several);
+/// `None`s for no pages.
+fn reading_of<'a>(pages: impl Iterator<Item = &'a CachedPage>) -> (Option<f64>, Option<String>) {
+    let read: Vec<&CachedPage> = pages.collect();
     let confidence = read.iter().map(|p| p.confidence).reduce(f64::min);
     let engine = read.first().map(|first| {
         if read.iter().all(|p| p.engine == first.engine) {
@@ -304,34 +350,78 @@ impl OcrMemo {
     fn key(&self, image_sha256: &str) -> String {
         format!("{}:{image_sha256}", self.prefix)
     }
+
+    /// The memo key of a fetched document: a PDF's pages depend on the resolution they are
+    /// rendered at too.
+    fn key_of(&self, state: &AppState, fetched: &FetchedImage) -> String {
+        if fetched.media_type == pdf::MEDIA_TYPE {
+            self.key(&format!(
+                "pdf{}:{}",
+                state.settings.ocr.pdf_dpi, fetched.sha256
+            ))
+        } else {
+            self.key(&fetched.sha256)
+        }
+    }
 }
 
-/// OCR of one fetched image, memoised by its content hash under the upload's [`OcrMemo`].
+/// Rendered pages of a PDF waiting for the OCR pool at most: the renderer waits beyond it,
+/// so a long PDF never sits in memory whole.
+const PDF_PAGES_AHEAD: usize = 4;
+
+/// OCR of one fetched document (one page for an image, every page of a PDF in order),
+/// memoised by its content hash under the upload's [`OcrMemo`]. Its pages are taken from
+/// `pages_left` whether read or memoised.
 async fn recognise(
     state: &AppState,
     fetched: &FetchedImage,
     memo: &OcrMemo,
-) -> Result<CachedPage, crate::ocr::OcrError> {
-    let key = memo.key(&fetched.sha256);
+    pages_left: &PageBudget,
+) -> Result<Vec<CachedPage>, OcrError> {
+    let is_pdf = fetched.media_type == pdf::MEDIA_TYPE;
+    let key = memo.key_of(state, fetched);
     match state.store.cache_get(OCR_MEMO, &key).await {
-        Ok(Some(json)) => match serde_json::from_str::<CachedPage>(&json) {
-            Ok(page) => {
-                metrics::counter!("examiner_ocr_cache_hits_total").increment(1);
-                return Ok(page);
+        Ok(Some(json)) => {
+            // An image's entry is its page; a PDF's, the list of its pages.
+            let cached = if is_pdf {
+                serde_json::from_str::<Vec<CachedPage>>(&json)
+            } else {
+                serde_json::from_str::<CachedPage>(&json).map(|page| vec![page])
+            };
+            match cached {
+                Ok(pages) if !pages.is_empty() => {
+                    pages_left.take(pages.len())?;
+                    metrics::counter!("examiner_ocr_cache_hits_total").increment(1);
+                    return Ok(pages);
+                }
+                Ok(_) => tracing::warn!("ignoring an empty OCR cache entry"),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable OCR cache entry"),
             }
-            Err(e) => tracing::warn!(error = %e, "ignoring an unreadable OCR cache entry"),
-        },
+        }
         Ok(None) => {}
         // The cache only saves work; a failing read must not fail the upload.
         Err(e) => tracing::warn!(error = %e, "OCR cache read failed"),
     }
-    let page: CachedPage = state
-        .ocr
-        .read_with(fetched.bytes.clone(), memo.vocabulary.clone())
-        .instrument(tracing::info_span!("ocr"))
-        .await?
-        .into();
-    match serde_json::to_string(&page) {
+    let pages = if is_pdf {
+        read_pdf(state, fetched, memo, pages_left)
+            .instrument(tracing::info_span!("pdf"))
+            .await?
+    } else {
+        pages_left.take(1)?;
+        let page: CachedPage = state
+            .ocr
+            .read_with(fetched.bytes.clone(), memo.vocabulary.clone())
+            .instrument(tracing::info_span!("ocr"))
+            .await?
+            .into();
+        vec![page]
+    };
+    let json = if is_pdf {
+        serde_json::to_string(&pages)
+    } else {
+        serde_json::to_string(&pages[0])
+    };
+    match json {
         Ok(json) => {
             if let Err(e) = state.store.cache_put(OCR_MEMO, &key, &json).await {
                 tracing::warn!(error = %e, "OCR cache write failed");
@@ -339,7 +429,56 @@ async fn recognise(
         }
         Err(e) => tracing::warn!(error = %e, "OCR result not cacheable"),
     }
-    Ok(page)
+    Ok(pages)
+}
+
+/// Renders a PDF and reads its pages as they come: page 2 is being rendered while page 1 is
+/// read, and up to [`PDF_PAGES_AHEAD`] rendered pages wait for the OCR pool.
+async fn read_pdf(
+    state: &AppState,
+    fetched: &FetchedImage,
+    memo: &OcrMemo,
+    pages_left: &PageBudget,
+) -> Result<Vec<CachedPage>, OcrError> {
+    let mut events = state
+        .pdf
+        .render(fetched.bytes.clone(), pages_left.left())
+        .await;
+    let mut reading = FuturesOrdered::new();
+    let mut pages = Vec::new();
+    let mut expected = None;
+    let mut rendering = true;
+    while rendering || !reading.is_empty() {
+        tokio::select! {
+            event = events.recv(), if rendering && reading.len() < PDF_PAGES_AHEAD => match event {
+                None => rendering = false,
+                Some(Err(error)) => return Err(error),
+                Some(Ok(PdfEvent::Pages(count))) => {
+                    pages_left.take(count)?;
+                    expected = Some(count);
+                    tracing::debug!(pages = count, "rendering PDF");
+                }
+                Some(Ok(PdfEvent::Page(page))) => reading.push_back(
+                    state
+                        .ocr
+                        .read_with(page.png, memo.vocabulary.clone())
+                        .instrument(tracing::info_span!("ocr", page = pages.len() + reading.len() + 1)),
+                ),
+            },
+            Some(read) = reading.next(), if !reading.is_empty() => {
+                pages.push(CachedPage::from(read?));
+            }
+        }
+    }
+    // The renderer ends its channel early only by reporting why; this says so if it did not.
+    if expected != Some(pages.len()) {
+        return Err(OcrError::UnreadablePdf(format!(
+            "rendering stopped after {} of {} pages",
+            pages.len(),
+            expected.map_or_else(|| "its".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(pages)
 }
 
 #[cfg(test)]

@@ -13,4 +13,6 @@ mod listings;
 mod local_grading;
 mod ops;
 mod review;
+#[path = "../../src/ocr/testpages.rs"]
+mod testpages;
 mod upload;

@@ -6,11 +6,13 @@ use examiner::store::OCR_MEMO;
 use image::ImageFormat;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use crate::helpers::{
     cer, encode, png, render_page, spawn_app, spawn_app_with, submission_count, upload_body,
     ImageServer,
 };
+use crate::testpages::scanned_pdf;
 
 const PAGE_ONE: &[&str] = &[
     "Name: Ravi Kumar   Roll No. 4521",
@@ -152,6 +154,139 @@ async fn printed_pages_become_stored_question_answer_pairs() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["extracted_text"], stored_images[0]["ocr_text"]);
+}
+
+#[tokio::test]
+async fn a_scanned_pdf_is_read_page_by_page() {
+    let app = spawn_app().await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    // Two pages scanned at 200 dpi into one PDF, as an office scanner sends a script.
+    let scan = scanned_pdf(&[
+        (render_page(PAGE_ONE), 200.0),
+        (render_page(PAGE_TWO), 200.0),
+    ]);
+    let url = images.add("script.pdf", "application/pdf", scan.clone());
+
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("script", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let found = pairs(&body);
+    let numbers: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(numbers, ["1.a", "1.b", "2"], "{body}");
+    // 1.b runs on from page 1 to page 2, as it does across two images.
+    let expected = "The accounting equation is Assets = Liabilities + Capital. Every transaction affects both sides of the equation.";
+    let rate = cer(expected, &found[1].1);
+    assert!(rate < 0.02, "CER {rate:.3}: {}", found[1].1);
+    for pair in body["qa_pairs"].as_array().unwrap() {
+        assert_eq!(pair["ocr_engine"], "tesseract:eng", "{pair}");
+        assert!(pair["ocr_confidence"].as_f64().unwrap() > 0.8, "{pair}");
+    }
+
+    // Stored as one image of two pages, rendered at 300 dpi (A4 width: 2481 pixels).
+    let id = body["submission_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/student-answers/{id}")).await;
+    let stored_images = stored["images"].as_array().unwrap();
+    assert_eq!(stored_images.len(), 1, "{stored}");
+    let image = &stored_images[0];
+    assert_eq!(image["image_id"], "script");
+    assert_eq!(image["media_type"], "application/pdf");
+    assert_eq!(image["pages"], 2);
+    assert_eq!(image["byte_size"], scan.len());
+    assert_eq!(image["width"], 2481);
+    let text = image["ocr_text"].as_str().unwrap();
+    assert!(
+        text.contains("going concern") && text.contains("Capital expenditure"),
+        "both pages' text: {text}"
+    );
+    // The pages' texts are memoised together under the document's hash (and the resolution),
+    // so erasing the user finds them.
+    let record = app.state.store.get_submission(id).await.unwrap().unwrap();
+    let sha = &record.images[0].content_sha256;
+    let key = record.images[0].ocr_memo_key.clone().expect("a memo key");
+    assert!(key.ends_with(&format!("pdf300:{sha}")), "{key}");
+    let memoised = app.state.store.cache_get(OCR_MEMO, &key).await.unwrap();
+    let memoised: Value = serde_json::from_str(&memoised.expect("memoised")).unwrap();
+    assert_eq!(memoised.as_array().map(Vec::len), Some(2), "{memoised}");
+
+    // A memoised PDF is served from the memo without being rendered: these bytes would not
+    // render, but their entry is there.
+    let unrenderable = b"%PDF-1.7\n% only its memo entry can be read".to_vec();
+    let unrenderable_sha = hex::encode(sha2::Sha256::digest(&unrenderable));
+    let fabricated = json!([
+        {"text": "1.a Read from the memo.", "confidence": 0.9, "engine": "tesseract:eng", "width": 10, "height": 10},
+        {"text": "Q2 Page two, also from the memo.", "confidence": 0.8, "engine": "tesseract:eng", "width": 10, "height": 10}
+    ]);
+    app.state
+        .store
+        .cache_put(
+            OCR_MEMO,
+            &key.replace(sha.as_str(), &unrenderable_sha),
+            &fabricated.to_string(),
+        )
+        .await
+        .unwrap();
+    let memo_url = images.add("memoised.pdf", "application/pdf", unrenderable);
+    let mut other = upload_body(&[("script", &memo_url)]);
+    other["user_id"] = "USER456".into();
+    let (status, again, _) = app.post("/upload-exam-answers", &other).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        pairs(&again),
+        [
+            ("1.a".to_string(), "Read from the memo.".to_string()),
+            ("2".to_string(), "Page two, also from the memo.".to_string())
+        ]
+    );
+    let id = again["submission_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/student-answers/{id}")).await;
+    assert_eq!(stored["images"][0]["pages"], 2, "{stored}");
+    assert_eq!(
+        stored["images"][0]["ocr_confidence"], 0.8,
+        "the lower page's"
+    );
+}
+
+#[tokio::test]
+async fn pdf_pages_count_towards_the_page_limit_and_bad_pdfs_are_refused() {
+    let app = spawn_app_with(|s| s.limits.max_pages = 2).await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    let scan = scanned_pdf(&[
+        (render_page(PAGE_ONE), 200.0),
+        (render_page(PAGE_TWO), 200.0),
+    ]);
+    let pdf = images.add("script.pdf", "application/pdf", scan);
+    let page = images.add(
+        "p3.png",
+        "image/png",
+        png(&["Q3 Accruals match costs to revenue."]),
+    );
+    assert_refused(
+        &app,
+        &upload_body(&[("script", &pdf), ("page_3", &page)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "limits.max_pages",
+    )
+    .await;
+    let junk = images.add(
+        "junk.pdf",
+        "application/pdf",
+        b"%PDF-1.7\nnot really".to_vec(),
+    );
+    assert_refused(
+        &app,
+        &upload_body(&[("junk", &junk)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a readable PDF",
+    )
+    .await;
+    // Within the limit the same scan is read.
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("script", &pdf)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

@@ -1,0 +1,440 @@
+//! Scanned answer scripts as PDF: a PDF given where an image is expected is rendered page by
+//! page into grayscale images, which then take the same OCR path as photos. Owns PDF
+//! sniffing, the resolution pages are rendered at and its caps, and rendering off the async
+//! executor.
+//!
+//! Promises:
+//! - pages come out in document order, each as PNG bytes the OCR readers accept;
+//! - a page is rendered at `dpi` unless that would break the decode caps (pixels, side), and
+//!   then at the highest resolution within them; a page that would be under [`MIN_DPI`]
+//!   within the caps is refused ([`OcrError::PdfPageTooLarge`]);
+//! - the page count is known, and checked against the caller's limit, before any page is
+//!   rendered ([`PdfEvent::Pages`] comes first);
+//! - a file that is not a readable PDF, one that needs a password, one without pages, and a
+//!   panic inside the renderer are errors that say which ([`OcrError::UnreadablePdf`],
+//!   [`OcrError::EncryptedPdf`]), never a crash;
+//! - at most `threads` documents render at once, on blocking threads; a renderer whose
+//!   reader went away (the upload failed elsewhere) stops after the page in hand.
+//!
+//! Rendering is hayro's: pure Rust without unsafe code, so untrusted PDF bytes never reach a
+//! C parser. It has no time limit of its own: a page's cost is bounded by the file's size
+//! (`fetch.max_image_bytes`), and [`PdfRenderer`] gives up between pages once a document
+//! has taken longer than its time limit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hayro::hayro_interpret::InterpreterSettings;
+use hayro::hayro_syntax::{LoadPdfError, Pdf};
+use hayro::vello_cpu::color::palette::css::WHITE;
+use hayro::{PixmapSettings, RenderCache, RenderSettings};
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{GrayImage, ImageEncoder};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{DecodeLimits, OcrError};
+
+/// The media type fetched PDFs are stored under.
+pub const MEDIA_TYPE: &str = "application/pdf";
+
+/// Pages are rendered at this resolution unless the caps need less: scanners write 200–300
+/// dpi, and Tesseract reads print best with text at 10–12 pt at 300 dpi.
+pub const DEFAULT_DPI: f32 = 300.0;
+
+/// Below this a page of handwriting is no longer legible to the engines.
+pub const MIN_DPI: f32 = 100.0;
+
+/// Default for how long one document may take to render, all pages together.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether `bytes` are a PDF: its header, `%PDF-`, within the first 1024 bytes (where PDF
+/// readers look for it; some writers put other bytes first).
+pub fn is_pdf(bytes: &[u8]) -> bool {
+    bytes[..bytes.len().min(1024)]
+        .windows(5)
+        .any(|w| w == b"%PDF-")
+}
+
+/// One rendered page.
+#[derive(Debug, Clone)]
+pub struct RenderedPage {
+    /// 8-bit grayscale PNG.
+    pub png: Bytes,
+    pub width: u32,
+    pub height: u32,
+    /// The resolution the page was rendered at (under `dpi` when the caps asked for less).
+    pub dpi: f32,
+}
+
+/// What a render reports, in this order: the page count once, then each page.
+#[derive(Debug)]
+pub enum PdfEvent {
+    Pages(usize),
+    Page(RenderedPage),
+}
+
+/// Renders PDFs on at most `threads` blocking threads at a time.
+#[derive(Debug, Clone)]
+pub struct PdfRenderer {
+    dpi: f32,
+    limits: DecodeLimits,
+    time_limit: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl PdfRenderer {
+    pub fn new(dpi: f32, limits: DecodeLimits, time_limit: Duration, threads: usize) -> Self {
+        PdfRenderer {
+            dpi,
+            limits,
+            time_limit,
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+        }
+    }
+
+    /// Starts rendering `bytes`; pages arrive on the receiver as they are done (one waits
+    /// while the reader is busy, so a long document never sits in memory whole). A document
+    /// with more than `max_pages` pages yields only [`OcrError::TooManyPages`]. The receiver
+    /// ends after the last page or the first error.
+    pub async fn render(
+        &self,
+        bytes: Bytes,
+        max_pages: usize,
+    ) -> mpsc::Receiver<Result<PdfEvent, OcrError>> {
+        let (tx, rx) = mpsc::channel(1);
+        let permit = self.permits.clone().acquire_owned().await;
+        let renderer = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _entered = span.enter();
+            let started = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                renderer.render_blocking(bytes, max_pages, |event| {
+                    tx.blocking_send(Ok(event)).is_ok()
+                })
+            }))
+            .unwrap_or_else(|_| Err(OcrError::UnreadablePdf("the renderer failed on it".into())));
+            metrics::histogram!("examiner_pdf_render_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if let Err(error) = result {
+                let _ = tx.blocking_send(Err(error));
+            }
+        });
+        rx
+    }
+
+    /// Renders every page in order, handing each to `emit`; stops early (with `Ok`) when
+    /// `emit` returns false.
+    pub fn render_blocking(
+        &self,
+        bytes: Bytes,
+        max_pages: usize,
+        mut emit: impl FnMut(PdfEvent) -> bool,
+    ) -> Result<(), OcrError> {
+        let started = Instant::now();
+        let pdf = Pdf::new(Arc::new(bytes)).map_err(|e| match e {
+            LoadPdfError::Decryption(_) => OcrError::EncryptedPdf,
+            LoadPdfError::Invalid => {
+                OcrError::UnreadablePdf("its structure could not be parsed".into())
+            }
+        })?;
+        let pages = pdf.pages();
+        if pages.is_empty() {
+            return Err(OcrError::UnreadablePdf("it has no pages".into()));
+        }
+        if pages.len() > max_pages {
+            return Err(OcrError::TooManyPages {
+                pages: pages.len(),
+                left: max_pages,
+            });
+        }
+        if !emit(PdfEvent::Pages(pages.len())) {
+            return Ok(());
+        }
+        let cache = RenderCache::new();
+        let interpreter = InterpreterSettings::default();
+        let settings = RenderSettings::default();
+        for (index, page) in pages.iter().enumerate() {
+            let number = index + 1;
+            if started.elapsed() > self.time_limit {
+                return Err(OcrError::PdfTimedOut {
+                    pages_done: index,
+                    limit_secs: self.time_limit.as_secs_f64(),
+                });
+            }
+            let (width_pt, height_pt) = page.render_dimensions();
+            let scale = render_scale(width_pt, height_pt, self.dpi, &self.limits).ok_or(
+                OcrError::PdfPageTooLarge {
+                    page: number,
+                    width_in: width_pt / 72.0,
+                    height_in: height_pt / 72.0,
+                },
+            )?;
+            // The renderer truncates the scaled size, so 216 pt at 300 dpi would come out
+            // 899 pixels wide (899.99…): aim a hair past the rounded size instead.
+            let fit = |points: f32| ((points * scale).round().max(1.0) + 0.01) / points;
+            let pixmap = catch_unwind(AssertUnwindSafe(|| {
+                hayro::render(
+                    page,
+                    &cache,
+                    &interpreter,
+                    &settings,
+                    &PixmapSettings {
+                        x_scale: fit(width_pt),
+                        y_scale: fit(height_pt),
+                        bg_color: WHITE,
+                    },
+                )
+            }))
+            .map_err(|_| OcrError::UnreadablePdf(format!("page {number} could not be rendered")))?;
+            let gray = to_gray(
+                u32::from(pixmap.width()),
+                u32::from(pixmap.height()),
+                pixmap.data_as_u8_slice(),
+            );
+            let rendered = RenderedPage {
+                png: encode_png(&gray)?,
+                width: gray.width(),
+                height: gray.height(),
+                dpi: scale * 72.0,
+            };
+            if !emit(PdfEvent::Page(rendered)) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pixels per point for a page of `width_pt` × `height_pt`: `dpi / 72` when the caps allow
+/// it, else the most they allow; `None` when that is under [`MIN_DPI`] or the page has no
+/// area.
+fn render_scale(width_pt: f32, height_pt: f32, dpi: f32, limits: &DecodeLimits) -> Option<f32> {
+    if !(width_pt.is_finite() && height_pt.is_finite() && width_pt >= 1.0 && height_pt >= 1.0) {
+        return None;
+    }
+    // The renderer sizes its canvas in u16.
+    // A pixel short of the caps: the page's size is rounded to whole pixels afterwards.
+    let max_side = (limits.max_side.min(u32::from(u16::MAX)) - 1) as f32;
+    let max_pixels = limits.max_pixels as f32 * 0.999;
+    let scale = (dpi / 72.0)
+        .min(max_side / width_pt.max(height_pt))
+        .min((max_pixels / (width_pt * height_pt)).sqrt());
+    (scale * 72.0 >= MIN_DPI).then_some(scale)
+}
+
+/// Premultiplied RGBA over an opaque white background is plain RGBA; weighted as Rec. 709
+/// luma, the same weights the image decoder uses for photos.
+fn to_gray(width: u32, height: u32, rgba: &[u8]) -> GrayImage {
+    let luma = rgba
+        .chunks_exact(4)
+        .map(|p| {
+            let (r, g, b) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
+            ((2126 * r + 7152 * g + 722 * b + 5000) / 10_000) as u8
+        })
+        .collect();
+    GrayImage::from_raw(width, height, luma).expect("one luma byte per RGBA pixel")
+}
+
+/// Fast compression: the page is decoded again a moment later, on this machine.
+fn encode_png(gray: &GrayImage) -> Result<Bytes, OcrError> {
+    let mut out = Vec::with_capacity(gray.as_raw().len() / 8);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            gray.as_raw(),
+            gray.width(),
+            gray.height(),
+            image::ExtendedColorType::L8,
+        )
+        .map_err(|e| OcrError::Corrupt(format!("rendered page could not be encoded: {e}")))?;
+    Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ocr::testpages::scanned_pdf;
+    use image::Luma;
+
+    fn renderer() -> PdfRenderer {
+        PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
+    }
+
+    /// A white page of `width` × `height` pixels with a black bar in the top-left quarter.
+    fn page(width: u32, height: u32) -> GrayImage {
+        let mut page = GrayImage::from_pixel(width, height, Luma([255]));
+        for y in 0..height / 4 {
+            for x in 0..width / 4 {
+                page.put_pixel(x, y, Luma([0]));
+            }
+        }
+        page
+    }
+
+    fn render_all(
+        renderer: &PdfRenderer,
+        pdf: Vec<u8>,
+        max_pages: usize,
+    ) -> Result<(Option<usize>, Vec<RenderedPage>), OcrError> {
+        let mut count = None;
+        let mut pages = Vec::new();
+        renderer.render_blocking(pdf.into(), max_pages, |event| {
+            match event {
+                PdfEvent::Pages(n) => {
+                    assert!(count.is_none() && pages.is_empty(), "the count comes first");
+                    count = Some(n);
+                }
+                PdfEvent::Page(p) => pages.push(p),
+            }
+            true
+        })?;
+        Ok((count, pages))
+    }
+
+    #[test]
+    fn pages_come_out_in_order_at_the_set_resolution() {
+        // A 2 × 3 inch page and a 3 × 2 inch one, scanned at 100 dpi.
+        let pdf = scanned_pdf(&[(page(200, 300), 100.0), (page(300, 200), 100.0)]);
+        assert!(is_pdf(&pdf));
+        let (count, pages) = render_all(&renderer(), pdf, 10).unwrap();
+        assert_eq!(count, Some(2));
+        let sizes: Vec<(u32, u32)> = pages.iter().map(|p| (p.width, p.height)).collect();
+        assert_eq!(sizes, [(600, 900), (900, 600)], "300 dpi");
+        for rendered in &pages {
+            assert!((rendered.dpi - 300.0).abs() < 0.01);
+            let gray = image::load_from_memory(&rendered.png).unwrap().into_luma8();
+            assert_eq!(gray.dimensions(), (rendered.width, rendered.height));
+            // The bar is where the scan had it, and the rest of the page is white.
+            let (w, h) = gray.dimensions();
+            assert!(gray.get_pixel(w / 8, h / 8)[0] < 60, "inside the bar");
+            assert!(gray.get_pixel(w * 3 / 4, h * 3 / 4)[0] > 200, "outside it");
+        }
+    }
+
+    #[test]
+    fn a_page_too_big_for_the_pixel_cap_is_rendered_smaller_or_refused() {
+        let limits = DecodeLimits {
+            max_pixels: 2_000_000,
+            ..DecodeLimits::default()
+        };
+        let capped = PdfRenderer::new(DEFAULT_DPI, limits, DEFAULT_TIME_LIMIT, 1);
+        // 8 × 10 inches: 7.2 MP at 300 dpi, so rendered at sqrt(2e6 / 80) = 158 dpi.
+        let pdf = scanned_pdf(&[(page(800, 1000), 100.0)]);
+        let (_, pages) = render_all(&capped, pdf, 10).unwrap();
+        let rendered = &pages[0];
+        assert!(u64::from(rendered.width) * u64::from(rendered.height) <= 2_000_000);
+        assert!((150.0..160.0).contains(&rendered.dpi), "{}", rendered.dpi);
+        // 20 × 25 inches would be under 100 dpi within the cap.
+        let poster = scanned_pdf(&[(page(2000, 2500), 100.0)]);
+        let error = render_all(&capped, poster, 10).unwrap_err();
+        assert!(
+            matches!(error, OcrError::PdfPageTooLarge { page: 1, .. }),
+            "{error:?}"
+        );
+        assert!(error.is_bad_input());
+        assert!(error.to_string().contains("20.0 × 25.0 in"), "{error}");
+    }
+
+    #[test]
+    fn the_page_count_is_checked_before_any_page_is_rendered() {
+        let pdf = scanned_pdf(&[(page(100, 100), 100.0), (page(100, 100), 100.0)]);
+        let mut events = 0;
+        let error = renderer()
+            .render_blocking(pdf.into(), 1, |_| {
+                events += 1;
+                true
+            })
+            .unwrap_err();
+        assert_eq!(events, 0);
+        assert!(
+            matches!(error, OcrError::TooManyPages { pages: 2, left: 1 }),
+            "{error:?}"
+        );
+        assert!(error.is_bad_input());
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_stops_the_render() {
+        let pdf = scanned_pdf(&vec![(page(100, 100), 100.0); 3]);
+        let mut events = 0;
+        renderer()
+            .render_blocking(pdf.into(), 10, |_| {
+                events += 1;
+                events < 2 // the count, then one page
+            })
+            .unwrap();
+        assert_eq!(events, 2);
+    }
+
+    #[test]
+    fn what_is_not_a_readable_pdf_says_so() {
+        for junk in [
+            &b"%PDF-1.7\n this is not a PDF"[..],
+            b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF",
+        ] {
+            let error = render_all(&renderer(), junk.to_vec(), 10).unwrap_err();
+            assert!(matches!(error, OcrError::UnreadablePdf(_)), "{error:?}");
+            assert!(error.is_bad_input());
+        }
+        // A truncated scan (half its image, no cross-reference table) is read as viewers
+        // read it: the objects that survive are found by scanning, and the page renders with
+        // what is left of its image.
+        let pdf = scanned_pdf(&[(page(200, 200), 100.0)]);
+        let (count, pages) = render_all(&renderer(), pdf[..pdf.len() / 2].to_vec(), 10).unwrap();
+        assert_eq!((count, pages.len()), (Some(1), 1));
+    }
+
+    #[test]
+    fn a_pdf_locked_by_a_password_says_so() {
+        // The standard security handler with a user password the empty one does not open.
+        let pdf = scanned_pdf(&[(page(100, 100), 100.0)]);
+        let root = b"/Root 1 0 R";
+        let at = pdf.windows(root.len()).rposition(|w| w == root).unwrap() + root.len();
+        let mut locked = pdf[..at].to_vec();
+        locked.extend_from_slice(
+            format!(
+                " /Encrypt << /Filter /Standard /V 1 /R 2 /P -4 /O <{}> /U <{}> >> /ID [<{}> <{}>]",
+                "1f".repeat(32),
+                "2e".repeat(32),
+                "3d".repeat(16),
+                "3d".repeat(16)
+            )
+            .as_bytes(),
+        );
+        locked.extend_from_slice(&pdf[at..]);
+        let error = render_all(&renderer(), locked, 10).unwrap_err();
+        assert!(matches!(error, OcrError::EncryptedPdf), "{error:?}");
+        assert!(error.is_bad_input());
+        assert!(error.to_string().contains("password"), "{error}");
+    }
+
+    #[test]
+    fn the_header_is_found_where_readers_look_for_it() {
+        assert!(is_pdf(b"%PDF-1.7\n"));
+        let mut late = vec![b' '; 1000];
+        late.extend_from_slice(b"%PDF-1.4\n");
+        assert!(is_pdf(&late));
+        let mut too_late = vec![b' '; 1100];
+        too_late.extend_from_slice(b"%PDF-1.4\n");
+        assert!(!is_pdf(&too_late));
+        assert!(!is_pdf(b"\x89PNG\r\n\x1a\n"));
+        assert!(!is_pdf(b""));
+    }
+
+    #[test]
+    fn render_scale_keeps_to_the_caps() {
+        let limits = DecodeLimits::default();
+        // A4 at 300 dpi fits.
+        let a4 = render_scale(595.0, 842.0, 300.0, &limits).unwrap();
+        assert!((a4 - 300.0 / 72.0).abs() < 1e-4);
+        // A 1 × 100 inch strip: the side cap (20,000 px) allows 200 dpi.
+        let strip = render_scale(72.0, 7200.0, 300.0, &limits).unwrap();
+        assert!((strip * 72.0 - 200.0).abs() < 0.05, "{}", strip * 72.0);
+        for (w, h) in [(0.0, 842.0), (f32::NAN, 842.0), (595.0, f32::INFINITY)] {
+            assert_eq!(render_scale(w, h, 300.0, &limits), None, "{w} × {h}");
+        }
+    }
+}
