@@ -183,7 +183,7 @@ pub struct SubmissionImage {
     pub byte_size: i64,
     /// Pages read: 1 for an image, the page count for a PDF.
     #[serde(default = "one_page")]
-    pub pages: i64,
+    pub page_count: i64,
     /// In pixels, as read; for a PDF, its first page as rendered.
     pub width: i64,
     pub height: i64,

@@ -71,6 +71,10 @@ pub struct QaPairOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PageOut {
     pub image_id: String,
+    /// `application/pdf` for a PDF, else the image's type.
+    pub media_type: String,
+    /// Pages read: 1 for an image, the page count for a PDF.
+    pub page_count: i64,
     pub ocr_confidence: f64,
     pub ocr_engine: String,
     pub content_sha256: String,
@@ -218,6 +222,8 @@ async fn upload_work(
             .iter()
             .map(|i| PageOut {
                 image_id: i.image_id.clone(),
+                media_type: i.media_type.clone(),
+                page_count: i.page_count,
                 ocr_confidence: i.ocr_confidence,
                 ocr_engine: i.ocr_engine.clone(),
                 content_sha256: i.content_sha256.clone(),

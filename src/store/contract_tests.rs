@@ -308,7 +308,7 @@ fn submission(id: &str, user_id: &str, at_offset_secs: i64) -> Submission {
                 ocr_confidence: 0.91,
                 ocr_engine: "tesseract".into(),
                 ocr_memo_key: Some(format!("tesseract:{}", "ab".repeat(32))),
-                pages: 1,
+                page_count: 1,
             },
             SubmissionImage {
                 // A scanned PDF: its page count comes back as stored.
@@ -323,7 +323,7 @@ fn submission(id: &str, user_id: &str, at_offset_secs: i64) -> Submission {
                 ocr_confidence: 0.88,
                 ocr_engine: "tesseract".into(),
                 ocr_memo_key: Some(format!("tesseract:{}", "cd".repeat(32))),
-                pages: 3,
+                page_count: 3,
             },
         ],
         extracted_text: "1.a going concern\n2 assets".into(),

@@ -117,7 +117,7 @@ const TABLES: &[Table] = &[
             ("ocr_confidence", Real),
             ("ocr_engine", Text),
             ("ocr_memo_key", Text),
-            ("pages", Int),
+            ("page_count", Int),
         ],
         key_columns: 2,
     },

@@ -668,7 +668,7 @@ pub(super) async fn insert_submission<C: Conn + ?Sized>(
         conn.execute(
             "INSERT INTO submission_images (submission_id, position, image_id, image_url,
                  content_sha256, media_type, byte_size, width, height, ocr_text,
-                 ocr_confidence, ocr_engine, ocr_memo_key, pages)
+                 ocr_confidence, ocr_engine, ocr_memo_key, page_count)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             args![
                 &s.submission_id,
@@ -684,7 +684,7 @@ pub(super) async fn insert_submission<C: Conn + ?Sized>(
                 image.ocr_confidence,
                 &image.ocr_engine,
                 &image.ocr_memo_key,
-                image.pages
+                image.page_count
             ],
         )
         .await?;
@@ -727,7 +727,7 @@ pub(super) async fn get_submission<C: Conn + ?Sized>(
     let images = conn
         .fetch_all(
             "SELECT image_id, image_url, content_sha256, media_type, byte_size, width, height,
-                    ocr_text, ocr_confidence, ocr_engine, ocr_memo_key, pages
+                    ocr_text, ocr_confidence, ocr_engine, ocr_memo_key, page_count
              FROM submission_images WHERE submission_id = $1 ORDER BY position",
             args![id],
         )
@@ -746,7 +746,7 @@ pub(super) async fn get_submission<C: Conn + ?Sized>(
                 ocr_confidence: r.col("ocr_confidence")?,
                 ocr_engine: r.col("ocr_engine")?,
                 ocr_memo_key: r.col("ocr_memo_key")?,
-                pages: r.col("pages")?,
+                page_count: r.col("page_count")?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

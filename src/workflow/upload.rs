@@ -235,7 +235,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                 content_sha256: fetched.sha256.clone(),
                 media_type: fetched.media_type.to_string(),
                 byte_size: fetched.bytes.len() as i64,
-                pages: pages.len() as i64,
+                page_count: pages.len() as i64,
                 width: pages.first().map_or(0, |p| i64::from(p.width)),
                 height: pages.first().map_or(0, |p| i64::from(p.height)),
                 ocr_text: pages

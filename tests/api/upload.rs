@@ -183,6 +183,8 @@ async fn a_scanned_pdf_is_read_page_by_page() {
         assert_eq!(pair["ocr_engine"], "tesseract:eng", "{pair}");
         assert!(pair["ocr_confidence"].as_f64().unwrap() > 0.8, "{pair}");
     }
+    assert_eq!(body["pages"][0]["media_type"], "application/pdf", "{body}");
+    assert_eq!(body["pages"][0]["page_count"], 2, "{body}");
 
     // Stored as one image of two pages, rendered at 300 dpi (A4 width: 2481 pixels).
     let id = body["submission_id"].as_str().unwrap();
@@ -192,7 +194,7 @@ async fn a_scanned_pdf_is_read_page_by_page() {
     let image = &stored_images[0];
     assert_eq!(image["image_id"], "script");
     assert_eq!(image["media_type"], "application/pdf");
-    assert_eq!(image["pages"], 2);
+    assert_eq!(image["page_count"], 2);
     assert_eq!(image["byte_size"], scan.len());
     assert_eq!(image["width"], 2481);
     let text = image["ocr_text"].as_str().unwrap();
@@ -241,7 +243,7 @@ async fn a_scanned_pdf_is_read_page_by_page() {
     );
     let id = again["submission_id"].as_str().unwrap();
     let (_, stored, _) = app.get(&format!("/student-answers/{id}")).await;
-    assert_eq!(stored["images"][0]["pages"], 2, "{stored}");
+    assert_eq!(stored["images"][0]["page_count"], 2, "{stored}");
     assert_eq!(
         stored["images"][0]["ocr_confidence"], 0.8,
         "the lower page's"
