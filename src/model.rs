@@ -246,6 +246,8 @@ pub struct SubmissionSummary {
     pub exam_code: String,
     pub question_paper_code: String,
     pub image_count: i64,
+    /// Pages read in all: an image is one, a PDF as many as it has.
+    pub page_count: i64,
     pub question_count: i64,
     pub created_at: DateTime<Utc>,
 }

@@ -26,12 +26,13 @@ use crate::store::Filter;
 use crate::workflow::evaluate::{self, Caller as GradingCaller, EvaluateInput, PairInput};
 use crate::workflow::upload::{self, ImageRef, UploadInput};
 
-/// An image of the student's written answers.
+/// An image of the student's written answers, or a scanned PDF of them.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UploadImage {
     #[schema(example = "img_1")]
     pub image_id: String,
-    /// `http(s)://` URL or a base64 `data:` URL of a PNG, JPEG, TIFF, WebP, BMP or GIF image.
+    /// `http(s)://` URL or a base64 `data:` URL of a PNG, JPEG, TIFF, WebP, BMP or GIF image,
+    /// or of a PDF, whose pages are read in order (each counts towards `limits.max_pages`).
     #[schema(example = "https://example.com/image1.jpg")]
     pub image_url: String,
 }
@@ -132,7 +133,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<Value, ApiError> {
               (status = 403, description = "A student key acting for another user"),
               (status = 404, description = "Course, exam or paper unknown"),
               (status = 413, description = "An image or all images together too large"),
-              (status = 422, description = "Invalid request, or an image URL unusable"),
+              (status = 422, description = "Invalid request, an image URL unusable, an image or PDF unreadable, or more pages than limits.max_pages"),
               (status = 429, description = "Rate limited"),
               (status = 502, description = "An image's server failed"),
               (status = 503, description = "Too much work in progress")))]

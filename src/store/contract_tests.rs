@@ -402,9 +402,15 @@ async fn submissions(store: &dyn Store) {
     assert_eq!(
         listed
             .iter()
-            .map(|s| (s.submission_id.as_str(), s.image_count, s.question_count))
+            .map(|s| (
+                s.submission_id.as_str(),
+                s.image_count,
+                s.page_count,
+                s.question_count
+            ))
             .collect::<Vec<_>>(),
-        vec![("S2", 1, 2), ("S1", 1, 2)]
+        // An image and a PDF of three pages each.
+        vec![("S2", 2, 4, 2), ("S1", 2, 4, 2)]
     );
     let limited = store
         .list_submissions(&Filter {

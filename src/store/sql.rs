@@ -822,6 +822,8 @@ pub(super) async fn list_submissions<C: Conn + ?Sized>(
                 s.question_paper_code, s.created_at,
                 (SELECT COUNT(*) FROM submission_images i
                   WHERE i.submission_id = s.submission_id) AS image_count,
+                (SELECT CAST(COALESCE(SUM(i.page_count), 0) AS BIGINT) FROM submission_images i
+                  WHERE i.submission_id = s.submission_id) AS page_count,
                 (SELECT COUNT(*) FROM submission_answers a
                   WHERE a.submission_id = s.submission_id) AS question_count
          FROM submissions s
@@ -847,6 +849,7 @@ pub(super) async fn list_submissions<C: Conn + ?Sized>(
             exam_code: r.col("exam_code")?,
             question_paper_code: r.col("question_paper_code")?,
             image_count: r.col("image_count")?,
+            page_count: r.col("page_count")?,
             question_count: r.col("question_count")?,
             created_at: time_col(r, "created_at")?,
         })

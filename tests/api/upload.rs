@@ -197,6 +197,14 @@ async fn a_scanned_pdf_is_read_page_by_page() {
     assert_eq!(image["page_count"], 2);
     assert_eq!(image["byte_size"], scan.len());
     assert_eq!(image["width"], 2481);
+    let (_, listed, _) = app
+        .get("/student-answers?user_id=USER123&question_paper_code=QP001")
+        .await;
+    assert_eq!(
+        (&listed[0]["image_count"], &listed[0]["page_count"]),
+        (&json!(1), &json!(2)),
+        "{listed}"
+    );
     let text = image["ocr_text"].as_str().unwrap();
     assert!(
         text.contains("going concern") && text.contains("Capital expenditure"),
