@@ -514,6 +514,22 @@ mod tests {
     }
 
     #[test]
+    fn the_page_budget_refuses_what_would_go_over_and_keeps_what_is_left() {
+        let budget = PageBudget::new(5);
+        budget.take(1).unwrap();
+        budget.take(3).unwrap();
+        let error = budget.take(2).unwrap_err();
+        assert!(
+            matches!(error, OcrError::TooManyPages { pages: 2, left: 1 }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("limits.max_pages"), "{error}");
+        assert_eq!(budget.left(), 1, "a refused document takes nothing");
+        budget.take(1).unwrap();
+        assert_eq!(budget.left(), 0);
+    }
+
+    #[test]
     fn a_reader_that_ignores_the_vocabulary_shares_its_memo_across_papers() {
         let (a, b) = two_papers();
         let (memo_a, memo_b) = (
