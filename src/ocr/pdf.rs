@@ -369,6 +369,29 @@ mod tests {
     }
 
     #[test]
+    fn a_document_over_its_time_limit_stops_between_pages() {
+        let pdf = scanned_pdf(&vec![(page(100, 100), 100.0); 2]);
+        let hurried = PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), Duration::ZERO, 1);
+        let mut rendered = 0;
+        let error = hurried
+            .render_blocking(pdf.into(), 10, |event| {
+                rendered += usize::from(matches!(event, PdfEvent::Page(_)));
+                true
+            })
+            .unwrap_err();
+        assert_eq!(rendered, 0);
+        assert!(
+            matches!(error, OcrError::PdfTimedOut { pages_done: 0, .. }),
+            "{error:?}"
+        );
+        assert!(error.is_bad_input());
+        assert!(
+            error.to_string().contains("ocr.pdf_time_limit_secs"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_reader_that_goes_away_stops_the_render() {
         let pdf = scanned_pdf(&vec![(page(100, 100), 100.0); 3]);
         let mut events = 0;
