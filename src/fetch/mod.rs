@@ -1,8 +1,9 @@
-//! Fetching answer images from the URLs users give: `http`, `https` and `data:`.
+//! Fetching answer images (and scanned PDFs) from the URLs users give: `http`, `https` and
+//! `data:`.
 //!
 //! The fetcher promises that what it returns is a complete image of a supported type
-//! (PNG, JPEG, TIFF, WebP, BMP, GIF) or a PDF — sniffed from the bytes, not trusted from headers —,
-//! no larger than the per-image cap, that all images of one request together stay under
+//! (PNG, JPEG, TIFF, WebP, BMP, GIF) or a PDF, as sniffed from the bytes (never trusted
+//! from headers), no larger than the per-image cap, that all images of one request together stay under
 //! the per-request cap, and that it never connected to an address the [`AddressGuard`]
 //! refuses — including after redirects. Connections are pooled and bounded by a
 //! service-wide semaphore; every fetch has connect and total timeouts.

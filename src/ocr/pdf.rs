@@ -104,18 +104,24 @@ impl PdfRenderer {
         max_pages: usize,
     ) -> mpsc::Receiver<Result<PdfEvent, OcrError>> {
         let (tx, rx) = mpsc::channel(1);
-        let permit = self.permits.clone().acquire_owned().await;
+        // The semaphore is never closed, so this always holds a permit.
+        let permit = self.permits.clone().acquire_owned().await.ok();
         let renderer = self.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _entered = span.enter();
             let started = Instant::now();
+            let mut waited = Duration::ZERO;
             let result = renderer.render_blocking(bytes, max_pages, |event| {
-                tx.blocking_send(Ok(event)).is_ok()
+                let handing_over = Instant::now();
+                let delivered = tx.blocking_send(Ok(event)).is_ok();
+                waited += handing_over.elapsed();
+                delivered
             });
+            // Time spent rendering, not waiting for the reader to take pages.
             metrics::histogram!("examiner_pdf_render_seconds")
-                .record(started.elapsed().as_secs_f64());
+                .record(started.elapsed().saturating_sub(waited).as_secs_f64());
             if let Err(error) = result {
                 let _ = tx.blocking_send(Err(error));
             }
@@ -176,6 +182,15 @@ impl PdfRenderer {
                 });
             }
             let (width_pt, height_pt) = page.render_dimensions();
+            if !(width_pt.is_finite()
+                && height_pt.is_finite()
+                && width_pt >= 1.0
+                && height_pt >= 1.0)
+            {
+                return Err(OcrError::UnreadablePdf(format!(
+                    "page {number} has no size ({width_pt} × {height_pt} pt)"
+                )));
+            }
             let scale = render_scale(width_pt, height_pt, self.dpi, &self.limits).ok_or(
                 OcrError::PdfPageTooLarge {
                     page: number,
@@ -213,6 +228,7 @@ impl PdfRenderer {
                 height: gray.height(),
                 dpi: scale * 72.0,
             };
+            metrics::counter!("examiner_pdf_pages_total").increment(1);
             if !emit(PdfEvent::Page(rendered)) {
                 return Ok(());
             }
@@ -221,16 +237,12 @@ impl PdfRenderer {
     }
 }
 
-/// Pixels per point for a page of `width_pt` × `height_pt`: `dpi / 72` when the caps allow
-/// it, else the most they allow; `None` when that is under [`MIN_DPI`] or the page has no
-/// area.
+/// Pixels per point for a page of `width_pt` × `height_pt` (at least 1 × 1): `dpi / 72` when
+/// the caps allow it, else the most they allow; `None` when that is under [`MIN_DPI`].
 fn render_scale(width_pt: f32, height_pt: f32, dpi: f32, limits: &DecodeLimits) -> Option<f32> {
-    if !(width_pt.is_finite() && height_pt.is_finite() && width_pt >= 1.0 && height_pt >= 1.0) {
-        return None;
-    }
-    // The renderer sizes its canvas in u16.
-    // A pixel short of the caps: the page's size is rounded to whole pixels afterwards.
-    let max_side = (limits.max_side.min(u32::from(u16::MAX)) - 1) as f32;
+    // A pixel short of the caps, since the size is rounded to whole pixels afterwards; and
+    // the renderer sizes its canvas in u16.
+    let max_side = limits.max_side.min(u32::from(u16::MAX)).saturating_sub(1) as f32;
     let max_pixels = limits.max_pixels as f32 * 0.999;
     let scale = (dpi / 72.0)
         .min(max_side / width_pt.max(height_pt))
@@ -504,8 +516,7 @@ mod tests {
         // A 1 × 100 inch strip: the side cap (20,000 px) allows 200 dpi.
         let strip = render_scale(72.0, 7200.0, 300.0, &limits).unwrap();
         assert!((strip * 72.0 - 200.0).abs() < 0.05, "{}", strip * 72.0);
-        for (w, h) in [(0.0, 842.0), (f32::NAN, 842.0), (595.0, f32::INFINITY)] {
-            assert_eq!(render_scale(w, h, 300.0, &limits), None, "{w} × {h}");
-        }
+        // A page the caps would push under 100 dpi.
+        assert_eq!(render_scale(72.0 * 300.0, 72.0, 300.0, &limits), None);
     }
 }
