@@ -146,13 +146,35 @@ impl PageBudget {
     }
 }
 
-/// A fetched image or PDF and what OCR read on each of its pages.
-type Document = (FetchedImage, Vec<CachedPage>);
+/// A fetched image or PDF, what OCR read on each of its pages, and where that is memoised.
+struct Document {
+    fetched: FetchedImage,
+    pages: Vec<CachedPage>,
+    memo_key: String,
+}
+
+/// What the OCR memo holds for a document: the list of its pages. Entries written before
+/// PDFs were read are an image's one page.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MemoisedPages {
+    Pages(Vec<CachedPage>),
+    Page(CachedPage),
+}
+
+impl MemoisedPages {
+    fn into_pages(self) -> Vec<CachedPage> {
+        match self {
+            MemoisedPages::Pages(pages) => pages,
+            MemoisedPages::Page(page) => vec![page],
+        }
+    }
+}
 
 /// Identifies a set of images by their content hashes, in order.
 fn images_digest(documents: &[Document]) -> String {
     let mut hasher = Sha256::new();
-    for (fetched, _) in documents {
+    for Document { fetched, .. } in documents {
         hasher.update(fetched.sha256.as_bytes());
         hasher.update(b"\n");
     }
@@ -187,13 +209,18 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            let pages = recognise(state, &fetched, memo, pages_left)
+            let memo_key = memo.key_of(&fetched);
+            let pages = recognise(state, &fetched, memo, &memo_key, pages_left)
                 .await
                 .map_err(|error| ApiError::Ocr {
                     image_id: image.image_id.clone(),
                     error,
                 })?;
-            Ok::<_, ApiError>((fetched, pages))
+            Ok::<_, ApiError>(Document {
+                fetched,
+                pages,
+                memo_key,
+            })
         }
         .instrument(span)
     }))
@@ -213,7 +240,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
     }
 
     let started = Instant::now();
-    let pages: Vec<&CachedPage> = documents.iter().flat_map(|(_, pages)| pages).collect();
+    let pages: Vec<&CachedPage> = documents.iter().flat_map(|d| &d.pages).collect();
     let texts: Vec<&str> = pages.iter().map(|page| page.text.as_str()).collect();
     let known = paper.question_numbers();
     let segmented = segment(&texts, Some(&known));
@@ -227,7 +254,12 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
         .images
         .iter()
         .zip(&documents)
-        .map(|(image, (fetched, pages))| {
+        .map(|(image, document)| {
+            let Document {
+                fetched,
+                pages,
+                memo_key,
+            } = document;
             let (confidence, engine) = reading_of(pages.iter());
             SubmissionImage {
                 image_id: image.image_id.clone(),
@@ -245,7 +277,7 @@ pub async fn upload(state: &AppState, input: UploadInput) -> Result<UploadOutcom
                     .join("\n"),
                 ocr_confidence: confidence.unwrap_or(0.0),
                 ocr_engine: engine.unwrap_or_default(),
-                ocr_memo_key: Some(memo.key_of(state, fetched)),
+                ocr_memo_key: Some(memo_key.clone()),
             }
         })
         .collect();
@@ -328,11 +360,16 @@ pub fn paper_vocabulary(paper: &QuestionPaper) -> Vocabulary {
 struct OcrMemo {
     vocabulary: Option<Arc<Vocabulary>>,
     prefix: String,
+    /// What a PDF's pages are rendered at, which their texts depend on too.
+    pdf_dpi: f32,
 }
 
 impl OcrMemo {
     fn for_paper(state: &AppState, paper: &QuestionPaper) -> Self {
-        Self::new(&state.ocr_cache_key, state.ocr.uses_vocabulary(), paper)
+        OcrMemo {
+            pdf_dpi: state.settings.ocr.pdf_dpi,
+            ..Self::new(&state.ocr_cache_key, state.ocr.uses_vocabulary(), paper)
+        }
     }
 
     fn new(engine_key: &str, uses_vocabulary: bool, paper: &QuestionPaper) -> Self {
@@ -344,21 +381,22 @@ impl OcrMemo {
             Some(v) => format!("{engine_key}:w{}", v.digest()),
             None => engine_key.to_string(),
         };
-        OcrMemo { vocabulary, prefix }
+        OcrMemo {
+            vocabulary,
+            prefix,
+            pdf_dpi: pdf::DEFAULT_DPI,
+        }
     }
 
     fn key(&self, image_sha256: &str) -> String {
         format!("{}:{image_sha256}", self.prefix)
     }
 
-    /// The memo key of a fetched document: a PDF's pages depend on the resolution they are
-    /// rendered at too.
-    fn key_of(&self, state: &AppState, fetched: &FetchedImage) -> String {
+    /// The memo key of a fetched document: an image's by its hash, a PDF's by its hash and
+    /// the resolution its pages are rendered at.
+    fn key_of(&self, fetched: &FetchedImage) -> String {
         if fetched.media_type == pdf::MEDIA_TYPE {
-            self.key(&format!(
-                "pdf{}:{}",
-                state.settings.ocr.pdf_dpi, fetched.sha256
-            ))
+            self.key(&format!("pdf{}:{}", self.pdf_dpi, fetched.sha256))
         } else {
             self.key(&fetched.sha256)
         }
@@ -370,24 +408,18 @@ impl OcrMemo {
 const PDF_PAGES_AHEAD: usize = 4;
 
 /// OCR of one fetched document (one page for an image, every page of a PDF in order),
-/// memoised by its content hash under the upload's [`OcrMemo`]. Its pages are taken from
-/// `pages_left` whether read or memoised.
+/// memoised under `key` ([`OcrMemo::key_of`]). Its pages are taken from `pages_left` whether
+/// read or memoised.
 async fn recognise(
     state: &AppState,
     fetched: &FetchedImage,
     memo: &OcrMemo,
+    key: &str,
     pages_left: &PageBudget,
 ) -> Result<Vec<CachedPage>, OcrError> {
-    let is_pdf = fetched.media_type == pdf::MEDIA_TYPE;
-    let key = memo.key_of(state, fetched);
-    match state.store.cache_get(OCR_MEMO, &key).await {
+    match state.store.cache_get(OCR_MEMO, key).await {
         Ok(Some(json)) => {
-            // An image's entry is its page; a PDF's, the list of its pages.
-            let cached = if is_pdf {
-                serde_json::from_str::<Vec<CachedPage>>(&json)
-            } else {
-                serde_json::from_str::<CachedPage>(&json).map(|page| vec![page])
-            };
+            let cached = serde_json::from_str(&json).map(MemoisedPages::into_pages);
             match cached {
                 Ok(pages) if !pages.is_empty() => {
                     pages_left.take(pages.len())?;
@@ -402,7 +434,7 @@ async fn recognise(
         // The cache only saves work; a failing read must not fail the upload.
         Err(e) => tracing::warn!(error = %e, "OCR cache read failed"),
     }
-    let pages = if is_pdf {
+    let pages = if fetched.media_type == pdf::MEDIA_TYPE {
         read_pdf(state, fetched, memo, pages_left)
             .instrument(tracing::info_span!("pdf"))
             .await?
@@ -416,14 +448,9 @@ async fn recognise(
             .into();
         vec![page]
     };
-    let json = if is_pdf {
-        serde_json::to_string(&pages)
-    } else {
-        serde_json::to_string(&pages[0])
-    };
-    match json {
+    match serde_json::to_string(&pages) {
         Ok(json) => {
-            if let Err(e) = state.store.cache_put(OCR_MEMO, &key, &json).await {
+            if let Err(e) = state.store.cache_put(OCR_MEMO, key, &json).await {
                 tracing::warn!(error = %e, "OCR cache write failed");
             }
         }
@@ -511,6 +538,41 @@ mod tests {
             ),
             paper("QP-B", "Goodwill is the value of a business's reputation."),
         )
+    }
+
+    #[test]
+    fn a_pdfs_memo_key_names_its_resolution_and_entries_of_either_shape_are_read() {
+        let (a, _) = two_papers();
+        let memo = OcrMemo {
+            pdf_dpi: 200.0,
+            ..OcrMemo::new("tesseract:eng:p1", false, &a)
+        };
+        let fetched = |media_type| FetchedImage {
+            bytes: bytes::Bytes::new(),
+            media_type,
+            sha256: "abc".into(),
+            stored_url: String::new(),
+        };
+        assert_eq!(memo.key_of(&fetched("image/png")), "tesseract:eng:p1:abc");
+        assert_eq!(
+            memo.key_of(&fetched(pdf::MEDIA_TYPE)),
+            "tesseract:eng:p1:pdf200:abc"
+        );
+        let page =
+            r#"{"text":"1.a x","confidence":0.9,"engine":"tesseract:eng","width":1,"height":2}"#;
+        let read = |json: &str| {
+            serde_json::from_str::<MemoisedPages>(json)
+                .unwrap()
+                .into_pages()
+        };
+        // Written before PDFs were read: one page on its own.
+        let old = read(page);
+        assert_eq!(
+            (old.len(), old[0].text.as_str(), old[0].height),
+            (1, "1.a x", 2)
+        );
+        let list = read(&format!("[{page},{page}]"));
+        assert_eq!(list.len(), 2);
     }
 
     #[test]

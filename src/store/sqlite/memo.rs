@@ -213,7 +213,9 @@ impl MemoLog {
         let mut tx = self.db.writer.begin().await?;
         let mut candidates = Vec::new();
         for chunk in addresses.chunks(ROWS_PER_STATEMENT) {
-            let mut select = in_list("SELECT id FROM memo_addresses WHERE address IN", chunk);
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT id FROM memo_addresses WHERE address IN");
+            push_list(&mut select, chunk);
             candidates.extend(
                 select
                     .build_query_scalar::<i64>()
@@ -225,20 +227,24 @@ impl MemoLog {
         let mut doomed = Vec::new();
         let mut found = HashSet::new();
         for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
-            let mut select = in_list("SELECT id, namespace, key FROM memo_log WHERE id IN", chunk);
-            let rows: Vec<(i64, String, String)> =
-                select.build_query_as().fetch_all(&mut *tx).await?;
-            for (id, _, key) in rows.iter().filter(|(_, ns, _)| ns == namespace) {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT id, key FROM memo_log WHERE namespace = ");
+            select.push_bind(namespace).push(" AND id IN");
+            push_list(&mut select, chunk);
+            let rows: Vec<(i64, String)> = select.build_query_as().fetch_all(&mut *tx).await?;
+            for (id, key) in rows {
                 if let Some(key) = keys.get(key.as_str()) {
-                    doomed.push(*id);
+                    doomed.push(id);
                     found.insert(*key);
                 }
             }
         }
         for table in ["memo_log", "memo_addresses"] {
             for chunk in doomed.chunks(ROWS_PER_STATEMENT) {
-                let statement = format!("DELETE FROM {table} WHERE id IN");
-                in_list(statement, chunk).build().execute(&mut *tx).await?;
+                let mut delete =
+                    sqlx::QueryBuilder::new(format!("DELETE FROM {table} WHERE id IN"));
+                push_list(&mut delete, chunk);
+                delete.build().execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
@@ -282,19 +288,14 @@ impl MemoLog {
     }
 }
 
-/// `{statement} (v1, v2, …)`, the values bound.
-fn in_list<'a>(
-    statement: impl Into<String>,
-    values: &'a [i64],
-) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
-    let mut query = sqlx::QueryBuilder::new(statement);
+/// Appends ` (v1, v2, …)` to `query`, the values bound: the list of an `IN`.
+fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [i64]) {
     query.push(" (");
     let mut list = query.separated(", ");
     for value in values {
         list.push_bind(*value);
     }
     query.push(")");
-    query
 }
 
 /// Addresses read per query while loading the index: each read is short, so other queries on
