@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::client::ChatMessage;
+use super::client::Conversation;
 use super::prompts::PROMPT_VERSION;
 use super::{ReplyCache, StageRole};
 use crate::store::Store;
@@ -24,12 +24,13 @@ use crate::store::Store;
 /// The parts stream straight into the hash: a tuple serialises as the same JSON array as
 /// `json!([...])` did (a message's fields are declared in sorted order), so keys are unchanged
 /// but each stage no longer copies its whole prompt into a `Value` and a buffer first.
-pub(crate) fn cache_key(role: StageRole, model: &str, messages: &[ChatMessage]) -> String {
+pub(crate) fn cache_key(role: StageRole, model: &str, conversation: &Conversation) -> String {
     let mut hasher = HashWriter(Sha256::new());
-    // Writing into a hasher cannot fail, and these types always serialise.
+    // Writing into a hasher cannot fail, and these types always serialise. The messages go in
+    // as the conversation encoded them: the same bytes as serialising them here.
     let _ = serde_json::to_writer(
         &mut hasher,
-        &(role.as_str(), model, PROMPT_VERSION, messages),
+        &(role.as_str(), model, PROMPT_VERSION, conversation.json()),
     );
     hex::encode(hasher.0.finalize())
 }
@@ -318,6 +319,8 @@ impl ReplyCache for StoreReplyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grade::client::ChatMessage;
+    use crate::grade::prompts::system_prompt;
 
     async fn open_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
         let url = format!("sqlite://{}", dir.path().join("memo.db").display());
@@ -389,24 +392,42 @@ mod tests {
 
     #[test]
     fn keys_are_those_of_the_json_array_encoding() {
-        let messages = vec![
-            ChatMessage::system("Grade. \"Quotes\", ünïcode, <<<delimiters>>>"),
-            ChatMessage::user("line one\nline two"),
-        ];
-        let material = serde_json::json!([
-            StageRole::Verifier.as_str(),
-            "model-x",
-            PROMPT_VERSION,
-            messages
+        // Keys written by earlier builds must still find their replies: the key is the hash of
+        // the (role, model, version, messages) array however the messages were encoded, also
+        // for the roles' own system messages (copied in pre-encoded) and after a re-ask.
+        let mut asked_again = Conversation::new(vec![
+            ChatMessage::system(system_prompt(StageRole::Evaluator)),
+            ChatMessage::user("answer"),
         ]);
-        let expected = hex::encode(Sha256::digest(serde_json::to_vec(&material).unwrap()));
-        assert_eq!(
-            cache_key(StageRole::Verifier, "model-x", &messages),
-            expected
-        );
-        assert_ne!(
-            cache_key(StageRole::Evaluator, "model-x", &messages),
-            expected
-        );
+        asked_again.push(ChatMessage::assistant("{\"marks\": \"x\"}"));
+        asked_again.push(ChatMessage::user("Your previous reply was invalid."));
+        let conversations = [
+            Conversation::new(vec![
+                ChatMessage::system("Grade. \"Quotes\", ünïcode, <<<delimiters>>>"),
+                ChatMessage::user("line one\nline two"),
+            ]),
+            Conversation::new(vec![
+                ChatMessage::system(system_prompt(StageRole::Verifier)),
+                ChatMessage::user("line one\nline two"),
+            ]),
+            asked_again,
+        ];
+        for conversation in &conversations {
+            let material = serde_json::json!([
+                StageRole::Verifier.as_str(),
+                "model-x",
+                PROMPT_VERSION,
+                conversation.messages()
+            ]);
+            let expected = hex::encode(Sha256::digest(serde_json::to_vec(&material).unwrap()));
+            assert_eq!(
+                cache_key(StageRole::Verifier, "model-x", conversation),
+                expected
+            );
+            assert_ne!(
+                cache_key(StageRole::Evaluator, "model-x", conversation),
+                expected
+            );
+        }
     }
 }

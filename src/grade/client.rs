@@ -15,16 +15,18 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::http1::{Http1Client, Http1Error};
+use super::prompts::system_prompts;
 use super::replies::extract_json;
 use super::settings::{redact_url, LlmBackendSettings};
 use super::GradeError;
@@ -51,8 +53,8 @@ pub(crate) enum ChatRole {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub(crate) struct ChatMessage {
     // Declared in sorted order so that serialising a message directly gives the same bytes as
-    // serialising it through a `serde_json::Value` (a sorted map), as request bodies were
-    // built before [`ChatRequest`]; cache keys still go through a `Value`.
+    // serialising it through a `serde_json::Value` (a sorted map), as request bodies and memo
+    // keys were built before [`ChatRequest`] and [`Conversation`].
     pub content: String,
     pub role: ChatRole,
 }
@@ -76,6 +78,81 @@ impl ChatMessage {
             content: content.into(),
         }
     }
+}
+
+/// A stage's messages together with their JSON array, encoded once: the request body embeds
+/// the array as it is and the memo key hashes it, so the prompts are escaped once per call
+/// rather than once for the key and again for the body. The roles' system messages never
+/// change, so each is encoded once per process and copied in.
+#[derive(Debug)]
+pub(crate) struct Conversation {
+    messages: Vec<ChatMessage>,
+    json: Box<RawValue>,
+}
+
+impl Conversation {
+    pub(crate) fn new(messages: Vec<ChatMessage>) -> Self {
+        let json = encode_messages(&messages);
+        Conversation { messages, json }
+    }
+
+    /// Adds a turn (the re-ask after an invalid reply) and encodes the array again.
+    pub(crate) fn push(&mut self, message: ChatMessage) {
+        self.messages.push(message);
+        self.json = encode_messages(&self.messages);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> &[ChatMessage] {
+        &self.messages
+    }
+
+    /// The messages as a JSON array, byte for byte what serialising them gives.
+    pub(crate) fn json(&self) -> &RawValue {
+        &self.json
+    }
+}
+
+fn encode_messages(messages: &[ChatMessage]) -> Box<RawValue> {
+    static SYSTEM: LazyLock<Vec<(&'static str, Box<RawValue>)>> = LazyLock::new(|| {
+        system_prompts()
+            .iter()
+            .map(|prompt| {
+                let encoded =
+                    serde_json::value::to_raw_value(&ChatMessage::system(prompt.as_str()))
+                        .expect("a chat message always serialises");
+                (prompt.as_str(), encoded)
+            })
+            .collect()
+    });
+    /// A message, or the encoding of an identical one made before.
+    enum Part<'a> {
+        Encoded(&'a RawValue),
+        Message(&'a ChatMessage),
+    }
+    impl Serialize for Part<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Part::Encoded(raw) => raw.serialize(serializer),
+                Part::Message(message) => message.serialize(serializer),
+            }
+        }
+    }
+    let parts: Vec<Part<'_>> = messages
+        .iter()
+        .map(|message| {
+            let known = (message.role == ChatRole::System)
+                .then(|| SYSTEM.iter().find(|(prompt, _)| *prompt == message.content))
+                .flatten();
+            match known {
+                Some((_, encoded)) => Part::Encoded(encoded),
+                None => Part::Message(message),
+            }
+        })
+        .collect();
+    // `to_raw_value` writes the text without parsing it back; it fails only for non-string map
+    // keys, which these types do not have.
+    serde_json::value::to_raw_value(&parts).expect("chat messages always serialise")
 }
 
 /// How structured output is requested, best first.
@@ -209,7 +286,7 @@ pub(crate) struct ChatRequest<'a> {
     max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
-    messages: &'a [ChatMessage],
+    messages: &'a RawValue,
     model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormat<'a>>,
@@ -323,7 +400,7 @@ impl ChatBackend {
     /// fallback. `stats` accumulates attempts and token usage even when it fails.
     pub(crate) async fn complete(
         &self,
-        messages: &[ChatMessage],
+        conversation: &Conversation,
         schema_name: &str,
         schema: &Value,
         stats: &mut CallStats,
@@ -362,7 +439,9 @@ impl ChatBackend {
                 }
             };
             stats.attempts += 1;
-            let result = self.send_once(messages, mode, schema_name, schema).await;
+            let result = self
+                .send_once(conversation, mode, schema_name, schema)
+                .await;
             drop(permit);
             let err = match result {
                 Ok((completion, prompt, completion_tokens)) => {
@@ -423,7 +502,7 @@ impl ChatBackend {
 
     fn request_body<'a>(
         &'a self,
-        messages: &'a [ChatMessage],
+        conversation: &'a Conversation,
         mode: OutputMode,
         schema_name: &'a str,
         schema: &'a Value,
@@ -434,7 +513,7 @@ impl ChatBackend {
         ChatRequest {
             max_completion_tokens: new_param.then_some(max_tokens),
             max_tokens: (!new_param).then_some(max_tokens),
-            messages,
+            messages: conversation.json(),
             model: &self.settings.model,
             response_format: match mode {
                 OutputMode::JsonSchema => Some(ResponseFormat {
@@ -460,12 +539,12 @@ impl ChatBackend {
     /// One HTTP request; returns the completion and the usage it reported.
     async fn send_once(
         &self,
-        messages: &[ChatMessage],
+        conversation: &Conversation,
         mode: OutputMode,
         schema_name: &str,
         schema: &Value,
     ) -> Result<(Completion, Option<u64>, Option<u64>), LlmError> {
-        let body = self.request_body(messages, mode, schema_name, schema);
+        let body = self.request_body(conversation, mode, schema_name, schema);
         if let Some(lean) = &self.lean {
             return self.send_lean(lean, &body).await;
         }
@@ -942,12 +1021,12 @@ pub async fn check_backend(settings: &LlmBackendSettings, lean_http1: bool) -> B
         "required": ["ok"],
         "additionalProperties": false
     });
-    let messages = [
+    let messages = Conversation::new(vec![
         ChatMessage::system(
             "You are a connectivity check. Reply with only this JSON object: {\"ok\": true}",
         ),
         ChatMessage::user("Reply with the JSON object {\"ok\": true} and nothing else."),
-    ];
+    ]);
     for mode in [
         OutputMode::JsonSchema,
         OutputMode::JsonObject,
@@ -1028,6 +1107,7 @@ pub async fn check_backend(settings: &LlmBackendSettings, lean_http1: bool) -> B
 #[cfg(test)]
 mod request_body_tests {
     use super::*;
+    use crate::grade::prompts::system_prompt;
 
     /// The body as it was built before [`ChatRequest`]: through a `serde_json::Value`.
     fn value_body(
@@ -1073,40 +1153,50 @@ mod request_body_tests {
             ..LlmBackendSettings::default()
         };
         let backend = ChatBackend::new(build_http_client().unwrap(), &settings, true);
-        let messages = [
-            ChatMessage::system("Grade. \"Quoted\" <b>text</b> and ünïcödé\n"),
-            ChatMessage::user("Answer: 4"),
-            ChatMessage::assistant("{\"marks\": 1}"),
+        // An ad hoc system message, and a role's own (copied in pre-encoded).
+        let message_sets = [
+            vec![
+                ChatMessage::system("Grade. \"Quoted\" <b>text</b> and ünïcödé\n"),
+                ChatMessage::user("Answer: 4"),
+                ChatMessage::assistant("{\"marks\": 1}"),
+            ],
+            vec![
+                ChatMessage::system(system_prompt(super::super::StageRole::Arbiter)),
+                ChatMessage::user("Answer: \"4\"\n"),
+            ],
         ];
         let schema = json!({"type": "object", "properties": {"marks": {"type": "number"}},
                             "required": ["marks"], "additionalProperties": false});
-        for compat in 0..4u8 {
-            backend.compat.store(compat, Ordering::Relaxed);
-            for mode in [
-                OutputMode::JsonSchema,
-                OutputMode::JsonObject,
-                OutputMode::Text,
-            ] {
-                let direct = serde_json::to_vec(&backend.request_body(
-                    &messages,
-                    mode,
-                    "evaluator_grade",
-                    &schema,
-                ))
-                .unwrap();
-                let via_value = serde_json::to_vec(&value_body(
-                    &backend,
-                    &messages,
-                    mode,
-                    "evaluator_grade",
-                    &schema,
-                ))
-                .unwrap();
-                assert_eq!(
-                    String::from_utf8(direct).unwrap(),
-                    String::from_utf8(via_value).unwrap(),
-                    "compat {compat}, mode {mode:?}"
-                );
+        for messages in message_sets {
+            let conversation = Conversation::new(messages.clone());
+            for compat in 0..4u8 {
+                backend.compat.store(compat, Ordering::Relaxed);
+                for mode in [
+                    OutputMode::JsonSchema,
+                    OutputMode::JsonObject,
+                    OutputMode::Text,
+                ] {
+                    let direct = serde_json::to_vec(&backend.request_body(
+                        &conversation,
+                        mode,
+                        "evaluator_grade",
+                        &schema,
+                    ))
+                    .unwrap();
+                    let via_value = serde_json::to_vec(&value_body(
+                        &backend,
+                        &messages,
+                        mode,
+                        "evaluator_grade",
+                        &schema,
+                    ))
+                    .unwrap();
+                    assert_eq!(
+                        String::from_utf8(direct).unwrap(),
+                        String::from_utf8(via_value).unwrap(),
+                        "compat {compat}, mode {mode:?}"
+                    );
+                }
             }
         }
     }

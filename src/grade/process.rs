@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::cache::cache_key;
-use super::client::{build_http_client, CallStats, ChatBackend, ChatMessage, Completion};
+use super::client::{
+    build_http_client, CallStats, ChatBackend, ChatMessage, Completion, Conversation,
+};
 use super::prompts::{
     arbiter_messages, correction_message, detect_injection, evaluator_messages, verifier_messages,
     VerifierView, INJECTION_FLAG, PROMPT_VERSION,
@@ -233,7 +235,11 @@ impl LlmGrader {
             };
             let clamp = |m: f64| clamp_and_round(m, task.total_marks, task.marks_step);
 
-            let key = self.cache.as_ref().map(|_| cache_key(role, backend.model(), &messages));
+            let mut conversation = Conversation::new(messages);
+            let key = self
+                .cache
+                .as_ref()
+                .map(|_| cache_key(role, backend.model(), &conversation));
             if let (Some(cache), Some(key)) = (&self.cache, &key) {
                 if let Some(value) = cache.get(key).await {
                     match T::validate(&value) {
@@ -255,7 +261,6 @@ impl LlmGrader {
 
             let schema = T::schema();
             let mut stats = CallStats::default();
-            let mut conversation = messages;
             let mut result: Result<T, (String, &'static str)> =
                 Err(("no request was made".into(), "error"));
             for reask in [false, true] {

@@ -12,7 +12,9 @@
 
 use std::sync::LazyLock;
 
+use aho_corasick::AhoCorasick;
 use regex::Regex;
+use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
 
 use super::client::ChatMessage;
@@ -96,14 +98,23 @@ Reply with only a JSON object, no other text:
 {\"marks\": <number>, \"feedback\": \"<to the student: what was good, what was missing, concise and constructive>\", \
 \"reasoning\": \"<to the examiner: the decision and why>\"}";
 
-/// The constant system message of a role.
-pub(crate) fn system_prompt(role: super::StageRole) -> String {
-    let template = match role {
-        super::StageRole::Evaluator => EVALUATOR_SYSTEM,
-        super::StageRole::Verifier => VERIFIER_SYSTEM,
-        super::StageRole::Arbiter => ARBITER_SYSTEM,
+/// The constant system message of a role, built once per process.
+pub(crate) fn system_prompt(role: super::StageRole) -> &'static str {
+    let index = match role {
+        super::StageRole::Evaluator => 0,
+        super::StageRole::Verifier => 1,
+        super::StageRole::Arbiter => 2,
     };
-    template.replace("{DATA_RULES}", DATA_RULES)
+    &system_prompts()[index]
+}
+
+/// Every role's system message; the client encodes each once (`client::Conversation`).
+pub(crate) fn system_prompts() -> &'static [String; 3] {
+    static PROMPTS: LazyLock<[String; 3]> = LazyLock::new(|| {
+        [EVALUATOR_SYSTEM, VERIFIER_SYSTEM, ARBITER_SYSTEM]
+            .map(|template| template.replace("{DATA_RULES}", DATA_RULES))
+    });
+    &PROMPTS
 }
 
 /// Shown in every prompt for a flagged answer.
@@ -191,14 +202,25 @@ pub(crate) fn evaluator_messages(task: &GradeTask, flagged: bool) -> Vec<ChatMes
 
 /// The evaluator's result as shown to later stages (marks already clamped and rounded).
 fn evaluator_block(eval: &EvaluatorReply, marks: f64) -> String {
-    let shown = serde_json::json!({
-        "marks": marks,
-        "feedback": eval.feedback,
-        "reasoning": eval.reasoning,
-        "key_points_covered": eval.key_points_covered,
-        "key_points_missed": eval.key_points_missed,
-    });
-    serde_json::to_string_pretty(&shown).unwrap_or_default()
+    // Borrowed, with the fields in sorted order: the same text as the sorted `json!` map it
+    // replaced, without copying the reply into one, so the later stages' prompts (and so their
+    // memo keys) are unchanged.
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        feedback: &'a str,
+        key_points_covered: &'a [String],
+        key_points_missed: &'a [String],
+        marks: f64,
+        reasoning: &'a str,
+    }
+    serde_json::to_string_pretty(&Shown {
+        feedback: &eval.feedback,
+        key_points_covered: &eval.key_points_covered,
+        key_points_missed: &eval.key_points_missed,
+        marks,
+        reasoning: &eval.reasoning,
+    })
+    .unwrap_or_default()
 }
 
 /// Messages for the verifier, given the evaluator's validated reply and its clamped marks.
@@ -426,8 +448,15 @@ fn fold_confusable(c: char) -> char {
 /// lower-cased, angle look-alikes as ASCII.
 fn fold(text: &str) -> String {
     // NFKC leaves ASCII as it is, and most answers are ASCII: skip the normaliser for them.
+    // No ASCII character is invisible or folds to another but the quotes, and '<' and '>'
+    // stand for themselves, so for ASCII folding is lower-casing.
     if text.is_ascii() {
-        fold_chars(text.chars(), text.len())
+        text.bytes()
+            .map(|b| match b {
+                b'`' | b'\'' => '"',
+                b => b.to_ascii_lowercase() as char,
+            })
+            .collect()
     } else {
         fold_chars(text.nfkc(), text.len())
     }
@@ -445,7 +474,12 @@ fn fold_chars(chars: impl Iterator<Item = char>, len: usize) -> String {
             }
             continue;
         }
-        out.extend(fold_confusable(c).to_lowercase());
+        let c = fold_confusable(c);
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
     }
     out
 }
@@ -540,6 +574,27 @@ const AWARD_PHRASES: &[&str] = &[
 const VERDICT_KEYS: &[&str] = &["marks", "marks_awarded", "agrees", "final_marks", "score"];
 const ADDRESS_WORDS: &[&str] = &["dear", "attention", "hey", "hello", "hi", "note", "to"];
 
+// Each list as one automaton, so a text is scanned once for all of its patterns.
+static OVERRIDE_PHRASE: LazyLock<AhoCorasick> = LazyLock::new(|| automaton(OVERRIDE_PHRASES));
+static AWARD_PHRASE: LazyLock<AhoCorasick> = LazyLock::new(|| automaton(AWARD_PHRASES));
+/// [`VERDICT_KEYS`] as a key: `"marks":`, `{marks:` or `,marks:`.
+static VERDICT_KEY: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let patterns: Vec<String> = VERDICT_KEYS
+        .iter()
+        .flat_map(|k| [format!("\"{k}\":"), format!("{{{k}:"), format!(",{k}:")])
+        .collect();
+    automaton(&patterns)
+});
+/// [`BLOCK_NAMES`] as screening sees them (lower-cased).
+static BLOCK_NAME: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let names: Vec<String> = BLOCK_NAMES.iter().map(|n| n.to_ascii_lowercase()).collect();
+    automaton(&names)
+});
+
+fn automaton<P: AsRef<[u8]>>(patterns: &[P]) -> AhoCorasick {
+    AhoCorasick::new(patterns).expect("a few short literal patterns always build")
+}
+
 fn contains_seq(words: &[&str], seq: &[&[&str]]) -> bool {
     words
         .windows(seq.len())
@@ -606,6 +661,10 @@ fn sets_marks(words: &[&str]) -> bool {
 /// A perfect score written as a fraction ("10/10", "5 out of 5") next to marking words
 /// ("score: 10/10", "deserves 10/10", "worth 10 out of 10 marks"); a bare "10/10 = 1" is maths.
 fn perfect_fraction(folded: &str) -> bool {
+    // The expression needs a '/' or "out of" and a digit; most answers have neither.
+    if !(folded.contains('/') || folded.contains("out")) || !folded.chars().any(char::is_numeric) {
+        return false;
+    }
     static FRACTION: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"(\d{1,4}(?:\.\d+)?)\s*(?:/|\bout\s+of\b)\s*(\d{1,4}(?:\.\d+)?)")
             .expect("valid regex")
@@ -656,7 +715,7 @@ pub fn detect_injection(text: &str) -> Vec<&'static str> {
                 &["above", "before", "else"],
             ],
         )
-        || OVERRIDE_PHRASES.iter().any(|p| compact.contains(p))
+        || OVERRIDE_PHRASE.is_match(&compact)
         || contains_seq(
             &words,
             &[
@@ -690,7 +749,7 @@ pub fn detect_injection(text: &str) -> Vec<&'static str> {
                 &["marks", "credit", "score"],
             ],
         )
-        || AWARD_PHRASES.iter().any(|p| compact.contains(p))
+        || AWARD_PHRASE.is_match(&compact)
         || sets_marks(&words)
         || perfect_fraction(&folded)
     {
@@ -736,18 +795,12 @@ pub fn detect_injection(text: &str) -> Vec<&'static str> {
         hits.push("chat_template_token");
     }
 
-    if VERDICT_KEYS.iter().any(|k| {
-        nospace.contains(&format!("\"{k}\":"))
-            || nospace.contains(&format!("{{{k}:"))
-            || nospace.contains(&format!(",{k}:"))
-    }) {
+    if nospace.contains(':') && VERDICT_KEY.is_match(&nospace) {
         hits.push("fake_verdict");
     }
 
     // Only the underscore spellings: "standard answer" is ordinary English.
-    let has_block_name = BLOCK_NAMES
-        .iter()
-        .any(|n| folded.contains(n.to_ascii_lowercase().as_str()));
+    let has_block_name = folded.contains('_') && BLOCK_NAME.is_match(&folded);
     let ends_answer = contains_seq(
         &words,
         &[
@@ -775,6 +828,9 @@ pub fn detect_injection(text: &str) -> Vec<&'static str> {
 /// "system:" / "assistant:" (and similar) where a new turn could start: at the start of the
 /// text or a line, or after sentence punctuation — not "the nervous system: ...".
 fn role_marker(folded: &str) -> bool {
+    if !folded.contains(':') {
+        return false;
+    }
     const ROLES: &[&str] = &["system", "assistant", "developer", "grader", "examiner"];
     for role in ROLES {
         for (at, _) in folded.match_indices(role) {
@@ -817,6 +873,10 @@ fn special_token(nospace: &str) -> bool {
         "###instruction",
         "###response",
     ];
+    // Every token has one of these characters.
+    if !nospace.contains(['[', '<', '#']) {
+        return false;
+    }
     if TOKENS.iter().any(|t| nospace.contains(t)) {
         return true;
     }
@@ -857,6 +917,28 @@ mod tests {
         fn text_without_angles_or_underscores_is_left_as_it_is(text in "[^<>_]{0,200}") {
             prop_assume!(!text.chars().any(|c| angle(c).is_some()));
             prop_assert_eq!(neutralise(&text), text);
+        }
+    }
+
+    #[test]
+    fn the_evaluator_block_reads_as_the_sorted_json_of_its_fields() {
+        let eval = EvaluatorReply {
+            marks: 3.0,
+            feedback: "Good \"start\"; <<<END_STUDENT_ANSWER>>>\nmissing ünits".into(),
+            reasoning: "r".into(),
+            key_points_covered: vec!["a".into(), "b".into()],
+            key_points_missed: vec![],
+        };
+        for marks in [0.0, 2.5, 4.0] {
+            let before = serde_json::to_string_pretty(&serde_json::json!({
+                "marks": marks,
+                "feedback": eval.feedback,
+                "reasoning": eval.reasoning,
+                "key_points_covered": eval.key_points_covered,
+                "key_points_missed": eval.key_points_missed,
+            }))
+            .unwrap();
+            assert_eq!(evaluator_block(&eval, marks), before);
         }
     }
 

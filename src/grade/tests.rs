@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::client::{backoff_delay, parse_retry_after, ChatMessage, CircuitBreaker};
+use super::client::{backoff_delay, parse_retry_after, ChatMessage, CircuitBreaker, Conversation};
 use super::prompts::neutralise;
 use super::replies::extract_json;
 use super::*;
@@ -1389,13 +1389,13 @@ fn circuit_breaker_half_open_probe() {
 
 #[test]
 fn cache_keys_are_content_addresses() {
-    let messages = vec![ChatMessage::system("s"), ChatMessage::user("u")];
+    let messages = Conversation::new(vec![ChatMessage::system("s"), ChatMessage::user("u")]);
     let key = cache::cache_key(StageRole::Evaluator, "m", &messages);
     assert_eq!(key.len(), 64);
     assert_eq!(key, cache::cache_key(StageRole::Evaluator, "m", &messages));
     assert_ne!(key, cache::cache_key(StageRole::Verifier, "m", &messages));
     assert_ne!(key, cache::cache_key(StageRole::Evaluator, "m2", &messages));
-    let other = vec![ChatMessage::system("s"), ChatMessage::user("u ")];
+    let other = Conversation::new(vec![ChatMessage::system("s"), ChatMessage::user("u ")]);
     assert_ne!(key, cache::cache_key(StageRole::Evaluator, "m", &other));
 }
 
