@@ -21,7 +21,7 @@ use super::client::{
 };
 use super::prompts::{
     arbiter_messages, correction_message, detect_injection, evaluator_messages, verifier_messages,
-    VerifierView, INJECTION_FLAG, PROMPT_VERSION,
+    TaskText, VerifierView, INJECTION_FLAG, PROMPT_VERSION,
 };
 use super::replies::{extract_json, ArbiterReply, EvaluatorReply, StageReply, VerifierReply};
 use super::settings::{LlmBackendSettings, LlmSettings};
@@ -107,6 +107,7 @@ impl LlmGrader {
 
         let hits = detect_injection(&task.student_answer);
         let flagged = !hits.is_empty();
+        let text = TaskText::new(task);
         let mut outcome = GradeOutcome::blank();
         if flagged {
             tracing::warn!(rules = ?hits, "student answer flagged as possible prompt injection");
@@ -117,7 +118,7 @@ impl LlmGrader {
             .run_stage::<EvaluatorReply>(
                 StageRole::Evaluator,
                 &self.evaluator,
-                evaluator_messages(task, flagged),
+                evaluator_messages(&text, flagged),
                 task,
             )
             .await;
@@ -136,7 +137,7 @@ impl LlmGrader {
             .run_stage::<VerifierReply>(
                 StageRole::Verifier,
                 &self.verifier,
-                verifier_messages(task, &eval, eval_marks, flagged),
+                verifier_messages(&text, &eval, eval_marks, flagged),
                 task,
             )
             .await;
@@ -183,7 +184,7 @@ impl LlmGrader {
             .run_stage::<ArbiterReply>(
                 StageRole::Arbiter,
                 &self.arbiter,
-                arbiter_messages(task, &eval, eval_marks, verifier_view, &why, flagged),
+                arbiter_messages(&text, &eval, eval_marks, verifier_view, &why, flagged),
                 task,
             )
             .await;

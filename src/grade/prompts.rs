@@ -166,16 +166,29 @@ fn push_block(out: &mut String, name: &str, content: &str) {
     out.push_str(">>>");
 }
 
-fn task_blocks(out: &mut String, task: &GradeTask) {
-    if let Some(q) = task
-        .question_text
-        .as_deref()
-        .filter(|q| !q.trim().is_empty())
-    {
-        push_block(out, QUESTION_TEXT, q);
+/// A question's part of every stage's prompt, neutralised once and shared by the stages.
+pub(crate) struct TaskText {
+    header: String,
+    blocks: String,
+}
+
+impl TaskText {
+    pub(crate) fn new(task: &GradeTask) -> Self {
+        let mut blocks = String::new();
+        if let Some(q) = task
+            .question_text
+            .as_deref()
+            .filter(|q| !q.trim().is_empty())
+        {
+            push_block(&mut blocks, QUESTION_TEXT, q);
+        }
+        push_block(&mut blocks, STANDARD_ANSWER, &task.standard_answer);
+        push_block(&mut blocks, STUDENT_ANSWER, &task.student_answer);
+        TaskText {
+            header: header(task),
+            blocks,
+        }
     }
-    push_block(out, STANDARD_ANSWER, &task.standard_answer);
-    push_block(out, STUDENT_ANSWER, &task.student_answer);
 }
 
 fn closing(out: &mut String, flagged: bool, what: &str) {
@@ -190,9 +203,9 @@ fn closing(out: &mut String, flagged: bool, what: &str) {
 }
 
 /// Messages for the evaluator.
-pub(crate) fn evaluator_messages(task: &GradeTask, flagged: bool) -> Vec<ChatMessage> {
-    let mut user = header(task);
-    task_blocks(&mut user, task);
+pub(crate) fn evaluator_messages(task: &TaskText, flagged: bool) -> Vec<ChatMessage> {
+    let mut user = task.header.clone();
+    user.push_str(&task.blocks);
     closing(&mut user, flagged, "Grade it against the standard answer.");
     vec![
         ChatMessage::system(system_prompt(super::StageRole::Evaluator)),
@@ -225,13 +238,13 @@ fn evaluator_block(eval: &EvaluatorReply, marks: f64) -> String {
 
 /// Messages for the verifier, given the evaluator's validated reply and its clamped marks.
 pub(crate) fn verifier_messages(
-    task: &GradeTask,
+    task: &TaskText,
     eval: &EvaluatorReply,
     eval_marks: f64,
     flagged: bool,
 ) -> Vec<ChatMessage> {
-    let mut user = header(task);
-    task_blocks(&mut user, task);
+    let mut user = task.header.clone();
+    user.push_str(&task.blocks);
     push_block(
         &mut user,
         EVALUATOR_RESULT,
@@ -259,18 +272,18 @@ pub(crate) enum VerifierView<'a> {
 
 /// Messages for the arbiter; `why` says why arbitration is needed (our text, trusted).
 pub(crate) fn arbiter_messages(
-    task: &GradeTask,
+    task: &TaskText,
     eval: &EvaluatorReply,
     eval_marks: f64,
     verifier: VerifierView<'_>,
     why: &str,
     flagged: bool,
 ) -> Vec<ChatMessage> {
-    let mut user = header(task);
+    let mut user = task.header.clone();
     user.push_str(" Arbitration is needed because ");
     user.push_str(why);
     user.push('.');
-    task_blocks(&mut user, task);
+    user.push_str(&task.blocks);
     push_block(
         &mut user,
         EVALUATOR_RESULT,

@@ -393,7 +393,7 @@ where
             "INSERT INTO {} ({}) VALUES {}",
             table.name,
             names.join(", "),
-            super::sql::placeholders(values.len(), names.len())
+            super::sql::placeholders(T::PLACEHOLDER, values.len(), names.len())
         );
         target
             .execute(&insert, values.iter().flatten().map(Value::arg).collect())

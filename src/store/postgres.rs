@@ -25,7 +25,7 @@ use super::{StoreError, StoreOptions};
 /// PostgreSQL behind the [`Store`](super::Store) trait.
 pub type PostgresStore = SqlStore<sqlx::Postgres, MemoTable>;
 
-sql::impl_conn!(sqlx::Postgres, PgConnection);
+sql::impl_conn!(sqlx::Postgres, PgConnection, sql::Placeholder::Numbered);
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`, with
@@ -268,7 +268,7 @@ impl Memo for MemoTable {
                  ON CONFLICT (namespace, key)
                  DO UPDATE SET value = EXCLUDED.value, created_at = EXCLUDED.created_at,
                                address = EXCLUDED.address",
-                sql::placeholders(chunk.len(), 5)
+                sql::placeholders(sql::Placeholder::Numbered, chunk.len(), 5)
             );
             tx.execute(&statement, values).await?;
         }

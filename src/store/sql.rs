@@ -93,6 +93,8 @@ pub(super) use args;
 #[async_trait]
 pub(super) trait Conn: Send {
     type Row: Columns + Send + 'static;
+    /// How this database's statements mark the values of a list ([`placeholders`]).
+    const PLACEHOLDER: Placeholder;
 
     /// Runs a statement; returns the rows it changed.
     async fn execute(&mut self, sql: &str, args: Vec<Arg<'_>>) -> Result<u64, sqlx::Error>;
@@ -132,10 +134,11 @@ where
 /// Implements [`Conn`] for one sqlx driver's connection type. Statements are prepared once
 /// per connection and kept (sqlx's statement cache), as with `sqlx::query` anywhere.
 macro_rules! impl_conn {
-    ($database:ty, $connection:ty) => {
+    ($database:ty, $connection:ty, $placeholder:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::sql::Conn for $connection {
             type Row = <$database as sqlx::Database>::Row;
+            const PLACEHOLDER: $crate::store::sql::Placeholder = $placeholder;
 
             async fn execute(
                 &mut self,
@@ -270,7 +273,20 @@ fn settle<T: PartialEq>(
 }
 
 /// `($1, …, $k), ($k+1, …)`: placeholders for `rows` rows of `columns` values.
-pub(super) fn placeholders(rows: usize, columns: usize) -> String {
+/// How a statement marks the values of a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Placeholder {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?` each, bound in order (SQLite). SQLite finds a numbered value's slot by a linear
+    /// search of the statement's names, so numbering a many-row insert costs time quadratic in
+    /// its values; anonymous ones are bound without a search.
+    Anonymous,
+}
+
+/// `($1, $2), ($3, $4)` (or `(?, ?), (?, ?)`) for `rows` rows of `columns` values: a
+/// statement of its own, or one whose other values come after these.
+pub(super) fn placeholders(style: Placeholder, rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         text.push_str(if row == 0 { "(" } else { ", (" });
@@ -278,8 +294,13 @@ pub(super) fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 text.push_str(", ");
             }
-            text.push('$');
-            text.push_str(&(row * columns + column + 1).to_string());
+            match style {
+                Placeholder::Numbered => {
+                    text.push('$');
+                    text.push_str(&(row * columns + column + 1).to_string());
+                }
+                Placeholder::Anonymous => text.push('?'),
+            }
         }
         text.push(')');
     }
@@ -952,7 +973,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
             "INSERT INTO evaluation_items (evaluation_id, position, question_number,
                  student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
                  reasoning, status, error, flags, final_stage, stages) VALUES {}",
-            placeholders(chunk.len(), 14)
+            placeholders(C::PLACEHOLDER, chunk.len(), 14)
         );
         let mut values = Vec::with_capacity(chunk.len() * 14);
         for (position, item, flags, stages) in chunk {
@@ -1237,7 +1258,7 @@ async fn add_flags<C: Conn + ?Sized>(
             &format!(
                 "SELECT evaluation_id, flags FROM evaluation_items
                  WHERE flags <> '[]' AND evaluation_id IN {}",
-                placeholders(1, ids.len())
+                placeholders(C::PLACEHOLDER, 1, ids.len())
             ),
             ids,
         )
@@ -1559,11 +1580,15 @@ pub(super) async fn ping<C: Conn + ?Sized>(conn: &mut C) -> Result<(), StoreErro
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::{placeholders, Placeholder};
 
     #[test]
     fn placeholders_number_every_value_of_every_row() {
-        assert_eq!(placeholders(1, 2), "($1, $2)");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(Placeholder::Numbered, 1, 2), "($1, $2)");
+        assert_eq!(
+            placeholders(Placeholder::Numbered, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Placeholder::Anonymous, 2, 2), "(?, ?), (?, ?)");
     }
 }

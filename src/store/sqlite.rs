@@ -181,7 +181,7 @@ async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std
     }
 }
 
-sql::impl_conn!(sqlx::Sqlite, SqliteConnection);
+sql::impl_conn!(sqlx::Sqlite, SqliteConnection, sql::Placeholder::Anonymous);
 
 #[cfg(test)]
 mod tests {
