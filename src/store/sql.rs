@@ -284,8 +284,8 @@ pub(super) enum Placeholder {
     Anonymous,
 }
 
-/// `($1, $2), ($3, $4)` (or `(?, ?), (?, ?)`) for `rows` rows of `columns` values: a
-/// statement of its own, or one whose other values come after these.
+/// `($1, $2), ($3, $4)` (or `(?, ?), (?, ?)`) for `rows` rows of `columns` values, which must
+/// be the statement's only values: numbering starts at 1, and anonymous ones bind in order.
 pub(super) fn placeholders(style: Placeholder, rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
