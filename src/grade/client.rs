@@ -126,17 +126,11 @@ fn encode_messages(messages: &[ChatMessage]) -> Box<RawValue> {
             .collect()
     });
     /// A message, or the encoding of an identical one made before.
+    #[derive(Serialize)]
+    #[serde(untagged)]
     enum Part<'a> {
         Encoded(&'a RawValue),
         Message(&'a ChatMessage),
-    }
-    impl Serialize for Part<'_> {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            match self {
-                Part::Encoded(raw) => raw.serialize(serializer),
-                Part::Message(message) => message.serialize(serializer),
-            }
-        }
     }
     let parts: Vec<Part<'_>> = messages
         .iter()

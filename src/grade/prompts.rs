@@ -587,7 +587,27 @@ const AWARD_PHRASES: &[&str] = &[
 const VERDICT_KEYS: &[&str] = &["marks", "marks_awarded", "agrees", "final_marks", "score"];
 const ADDRESS_WORDS: &[&str] = &["dear", "attention", "hey", "hello", "hi", "note", "to"];
 
+/// Chat-template control tokens, matched with spaces removed.
+const TEMPLATE_TOKENS: &[&str] = &[
+    "[inst]",
+    "[/inst]",
+    "<<sys>>",
+    "<</sys>>",
+    "<s>[",
+    "</s>",
+    "[system]",
+    "[/system]",
+    "[assistant]",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "###system",
+    "###assistant",
+    "###instruction",
+    "###response",
+];
+
 // Each list as one automaton, so a text is scanned once for all of its patterns.
+static TEMPLATE_TOKEN: LazyLock<AhoCorasick> = LazyLock::new(|| automaton(TEMPLATE_TOKENS));
 static OVERRIDE_PHRASE: LazyLock<AhoCorasick> = LazyLock::new(|| automaton(OVERRIDE_PHRASES));
 static AWARD_PHRASE: LazyLock<AhoCorasick> = LazyLock::new(|| automaton(AWARD_PHRASES));
 /// [`VERDICT_KEYS`] as a key: `"marks":`, `{marks:` or `,marks:`.
@@ -808,6 +828,8 @@ pub fn detect_injection(text: &str) -> Vec<&'static str> {
         hits.push("chat_template_token");
     }
 
+    // Every key ends in ':' (and every block name has a '_'): looking for that one character
+    // first is cheaper than starting the automaton on an answer that has none.
     if nospace.contains(':') && VERDICT_KEY.is_match(&nospace) {
         hits.push("fake_verdict");
     }
@@ -869,28 +891,7 @@ fn role_marker(folded: &str) -> bool {
 
 /// Chat-template control tokens: `<|im_start|>`, `<|eot_id|>`, `[INST]`, `<<SYS>>`, `</s>`...
 fn special_token(nospace: &str) -> bool {
-    const TOKENS: &[&str] = &[
-        "[inst]",
-        "[/inst]",
-        "<<sys>>",
-        "<</sys>>",
-        "<s>[",
-        "</s>",
-        "[system]",
-        "[/system]",
-        "[assistant]",
-        "<start_of_turn>",
-        "<end_of_turn>",
-        "###system",
-        "###assistant",
-        "###instruction",
-        "###response",
-    ];
-    // Every token has one of these characters.
-    if !nospace.contains(['[', '<', '#']) {
-        return false;
-    }
-    if TOKENS.iter().any(|t| nospace.contains(t)) {
+    if TEMPLATE_TOKEN.is_match(nospace) {
         return true;
     }
     nospace.match_indices("<|").any(|(at, _)| {
