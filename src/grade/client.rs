@@ -244,7 +244,7 @@ impl LlmError {
 }
 
 /// The useful part of a chat completion.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Completion {
     pub content: String,
     pub finish_reason: Option<String>,
@@ -724,11 +724,142 @@ fn rejects_format(status: u16, body: &str) -> bool {
     .any(|m| lower.contains(m))
 }
 
+/// A completion with its prompt and completion tokens, or why the body is not one.
+pub(crate) type ParsedCompletion = Result<(Completion, Option<u64>, Option<u64>), String>;
+
 /// Extracts content, usage and model from a chat-completion body, tolerating the variations of
 /// compatible servers (content as parts, legacy `text`, missing usage).
-pub(crate) fn parse_completion(
-    bytes: &[u8],
-) -> Result<(Completion, Option<u64>, Option<u64>), String> {
+pub(crate) fn parse_completion(bytes: &[u8]) -> ParsedCompletion {
+    read_completion(bytes).unwrap_or_else(|| parse_completion_tree(bytes))
+}
+
+/// The fields of a completion body that are read, each kept as its raw text: the rest of the
+/// body (ids, timestamps, log-probabilities…) is checked and skipped without being built, and
+/// building the whole body as a `Value` tree was 4 % of Examiner's CPU under load
+/// (BENCHMARKS.md, step 20).
+#[derive(Deserialize)]
+struct RawCompletion<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice<'a> {
+    #[serde(default, borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    refusal: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawUsage<'a> {
+    #[serde(default, borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    completion_tokens: Option<&'a RawValue>,
+}
+
+/// [`parse_completion_tree`]'s answer without building the body's tree, or `None` when the
+/// body is anything but a JSON object whose read fields each appear once in their object:
+/// the tree walk then decides, with its messages. A field of an unexpected type counts as
+/// absent, as in the tree walk.
+fn read_completion(bytes: &[u8]) -> Option<ParsedCompletion> {
+    /// `Some(None)` when `raw` is absent or not a JSON object (a struct would also read an
+    /// array), `None` when an object does not read (a field given twice).
+    fn object<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<Option<T>> {
+        match raw.map(RawValue::get) {
+            Some(raw) if raw.starts_with('{') => serde_json::from_str(raw).ok().map(Some),
+            _ => Some(None),
+        }
+    }
+    fn text(raw: Option<&RawValue>) -> Option<String> {
+        let raw = raw?.get();
+        raw.starts_with('"')
+            .then(|| serde_json::from_str(raw).ok())
+            .flatten()
+    }
+    fn count(raw: Option<&RawValue>) -> Option<u64> {
+        serde_json::from_str(raw?.get()).ok()
+    }
+
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    if bytes[start] != b'{' {
+        return None;
+    }
+    let body: RawCompletion = serde_json::from_slice(bytes).ok()?;
+    if let Some(error) = body.error {
+        let error: Value = serde_json::from_str(error.get()).ok()?;
+        return Some(Err(format!(
+            "server reported an error: {}",
+            snippet(&error.to_string())
+        )));
+    }
+    let choices: Vec<&RawValue> = body
+        .choices
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    let Some(choice) = choices.first() else {
+        return Some(Err("no choices in the response".to_string()));
+    };
+    let choice: Option<RawChoice> = object(Some(choice))?;
+    let message: Option<RawMessage> = object(choice.as_ref().and_then(|c| c.message))?;
+    let content = message.as_ref().and_then(|m| m.content).map(RawValue::get);
+    let mut content = match content {
+        Some(raw) if raw.starts_with('"') => serde_json::from_str(raw).ok()?,
+        // Content as parts is rare: the tree walk's own rule reads them.
+        Some(raw) if raw.starts_with('[') => {
+            let parts: Vec<Value> = serde_json::from_str(raw).ok()?;
+            content_of_parts(&parts)
+        }
+        _ => String::new(),
+    };
+    if content.is_empty() {
+        if let Some(legacy) = text(choice.as_ref().and_then(|c| c.text)) {
+            content = legacy;
+        }
+    }
+    let usage: Option<RawUsage> = object(body.usage)?;
+    Some(Ok((
+        Completion {
+            content,
+            finish_reason: text(choice.as_ref().and_then(|c| c.finish_reason)),
+            refusal: text(message.as_ref().and_then(|m| m.refusal)),
+            served_model: text(body.model),
+        },
+        usage.as_ref().and_then(|u| count(u.prompt_tokens)),
+        usage.as_ref().and_then(|u| count(u.completion_tokens)),
+    )))
+}
+
+/// The text of content given as parts: each part's `text`, or the part itself when it is a
+/// string.
+fn content_of_parts(parts: &[Value]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// [`parse_completion`] by walking the body as a `Value` tree: the reference for
+/// [`read_completion`], and the reader of bodies it leaves alone.
+fn parse_completion_tree(bytes: &[u8]) -> Result<(Completion, Option<u64>, Option<u64>), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "body is not JSON ({e}): {}",
@@ -749,11 +880,7 @@ pub(crate) fn parse_completion(
     let message = choice.get("message");
     let mut content = match message.and_then(|m| m.get("content")) {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
-            .collect::<Vec<_>>()
-            .join(""),
+        Some(Value::Array(parts)) => content_of_parts(parts),
         _ => String::new(),
     };
     if content.is_empty() {
@@ -1193,5 +1320,84 @@ mod request_body_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod completion_reading_tests {
+    use super::*;
+
+    /// Bodies the direct reader must read itself, each as the tree walk does.
+    const READ_DIRECTLY: &[&str] = &[
+        r#"{"id":"c1","object":"chat.completion","created":1,"model":"m-1","choices":[{"index":0,"message":{"role":"assistant","content":"{\"marks\": 4}","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":812,"completion_tokens":64,"total_tokens":876},"system_fingerprint":"fp"}"#,
+        " \n {\"choices\": [{\"message\": {\"content\": \"caf\\u00e9 \\\"quoted\\\"\\n\"}}]} ",
+        r#"{"choices": [{"message": {"content": [{"type": "text", "text": "{\"a\""}, ": 1}", {"type": "image"}]}}]}"#,
+        r#"{"choices": [{"text": "legacy", "finish_reason": "length"}], "model": 7}"#,
+        r#"{"choices": [{"message": {"content": ""}, "text": "legacy too"}]}"#,
+        r#"{"choices": [{"message": {"content": null, "refusal": "I can't help"}}], "usage": {"prompt_tokens": -1, "completion_tokens": 2.5}}"#,
+        r#"{"choices": [{"message": {"content": 12}}], "usage": {"prompt_tokens": 18446744073709551615, "completion_tokens": 1e2}}"#,
+        r#"{"choices": [{"message": "flat"}], "usage": [1, 2]}"#,
+        r#"{"choices": ["not an object"], "usage": "none"}"#,
+        r#"{"choices": [[{"message": {"content": "inside an array"}}]]}"#,
+        r#"{"choices": {"0": {"message": {"content": "keyed"}}}}"#,
+        r#"{"choices": []}"#,
+        "{}",
+        r#"{"error": {"message": "model crashed", "code": 500}}"#,
+        r#"{"error": "overloaded", "choices": [{"message": {"content": "x"}}]}"#,
+        r#"{"error": null, "choices": [{"message": {"content": "error is null"}}]}"#,
+        r#"{"ch\u006fices": [{"message": {"content": "escaped key"}}]}"#,
+    ];
+
+    /// Bodies it leaves to the tree walk.
+    const LEFT_TO_THE_TREE: &[&str] = &[
+        "<html>502 Bad Gateway</html>",
+        "",
+        "\u{0}\u{1}\u{2}",
+        "[1, 2]",
+        r#"[{"message": {"content": "positional"}}]"#,
+        r#""a string""#,
+        r#"{"choices": [{"message": {"content": "unterminated"}}]"#,
+        r#"{"choices": [{"message": {"content": "trailing"}}]} x"#,
+        r#"{"model": "a", "model": "b", "choices": [{"message": {"content": "twice"}}]}"#,
+        r#"{"choices": [{"message": {"content": "first", "content": "second"}}]}"#,
+        r#"{"choices": [{"text": "a", "text": "b"}]}"#,
+        r#"{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": 1, "prompt_tokens": 2}}"#,
+    ];
+
+    #[test]
+    fn the_direct_reader_answers_as_the_tree_walk() {
+        for body in READ_DIRECTLY {
+            assert_eq!(
+                read_completion(body.as_bytes()),
+                Some(parse_completion_tree(body.as_bytes())),
+                "{body}"
+            );
+        }
+        for body in LEFT_TO_THE_TREE {
+            assert_eq!(read_completion(body.as_bytes()), None, "{body}");
+            assert_eq!(
+                parse_completion(body.as_bytes()),
+                parse_completion_tree(body.as_bytes()),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_direct_reader_reads_what_matters() {
+        let (completion, prompt, completion_tokens) =
+            parse_completion(READ_DIRECTLY[0].as_bytes()).unwrap();
+        assert_eq!(completion.content, r#"{"marks": 4}"#);
+        assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(completion.served_model.as_deref(), Some("m-1"));
+        assert_eq!(completion.refusal, None);
+        assert_eq!((prompt, completion_tokens), (Some(812), Some(64)));
+        let parts = parse_completion(READ_DIRECTLY[2].as_bytes()).unwrap().0;
+        assert_eq!(parts.content, r#"{"a": 1}"#);
+        let error = parse_completion(READ_DIRECTLY[13].as_bytes()).unwrap_err();
+        assert!(error.contains("model crashed"), "{error}");
+        // The tree walk takes the later of two keys; the direct reader must not take either.
+        let twice = parse_completion(LEFT_TO_THE_TREE[9].as_bytes()).unwrap().0;
+        assert_eq!(twice.content, "second");
     }
 }
