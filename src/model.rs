@@ -285,8 +285,74 @@ pub struct EvaluationItem {
     /// `evaluator` when the verifier confirmed it, `arbiter` otherwise.
     pub final_stage: Option<String>,
     /// Every stage's model, prompt version, structured reply, marks, latency and tokens.
-    #[schema(value_type = Object)]
-    pub stages: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    pub stages: Stages,
+}
+
+/// A question's stages (a JSON list) held as the JSON text that is stored. Grading encodes
+/// them once, straight from the stage records, and the store writes that text as it is:
+/// building them as a `Value` tree first, only to encode the tree, was 3 % of Examiner's CPU
+/// under load (BENCHMARKS.md, step 20). Readers that look inside parse them ([`Stages::list`]).
+#[derive(Clone, Debug)]
+pub struct Stages(Box<serde_json::value::RawValue>);
+
+impl Stages {
+    /// The stages encoded from `records` (a list of anything serialisable).
+    pub fn encode<T: Serialize + ?Sized>(records: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(records).map(Stages)
+    }
+
+    /// Stored text, checked to be JSON.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Stages)
+    }
+
+    pub fn as_text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The stages as a list of values; empty when the text is not a list.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    /// The stages as a value (a list, unless stored otherwise).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages::from(serde_json::Value::Array(Vec::new()))
+    }
+}
+
+impl From<serde_json::Value> for Stages {
+    fn from(value: serde_json::Value) -> Self {
+        // A `Value` always encodes.
+        Stages(serde_json::value::to_raw_value(&value).expect("a JSON value encodes"))
+    }
+}
+
+/// Equal when the JSON is: a database may store the text with other spacing or key order.
+impl PartialEq for Stages {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_text() == other.as_text() || self.to_value() == other.to_value()
+    }
+}
+
+impl Serialize for Stages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stages {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through a `Value`, so that any self-describing format reads them, not only JSON.
+        serde_json::Value::deserialize(deserializer).map(Stages::from)
+    }
 }
 
 /// An evaluation ready to be stored.

@@ -715,7 +715,7 @@ pub(super) fn evaluation_view(
         let requests: Vec<Vec<Value>> = record
             .items
             .iter()
-            .map(|item| regrade_requests_of(&item.stages))
+            .map(|item| regrade_requests_of(&item.stages.list()))
             .collect();
         redact_for_student(&mut value);
         if let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) {
@@ -735,8 +735,7 @@ pub(super) fn evaluation_view(
 /// A question's regrade requests as its student may see them, from its stages: when they
 /// asked, what they wrote, the marks at the time, and when an examiner reviewed the
 /// question after it (`null` while it waits). Who asked (a key id) stays with the stages.
-fn regrade_requests_of(stages: &Value) -> Vec<Value> {
-    let stages = stages.as_array().map(Vec::as_slice).unwrap_or_default();
+fn regrade_requests_of(stages: &[Value]) -> Vec<Value> {
     let role = |stage: &Value, role: &str| stage.get("role").and_then(Value::as_str) == Some(role);
     let requests = stages
         .iter()

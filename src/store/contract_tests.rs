@@ -233,6 +233,61 @@ async fn catalog(store: &dyn Store) {
 }
 on_every_backend!(catalog);
 
+/// The exam and the paper read together are what the two reads give apart: each absent or
+/// present on its own, the questions in the paper's order, a paper without questions, and a
+/// paper of another exam as it is (the workflows refuse that pair, not the store).
+async fn exam_and_paper_read_together(store: &dyn Store) {
+    assert_eq!(
+        store.get_exam_and_paper("E1", "QP1").await.unwrap(),
+        (None, None)
+    );
+    store.put_course(&course("C1")).await.unwrap();
+    store.put_exam(&exam("E1", "C1")).await.unwrap();
+    store.put_exam(&exam("E2", "C1")).await.unwrap();
+    assert_eq!(
+        store.get_exam_and_paper("E1", "QP1").await.unwrap(),
+        (Some(exam("E1", "C1")), None)
+    );
+    let mut unordered = paper("QP1", "E1");
+    unordered
+        .questions
+        .insert(0, unordered.questions[1].clone());
+    unordered.questions[0].question_number = number("3");
+    store.put_question_paper(&unordered).await.unwrap();
+    let mut empty = paper("QP2", "E2");
+    empty.questions.clear();
+    empty.title = None;
+    empty.marks_step = None;
+    store.put_question_paper(&empty).await.unwrap();
+
+    assert_eq!(
+        store.get_exam_and_paper("E1", "QP1").await.unwrap(),
+        (Some(exam("E1", "C1")), Some(unordered.clone()))
+    );
+    assert_eq!(
+        store.get_exam_and_paper("E9", "QP1").await.unwrap(),
+        (None, Some(unordered.clone()))
+    );
+    assert_eq!(
+        store.get_exam_and_paper("E1", "QP2").await.unwrap(),
+        (Some(exam("E1", "C1")), Some(empty.clone()))
+    );
+    for (exam_code, paper_code) in [("E1", "QP1"), ("E2", "QP2"), ("E1", "QP9")] {
+        assert_eq!(
+            store
+                .get_exam_and_paper(exam_code, paper_code)
+                .await
+                .unwrap(),
+            (
+                store.get_exam(exam_code).await.unwrap(),
+                store.get_question_paper(paper_code).await.unwrap()
+            ),
+            "{exam_code} {paper_code}"
+        );
+    }
+}
+on_every_backend!(exam_and_paper_read_together);
+
 /// Codes list in the order of their bytes on every backend, whatever the database's
 /// collation: upper case before lower, punctuation where its byte puts it.
 async fn codes_list_in_byte_order(store: &dyn Store) {
@@ -463,7 +518,7 @@ fn evaluation(user_id: &str, items: usize) -> NewEvaluation {
                 error: (n % 2 == 1).then(|| "the evaluator timed out".to_string()),
                 flags: vec!["possible_prompt_injection".into()],
                 final_stage: Some("arbiter".into()),
-                stages: serde_json::json!([{"role": "evaluator", "marks": n}]),
+                stages: serde_json::json!([{"role": "evaluator", "marks": n}]).into(),
             })
             .collect(),
         replaces_version: None,
@@ -616,9 +671,11 @@ async fn moderation_items_come_from_newest_versions(store: &dyn Store) {
         {"role": "examiner", "marks": 2.0, "previous_marks": 3.5,
          "settled_flags": ["regrade_requested"]},
         {"role": "examiner", "marks": 1.0, "previous_marks": 2.0}
-    ]);
+    ])
+    .into();
     reviewed.items[1].final_stage = Some("examiner".into());
-    reviewed.items[1].stages = serde_json::json!([{"role": "examiner", "previous_marks": null}]);
+    reviewed.items[1].stages =
+        serde_json::json!([{"role": "examiner", "previous_marks": null}]).into();
     store.insert_evaluation(reviewed).await.unwrap();
     let items = store.moderation_items("QP1").await.unwrap();
     let seen: Vec<String> = items
@@ -675,7 +732,8 @@ async fn erasing_a_user_removes_everything_about_them(store: &dyn Store) {
             item.stages = serde_json::json!([
                 {"role": "evaluator", "memo_key": format!("llm-{user}-{n}")},
                 {"role": "examiner"}
-            ]);
+            ])
+            .into();
             store
                 .cache_put(super::LLM_MEMO, &format!("llm-{user}-{n}"), "{}")
                 .await

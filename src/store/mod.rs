@@ -161,6 +161,18 @@ pub trait Store: Send + Sync {
 
     async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError>;
     async fn get_question_paper(&self, code: &str) -> Result<Option<QuestionPaper>, StoreError>;
+    /// An exam and a question paper read together, as every upload and graded script does:
+    /// a store may answer both with one query.
+    async fn get_exam_and_paper(
+        &self,
+        exam_code: &str,
+        question_paper_code: &str,
+    ) -> Result<(Option<Exam>, Option<QuestionPaper>), StoreError> {
+        tokio::try_join!(
+            self.get_exam(exam_code),
+            self.get_question_paper(question_paper_code)
+        )
+    }
     async fn list_question_papers(
         &self,
         exam_code: Option<&str>,

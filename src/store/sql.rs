@@ -20,7 +20,7 @@ use super::{StoreError, Written};
 use crate::model::{
     stage_role, ApiKey, Course, Erasure, EvaluationItem, EvaluationRecord, EvaluationSummary, Exam,
     IdempotencyState, ItemStatus, MarksSheetRow, ModerationItem, NewEvaluation, Question,
-    QuestionMarks, QuestionPaper, Role, StoredQaPair, Submission, SubmissionImage,
+    QuestionMarks, QuestionPaper, Role, Stages, StoredQaPair, Submission, SubmissionImage,
     SubmissionSummary, User,
 };
 use crate::segment::QuestionNumber;
@@ -362,7 +362,7 @@ fn item_from(row: &impl Columns) -> Result<EvaluationItem, StoreError> {
         error: row.col("error")?,
         flags: flags_col(row)?,
         final_stage: row.col("final_stage")?,
-        stages: serde_json::from_str(&stages)
+        stages: Stages::from_text(stages)
             .map_err(|e| StoreError::Corrupt(format!("bad stages: {e}")))?,
     })
 }
@@ -555,6 +555,69 @@ pub(super) async fn get_paper<C: Conn + ?Sized>(
         marks_step: row.col("marks_step")?,
         questions,
     }))
+}
+
+/// [`get_exam`] and [`get_paper`] in one statement: one round trip where two or three
+/// would be (on SQLite each a wake-up of a connection's thread), and one snapshot of both.
+/// The exam's and the paper's columns repeat on every question's row; a paper without
+/// questions, or no paper, gives one row with the missing columns NULL.
+pub(super) async fn get_exam_and_paper<C: Conn + ?Sized>(
+    conn: &mut C,
+    exam_code: &str,
+    paper_code: &str,
+) -> Result<(Option<Exam>, Option<QuestionPaper>), StoreError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT e.exam_code, e.course_code, e.exam_name, e.total_exam_marks,
+                    p.question_paper_code, p.exam_code AS paper_exam_code, p.title, p.marks_step,
+                    q.question_number, q.question_text, q.standard_answer, q.total_marks
+             FROM (SELECT 1 AS one) AS one
+             LEFT JOIN exams e ON e.exam_code = $1
+             LEFT JOIN question_papers p ON p.question_paper_code = $2
+             LEFT JOIN questions q ON q.question_paper_code = p.question_paper_code
+             ORDER BY q.position",
+            args![exam_code, paper_code],
+        )
+        .await?;
+    let Some(first) = rows.first() else {
+        return Err(StoreError::Corrupt(
+            "reading an exam and a paper returned no row".into(),
+        ));
+    };
+    let exam = match first.col::<Option<String>>("exam_code")? {
+        Some(exam_code) => Some(Exam {
+            exam_code,
+            course_code: first.col("course_code")?,
+            exam_name: first.col("exam_name")?,
+            total_exam_marks: first.col("total_exam_marks")?,
+        }),
+        None => None,
+    };
+    let paper = match first.col::<Option<String>>("question_paper_code")? {
+        Some(question_paper_code) => {
+            let mut questions = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.col::<Option<String>>("question_number")?.is_none() {
+                    continue;
+                }
+                questions.push(Question {
+                    question_number: number_col(row, "question_number")?,
+                    question_text: row.col("question_text")?,
+                    standard_answer: row.col("standard_answer")?,
+                    total_marks: row.col("total_marks")?,
+                });
+            }
+            Some(QuestionPaper {
+                question_paper_code,
+                exam_code: first.col("paper_exam_code")?,
+                title: first.col("title")?,
+                marks_step: first.col("marks_step")?,
+                questions,
+            })
+        }
+        None => None,
+    };
+    Ok((exam, paper))
 }
 
 pub(super) async fn list_papers<C: Conn + ?Sized>(
@@ -962,8 +1025,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
     for (position, item) in e.items.iter().enumerate() {
         let flags = serde_json::to_string(&item.flags)
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        let stages = serde_json::to_string(&item.stages)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let stages = item.stages.as_text();
         rows.push((position as i64, item, flags, stages));
     }
     // One statement for a script's items rather than one each: every statement is a round
@@ -991,7 +1053,7 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
                 &item.error,
                 flags,
                 &item.final_stage,
-                stages
+                *stages
             ]);
         }
         conn.execute(&sql, values).await?;

@@ -182,6 +182,33 @@ where
         Ok(paper)
     }
 
+    async fn get_exam_and_paper(
+        &self,
+        exam_code: &str,
+        question_paper_code: &str,
+    ) -> Result<(Option<Exam>, Option<QuestionPaper>), StoreError> {
+        let (exam, paper) = (
+            self.known.exam(exam_code),
+            self.known.paper(question_paper_code),
+        );
+        if exam.is_some() && paper.is_some() {
+            return Ok((exam, paper));
+        }
+        let (exam, paper) = sql::get_exam_and_paper(
+            &mut *self.reader.acquire().await?,
+            exam_code,
+            question_paper_code,
+        )
+        .await?;
+        if let Some(exam) = &exam {
+            self.known.remember_exam(exam);
+        }
+        if let Some(paper) = &paper {
+            self.known.remember_paper(paper);
+        }
+        Ok((exam, paper))
+    }
+
     async fn list_question_papers(
         &self,
         exam_code: Option<&str>,

@@ -212,7 +212,7 @@ mod tests {
                 error: None,
                 flags: vec![format!("flag-{n}")],
                 final_stage: Some("evaluator".into()),
-                stages: serde_json::json!([{ "role": "evaluator", "n": n }]),
+                stages: serde_json::json!([{ "role": "evaluator", "n": n }]).into(),
             })
             .collect();
         NewEvaluation {

@@ -12,9 +12,11 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::grade::{grade_all, grade_into, GradeOutcome, GradeTask, Grader};
+use crate::grade::{grade_all, grade_into, GradeOutcome, GradeTask, Grader, StageRecord};
 use crate::http::ApiError;
-use crate::model::{EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, QuestionPaper};
+use crate::model::{
+    EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, QuestionPaper, Stages,
+};
 use crate::segment::QuestionNumber;
 
 /// Who is asking, as far as grading is concerned.
@@ -109,10 +111,9 @@ pub async fn evaluate(
 ) -> Result<EvaluationResult, ApiError> {
     let store = &state.store;
     let started = std::time::Instant::now();
-    let (exam, paper) = tokio::try_join!(
-        store.get_exam(&input.exam_code),
-        store.get_question_paper(&input.question_paper_code),
-    )?;
+    let (exam, paper) = store
+        .get_exam_and_paper(&input.exam_code, &input.question_paper_code)
+        .await?;
     metrics::histogram!("examiner_store_seconds", "op" => "read_paper")
         .record(started.elapsed().as_secs_f64());
     if let Some(paper) = &paper {
@@ -238,7 +239,7 @@ pub async fn evaluate(
                             error: None,
                             flags: Vec::new(),
                             final_stage: None,
-                            stages: serde_json::Value::Array(Vec::new()),
+                            stages: Stages::default(),
                         },
                     )),
                 }
@@ -475,10 +476,11 @@ fn item_from_outcome(
             task.question_number
         ))
     })?;
-    let mut stages = serde_json::to_value(&outcome.stages).map_err(ApiError::internal)?;
     if let SecondOpinion::Missing = second {
         outcome.flags.push(SECOND_OPINION_MISSING_FLAG.to_string());
     }
+    // The second opinion's stages are stored after the grader's, marked as what they are.
+    let mut second_stages = Vec::new();
     if let SecondOpinion::Given(second) = second {
         if let (Some(estimate), Some(final_marks)) = (second.marks_awarded, outcome.marks_awarded) {
             let threshold = review_threshold_fraction * task.total_marks;
@@ -486,15 +488,14 @@ fn item_from_outcome(
                 outcome.flags.push(NEEDS_REVIEW_FLAG.to_string());
             }
         }
-        // Stored beside the LLM stages, marked as what it is.
-        if let Some(list) = stages.as_array_mut() {
-            for record in &second.stages {
-                let mut value = serde_json::to_value(record).map_err(ApiError::internal)?;
-                value["role"] = serde_json::Value::String("second_opinion".into());
-                list.push(value);
-            }
+        for record in &second.stages {
+            let mut value = serde_json::to_value(record).map_err(ApiError::internal)?;
+            value["role"] = serde_json::Value::String("second_opinion".into());
+            second_stages.push(value);
         }
     }
+    let stages =
+        Stages::encode(&StageList(&outcome.stages, &second_stages)).map_err(ApiError::internal)?;
     let status = if outcome.marks_awarded.is_some() {
         ItemStatus::Graded
     } else {
@@ -527,6 +528,23 @@ fn item_from_outcome(
         }),
         stages,
     })
+}
+
+/// The grader's stage records, then others already as values: one JSON list.
+struct StageList<'a>(&'a [StageRecord], &'a [serde_json::Value]);
+
+impl serde::Serialize for StageList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut list = serializer.serialize_seq(Some(self.0.len() + self.1.len()))?;
+        for record in self.0 {
+            list.serialize_element(record)?;
+        }
+        for value in self.1 {
+            list.serialize_element(value)?;
+        }
+        list.end()
+    }
 }
 
 /// Fills in the final score and status from the items.

@@ -113,9 +113,10 @@ async fn check_regrade_window(
 }
 
 fn push_stage(item: &mut EvaluationItem, record: serde_json::Value) -> Result<(), ApiError> {
-    match &mut item.stages {
-        serde_json::Value::Array(stages) => {
+    match item.stages.to_value() {
+        serde_json::Value::Array(mut stages) => {
             stages.push(record);
+            item.stages = serde_json::Value::Array(stages).into();
             Ok(())
         }
         other => Err(ApiError::internal(format!(
@@ -276,7 +277,7 @@ mod tests {
             error: (status == ItemStatus::Failed).then(|| "backend failed".to_string()),
             flags: flags.iter().map(|f| f.to_string()).collect(),
             final_stage: marks.map(|_| "evaluator".to_string()),
-            stages: json!([{"role": "evaluator"}]),
+            stages: json!([{"role": "evaluator"}]).into(),
         }
     }
 
@@ -357,7 +358,7 @@ mod tests {
             flagged.flags,
             vec![flag::POSSIBLE_PROMPT_INJECTION, flag::REVIEWED]
         );
-        let stages = flagged.stages.as_array().unwrap();
+        let stages = flagged.stages.list();
         assert_eq!(stages.len(), 2);
         assert_eq!(stages[0]["role"], "evaluator");
         assert_eq!(stages[1]["role"], "examiner");
@@ -373,9 +374,12 @@ mod tests {
         assert_eq!(failed.error, None);
         assert_eq!(failed.llm_evaluation, MARKED_BY_EXAMINER);
         assert_eq!(failed.flags, vec![flag::REVIEWED]);
-        assert_eq!(failed.stages[1]["previous_marks"], serde_json::Value::Null);
         assert_eq!(
-            failed.stages[1]["settled_flags"],
+            failed.stages.list()[1]["previous_marks"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            failed.stages.list()[1]["settled_flags"],
             json!([flag::GRADER_ERROR])
         );
 
@@ -389,9 +393,9 @@ mod tests {
             vec![flag::REVIEWED],
             "the flag is not repeated"
         );
-        assert_eq!(again.stages.as_array().unwrap().len(), 3);
+        assert_eq!(again.stages.list().len(), 3);
         assert_eq!(
-            again.stages[2]["settled_flags"],
+            again.stages.list()[2]["settled_flags"],
             json!([]),
             "the examiner's own initiative"
         );

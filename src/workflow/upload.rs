@@ -76,10 +76,9 @@ pub async fn resolve_paper(
     question_paper_code: &str,
 ) -> Result<QuestionPaper, ApiError> {
     let store = &state.store;
-    let (course, exam, paper) = tokio::try_join!(
+    let (course, (exam, paper)) = tokio::try_join!(
         store.get_course(course_code),
-        store.get_exam(exam_code),
-        store.get_question_paper(question_paper_code),
+        store.get_exam_and_paper(exam_code, question_paper_code),
     )?;
     if course.is_none() {
         return Err(ApiError::NotFound(format!(
