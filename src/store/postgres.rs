@@ -25,7 +25,7 @@ use super::{StoreError, StoreOptions};
 /// PostgreSQL behind the [`Store`](super::Store) trait.
 pub type PostgresStore = SqlStore<sqlx::Postgres, MemoTable>;
 
-sql::impl_conn!(sqlx::Postgres, PgConnection, sql::Placeholder::Numbered);
+sql::impl_conn!(sqlx::Postgres, PgConnection, sql::Placeholder::Numbered, scripts: false);
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`, with

@@ -95,6 +95,9 @@ pub(super) trait Conn: Send {
     type Row: Columns + Send + 'static;
     /// How this database's statements mark the values of a list ([`placeholders`]).
     const PLACEHOLDER: Placeholder;
+    /// Whether [`Conn::fetch_all`] runs a script of several statements in one call, binding
+    /// anonymous values in order across them (SQLite); PostgreSQL binds one statement a call.
+    const SCRIPTS: bool;
 
     /// Runs a statement; returns the rows it changed.
     async fn execute(&mut self, sql: &str, args: Vec<Arg<'_>>) -> Result<u64, sqlx::Error>;
@@ -134,11 +137,12 @@ where
 /// Implements [`Conn`] for one sqlx driver's connection type. Statements are prepared once
 /// per connection and kept (sqlx's statement cache), as with `sqlx::query` anywhere.
 macro_rules! impl_conn {
-    ($database:ty, $connection:ty, $placeholder:expr) => {
+    ($database:ty, $connection:ty, $placeholder:expr, scripts: $scripts:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::sql::Conn for $connection {
             type Row = <$database as sqlx::Database>::Row;
             const PLACEHOLDER: $crate::store::sql::Placeholder = $placeholder;
+            const SCRIPTS: bool = $scripts;
 
             async fn execute(
                 &mut self,
@@ -272,7 +276,6 @@ fn settle<T: PartialEq>(
     }
 }
 
-/// `($1, …, $k), ($k+1, …)`: placeholders for `rows` rows of `columns` values.
 /// How a statement marks the values of a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Placeholder {
@@ -1021,44 +1024,177 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
         return Ok(None);
     };
     let version: i64 = row.col("version")?;
-    let mut rows = Vec::with_capacity(e.items.len());
-    for (position, item) in e.items.iter().enumerate() {
-        let flags = serde_json::to_string(&item.flags)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        let stages = item.stages.as_text();
-        rows.push((position as i64, item, flags, stages));
-    }
+    let flags = item_flags(e)?;
     // One statement for a script's items rather than one each: every statement is a round
     // trip to the database (on SQLite, to the connection's thread) while the write lock is held.
-    for chunk in rows.chunks(ITEM_ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO evaluation_items (evaluation_id, position, question_number,
-                 student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
-                 reasoning, status, error, flags, final_stage, stages) VALUES {}",
-            placeholders(C::PLACEHOLDER, chunk.len(), 14)
-        );
-        let mut values = Vec::with_capacity(chunk.len() * 14);
-        for (position, item, flags, stages) in chunk {
-            values.extend(args![
-                evaluation_id,
-                *position,
-                item.question_number.as_str(),
-                &item.student_answer,
-                &item.standard_answer,
-                item.total_marks,
-                item.marks_awarded,
-                &item.llm_evaluation,
-                &item.reasoning,
-                status_text(item.status),
-                &item.error,
-                flags,
-                &item.final_stage,
-                *stages
-            ]);
-        }
+    for (start, chunk) in item_chunks(e) {
+        let sql = items_insert(C::PLACEHOLDER, chunk.len());
+        let mut values = Vec::with_capacity(chunk.len() * ITEM_COLUMN_COUNT);
+        push_item_values(&mut values, evaluation_id, start, chunk, &flags);
         conn.execute(&sql, values).await?;
     }
     Ok(Some(version))
+}
+
+const ITEM_COLUMN_COUNT: usize = 14;
+
+/// Each item's flags as stored (a JSON list).
+fn item_flags(e: &NewEvaluation) -> Result<Vec<String>, StoreError> {
+    e.items
+        .iter()
+        .map(|item| {
+            serde_json::to_string(&item.flags).map_err(|err| StoreError::Corrupt(err.to_string()))
+        })
+        .collect()
+}
+
+/// The items in statements' worth, each with the position of its first.
+fn item_chunks(e: &NewEvaluation) -> impl Iterator<Item = (usize, &[EvaluationItem])> {
+    e.items
+        .chunks(ITEM_ROWS_PER_STATEMENT)
+        .enumerate()
+        .map(|(n, chunk)| (n * ITEM_ROWS_PER_STATEMENT, chunk))
+}
+
+fn items_insert(style: Placeholder, rows: usize) -> String {
+    format!(
+        "INSERT INTO evaluation_items (evaluation_id, position, question_number,
+             student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
+             reasoning, status, error, flags, final_stage, stages) VALUES {}",
+        placeholders(style, rows, ITEM_COLUMN_COUNT)
+    )
+}
+
+/// The values of [`items_insert`] for `chunk`, whose first item is at `start`.
+fn push_item_values<'a>(
+    values: &mut Vec<Arg<'a>>,
+    evaluation_id: &'a str,
+    start: usize,
+    chunk: &'a [EvaluationItem],
+    flags: &'a [String],
+) {
+    for (offset, item) in chunk.iter().enumerate() {
+        let position = start + offset;
+        values.extend(args![
+            evaluation_id,
+            position as i64,
+            item.question_number.as_str(),
+            &item.student_answer,
+            &item.standard_answer,
+            item.total_marks,
+            item.marks_awarded,
+            &item.llm_evaluation,
+            &item.reasoning,
+            status_text(item.status),
+            &item.error,
+            &flags[position],
+            &item.final_stage,
+            item.stages.as_text()
+        ]);
+    }
+}
+
+/// How [`insert_evaluation_script`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ScriptOutcome {
+    /// Stored under this version.
+    Committed(i64),
+    /// Nothing stored, the connection as it was.
+    RolledBack,
+    /// Nothing stored, but the rollback failed: the connection may still hold the
+    /// transaction, so it must not be used again.
+    Unsettled,
+}
+
+/// [`insert_evaluation`] with its transaction as one script, sent in one call, for a
+/// database that runs scripts ([`Conn::SCRIPTS`]). On SQLite each statement sent is a round
+/// trip to the connection's thread, and the four of a graded script (BEGIN, the evaluation,
+/// its items, COMMIT) cost that thread as much in waking up as in writing (BENCHMARKS.md,
+/// step 20).
+///
+/// Any failure — the user not stored, another process's version, a database error — rolls
+/// the script back, and the caller goes statement by statement, which tells them apart.
+/// The script must run to its end or its rollback: a caller that could be cancelled runs it
+/// in a task of its own.
+pub(super) async fn insert_evaluation_script<C: Conn + ?Sized>(
+    conn: &mut C,
+    e: &NewEvaluation,
+    evaluation_id: &str,
+    created_at: DateTime<Utc>,
+    register: bool,
+) -> Result<ScriptOutcome, StoreError> {
+    debug_assert!(C::SCRIPTS && C::PLACEHOLDER == Placeholder::Anonymous);
+    let flags = item_flags(e)?;
+    let registered_at = now();
+    let created_at = timestamp(created_at);
+    let mut script = String::from("BEGIN IMMEDIATE;\n");
+    let mut values = Vec::with_capacity(16 + e.items.len() * ITEM_COLUMN_COUNT);
+    if register {
+        script.push_str(
+            "INSERT INTO users (user_id, created_at) VALUES (?, ?)
+             ON CONFLICT (user_id) DO NOTHING;\n",
+        );
+        values.extend(args![&e.user_id, &registered_at]);
+    }
+    // As in `insert_evaluation`, with each value given where it is used.
+    script.push_str(&format!(
+        "INSERT INTO evaluations ({EVALUATION_COLUMNS})
+         SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+         FROM evaluations WHERE user_id = ? AND question_paper_code = ?
+         HAVING EXISTS (SELECT 1 FROM users WHERE user_id = ?)
+         RETURNING version;\n"
+    ));
+    values.extend(args![
+        evaluation_id,
+        &e.user_id,
+        &e.course_code,
+        &e.exam_code,
+        &e.question_paper_code,
+        &e.submission_id,
+        &e.grader,
+        e.total_exam_marks,
+        e.final_score,
+        &e.status,
+        &created_at,
+        &e.user_id,
+        &e.question_paper_code,
+        &e.user_id
+    ]);
+    // Without the evaluation's row (the user is not stored) its items break their foreign
+    // key, so the script stops before COMMIT.
+    for (start, chunk) in item_chunks(e) {
+        script.push_str(&items_insert(Placeholder::Anonymous, chunk.len()));
+        script.push_str(";\n");
+        push_item_values(&mut values, evaluation_id, start, chunk, &flags);
+    }
+    script.push_str("COMMIT");
+    match conn.fetch_all(&script, values).await {
+        Ok(rows) => match rows.as_slice() {
+            [row] => Ok(ScriptOutcome::Committed(row.col("version")?)),
+            // No evaluation row and nothing else written: an evaluation without items has no
+            // foreign key to stop its script.
+            [] if e.items.is_empty() && !register => Ok(ScriptOutcome::RolledBack),
+            _ => Err(StoreError::Corrupt(format!(
+                "storing an evaluation committed {} version rows",
+                rows.len()
+            ))),
+        },
+        Err(error) => {
+            tracing::debug!(%error, "the evaluation's script failed; going statement by statement");
+            match conn.execute("ROLLBACK", args![]).await {
+                Ok(_) => Ok(ScriptOutcome::RolledBack),
+                // The script failed before its BEGIN took effect, or SQLite rolled back on
+                // the error itself.
+                Err(e) if e.to_string().contains("no transaction is active") => {
+                    Ok(ScriptOutcome::RolledBack)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not roll back a failed evaluation script; closing its connection");
+                    Ok(ScriptOutcome::Unsettled)
+                }
+            }
+        }
+    }
 }
 
 /// The id of the given version of the student's evaluation of the paper of `e`.

@@ -122,6 +122,57 @@ impl<DB: sqlx::Database, M> SqlStore<DB, M> {
     }
 }
 
+/// Stores a new evaluation with one script ([`sql::insert_evaluation_script`]) where the
+/// database runs scripts and nothing needs checking before the commit (a change based on
+/// a version does). `None`: nothing was stored, and the caller goes statement by
+/// statement. The evaluation comes back either way.
+async fn insert_evaluation_in_one_call<DB>(
+    writer: &Pool<DB>,
+    known: &Known,
+    e: NewEvaluation,
+    evaluation_id: &str,
+    created_at: chrono::DateTime<Utc>,
+) -> Result<(NewEvaluation, Option<i64>), StoreError>
+where
+    DB: sqlx::Database,
+    DB::Connection: Conn,
+{
+    if !<DB::Connection as Conn>::SCRIPTS || e.replaces_version.is_some() {
+        return Ok((e, None));
+    }
+    let register_user = !known.has_user(&e.user_id);
+    let writer = writer.clone();
+    let evaluation_id = evaluation_id.to_string();
+    // In a task of its own, so that a request cancelled meanwhile cannot stop the script
+    // between its BEGIN and its COMMIT or rollback.
+    let task = tokio::spawn(async move {
+        let outcome = async {
+            let mut conn = writer.acquire().await?;
+            let outcome = sql::insert_evaluation_script(
+                &mut *conn,
+                &e,
+                &evaluation_id,
+                created_at,
+                register_user,
+            )
+            .await?;
+            if outcome == sql::ScriptOutcome::Unsettled {
+                conn.close_on_drop();
+            }
+            Ok::<_, StoreError>(outcome)
+        }
+        .await;
+        (e, outcome)
+    });
+    let (e, outcome) = task
+        .await
+        .map_err(|err| StoreError::Corrupt(format!("storing an evaluation failed: {err}")))?;
+    match outcome? {
+        sql::ScriptOutcome::Committed(version) => Ok((e, Some(version))),
+        sql::ScriptOutcome::RolledBack | sql::ScriptOutcome::Unsettled => Ok((e, None)),
+    }
+}
+
 /// A write of several statements runs in a transaction on the writer; a read takes a reader.
 #[async_trait]
 impl<DB, M> Store for SqlStore<DB, M>
@@ -290,6 +341,13 @@ where
         // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
         // (user, paper, version) refuses this one, which runs again with the next number, so
         // both are kept.
+        let (e, scripted) =
+            insert_evaluation_in_one_call(&self.writer, &self.known, e, &evaluation_id, created_at)
+                .await?;
+        if let Some(version) = scripted {
+            self.known.remember_user(&e.user_id);
+            return Ok(e.into_record(evaluation_id, version, created_at));
+        }
         let mut attempt = 0;
         let version = loop {
             attempt += 1;

@@ -181,7 +181,7 @@ async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std
     }
 }
 
-sql::impl_conn!(sqlx::Sqlite, SqliteConnection, sql::Placeholder::Anonymous);
+sql::impl_conn!(sqlx::Sqlite, SqliteConnection, sql::Placeholder::Anonymous, scripts: true);
 
 #[cfg(test)]
 mod tests {
@@ -189,6 +189,7 @@ mod tests {
     use crate::model::{EvaluationItem, ItemStatus, NewEvaluation};
     use crate::segment::QuestionNumber;
     use crate::store::Store;
+    use chrono::SubsecRound;
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
         let path = dir.path().join("examiner.db");
@@ -244,6 +245,96 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(read.items, big.items);
+    }
+
+    #[tokio::test]
+    async fn an_evaluation_is_one_script_and_a_failed_script_leaves_no_transaction_open() {
+        use sql::ScriptOutcome::{Committed, RolledBack};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(&dir).await;
+        let count = |table: &'static str| {
+            let reader = store.reader.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&reader)
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut conn = store.writer.acquire().await.unwrap();
+        let now = chrono::Utc::now().trunc_subsecs(6);
+        let first = evaluation(sql::ITEM_ROWS_PER_STATEMENT + 2);
+        let second = evaluation(3);
+        assert_eq!(
+            sql::insert_evaluation_script(&mut *conn, &first, "E-1", now, true)
+                .await
+                .unwrap(),
+            Committed(1)
+        );
+        assert_eq!(
+            sql::insert_evaluation_script(&mut *conn, &second, "E-2", now, false)
+                .await
+                .unwrap(),
+            Committed(2)
+        );
+        // A user not stored: the items' foreign key stops the script before its COMMIT.
+        let mut stranger = evaluation(3);
+        stranger.user_id = "U9".into();
+        assert_eq!(
+            sql::insert_evaluation_script(&mut *conn, &stranger, "E-3", now, false)
+                .await
+                .unwrap(),
+            RolledBack
+        );
+        // An id already taken fails at the evaluation's row.
+        assert_eq!(
+            sql::insert_evaluation_script(&mut *conn, &second, "E-1", now, false)
+                .await
+                .unwrap(),
+            RolledBack
+        );
+        // No transaction is left on the connection: a new one begins.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        drop(conn);
+        assert_eq!(count("evaluations").await, 2);
+        assert_eq!(
+            count("evaluation_items").await,
+            (first.items.len() + second.items.len()) as i64
+        );
+        assert_eq!(count("users").await, 1);
+        for (id, stored) in [("E-1", &first), ("E-2", &second)] {
+            let read = store.get_evaluation(id).await.unwrap().unwrap();
+            assert_eq!(read.items, stored.items, "{id}");
+            assert_eq!(read.created_at, now, "{id}");
+        }
+        // Through the store, which sends the script: the next version, and the remembered
+        // user found erased behind its back goes statement by statement and is registered
+        // again.
+        assert_eq!(
+            store
+                .insert_evaluation(evaluation(2))
+                .await
+                .unwrap()
+                .version,
+            3
+        );
+        sqlx::query("PRAGMA foreign_keys = OFF; DELETE FROM evaluation_items; DELETE FROM evaluations; DELETE FROM users; PRAGMA foreign_keys = ON")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .insert_evaluation(evaluation(2))
+                .await
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(count("users").await, 1);
     }
 
     #[test]
