@@ -291,8 +291,8 @@ pub struct EvaluationItem {
 
 /// A question's stages (a JSON list) held as the JSON text that is stored. Grading encodes
 /// them once, straight from the stage records, and the store writes that text as it is:
-/// building them as a `Value` tree first, only to encode the tree, was 3 % of Examiner's CPU
-/// under load (BENCHMARKS.md, step 20). Readers that look inside parse them ([`Stages::list`]).
+/// building them as a `Value` tree first, only to encode the tree, was 2.6 % of Examiner's
+/// CPU under load (BENCHMARKS.md, step 20). Readers that look inside parse them ([`Stages::list`]).
 #[derive(Clone, Debug)]
 pub struct Stages(Box<serde_json::value::RawValue>);
 

@@ -337,10 +337,6 @@ where
         let evaluation_id = uuid::Uuid::now_v7().to_string();
         // Stored to the microsecond, so the record answered is the record read back later.
         let created_at = Utc::now().trunc_subsecs(6);
-        // Another writer storing an evaluation of the same paper may take the version number
-        // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
-        // (user, paper, version) refuses this one, which runs again with the next number, so
-        // both are kept.
         let (e, scripted) =
             insert_evaluation_in_one_call(&self.writer, &self.known, e, &evaluation_id, created_at)
                 .await?;
@@ -348,6 +344,10 @@ where
             self.known.remember_user(&e.user_id);
             return Ok(e.into_record(evaluation_id, version, created_at));
         }
+        // Another writer storing an evaluation of the same paper may take the version number
+        // first (another process on SQLite; see `version_lock` for PostgreSQL): the unique
+        // (user, paper, version) refuses this one, which runs again with the next number, so
+        // both are kept.
         let mut attempt = 0;
         let version = loop {
             attempt += 1;

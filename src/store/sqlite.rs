@@ -306,10 +306,13 @@ mod tests {
             (first.items.len() + second.items.len()) as i64
         );
         assert_eq!(count("users").await, 1);
-        for (id, stored) in [("E-1", &first), ("E-2", &second)] {
+        for (id, version, stored) in [("E-1", 1, &first), ("E-2", 2, &second)] {
             let read = store.get_evaluation(id).await.unwrap().unwrap();
-            assert_eq!(read.items, stored.items, "{id}");
-            assert_eq!(read.created_at, now, "{id}");
+            assert_eq!(
+                read,
+                stored.clone().into_record(id.into(), version, now),
+                "{id}"
+            );
         }
         // Through the store, which sends the script: the next version, and the remembered
         // user found erased behind its back goes statement by statement and is registered
