@@ -994,32 +994,9 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
     if register {
         register_user(conn, &e.user_id).await?;
     }
-    // The version is computed inside the INSERT so that, without the registration, the
-    // transaction's first statement is a write (see the SQLite backend).
-    let row = conn
-        .fetch_optional(
-            &format!(
-                "INSERT INTO evaluations ({EVALUATION_COLUMNS})
-                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
-                 FROM evaluations WHERE user_id = $2 AND question_paper_code = $5
-                 HAVING EXISTS (SELECT 1 FROM users WHERE user_id = $2)
-                 RETURNING version"
-            ),
-            args![
-                evaluation_id,
-                &e.user_id,
-                &e.course_code,
-                &e.exam_code,
-                &e.question_paper_code,
-                &e.submission_id,
-                &e.grader,
-                e.total_exam_marks,
-                e.final_score,
-                &e.status,
-                &timestamp(created_at)
-            ],
-        )
-        .await?;
+    let created_at = timestamp(created_at);
+    let (sql, values) = evaluation_row(C::PLACEHOLDER, e, evaluation_id, &created_at);
+    let row = conn.fetch_optional(&sql, values).await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -1034,6 +1011,48 @@ pub(super) async fn insert_evaluation<C: Conn + ?Sized>(
         conn.execute(&sql, values).await?;
     }
     Ok(Some(version))
+}
+
+/// The statement that writes an evaluation's row and returns its version, with its values.
+/// The version is computed inside the INSERT so that, without the registration, the
+/// transaction's first statement is a write (see the SQLite backend). No row is written
+/// when the user is not stored.
+fn evaluation_row<'a>(
+    style: Placeholder,
+    e: &'a NewEvaluation,
+    evaluation_id: &'a str,
+    created_at: &'a str,
+) -> (String, Vec<Arg<'a>>) {
+    let mut values = args![
+        evaluation_id,
+        &e.user_id,
+        &e.course_code,
+        &e.exam_code,
+        &e.question_paper_code,
+        &e.submission_id,
+        &e.grader,
+        e.total_exam_marks,
+        e.final_score,
+        &e.status,
+        created_at
+    ];
+    // The evaluation's id, then the row's other values after its version.
+    let (id, rest, user, paper) = match style {
+        Placeholder::Numbered => ("$1", "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11", "$2", "$5"),
+        Placeholder::Anonymous => {
+            // Each value where it is used: the user, the paper, the user again.
+            values.extend(args![&e.user_id, &e.question_paper_code, &e.user_id]);
+            ("?", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?", "?", "?")
+        }
+    };
+    let sql = format!(
+        "INSERT INTO evaluations ({EVALUATION_COLUMNS})
+         SELECT {id}, COALESCE(MAX(version), 0) + 1, {rest}
+         FROM evaluations WHERE user_id = {user} AND question_paper_code = {paper}
+         HAVING EXISTS (SELECT 1 FROM users WHERE user_id = {user})
+         RETURNING version"
+    );
+    (sql, values)
 }
 
 const ITEM_COLUMN_COUNT: usize = 14;
@@ -1136,30 +1155,10 @@ pub(super) async fn insert_evaluation_script<C: Conn + ?Sized>(
         );
         values.extend(args![&e.user_id, &registered_at]);
     }
-    // As in `insert_evaluation`, with each value given where it is used.
-    script.push_str(&format!(
-        "INSERT INTO evaluations ({EVALUATION_COLUMNS})
-         SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-         FROM evaluations WHERE user_id = ? AND question_paper_code = ?
-         HAVING EXISTS (SELECT 1 FROM users WHERE user_id = ?)
-         RETURNING version;\n"
-    ));
-    values.extend(args![
-        evaluation_id,
-        &e.user_id,
-        &e.course_code,
-        &e.exam_code,
-        &e.question_paper_code,
-        &e.submission_id,
-        &e.grader,
-        e.total_exam_marks,
-        e.final_score,
-        &e.status,
-        &created_at,
-        &e.user_id,
-        &e.question_paper_code,
-        &e.user_id
-    ]);
+    let (row, row_values) = evaluation_row(Placeholder::Anonymous, e, evaluation_id, &created_at);
+    script.push_str(&row);
+    script.push_str(";\n");
+    values.extend(row_values);
     // Without the evaluation's row (the user is not stored) its items break their foreign
     // key, so the script stops before COMMIT.
     for (start, chunk) in item_chunks(e) {

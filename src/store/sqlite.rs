@@ -317,26 +317,19 @@ mod tests {
         // Through the store, which sends the script: the next version, and the remembered
         // user found erased behind its back goes statement by statement and is registered
         // again.
-        assert_eq!(
+        let next_version = || async {
             store
                 .insert_evaluation(evaluation(2))
                 .await
                 .unwrap()
-                .version,
-            3
-        );
+                .version
+        };
+        assert_eq!(next_version().await, 3);
         sqlx::query("PRAGMA foreign_keys = OFF; DELETE FROM evaluation_items; DELETE FROM evaluations; DELETE FROM users; PRAGMA foreign_keys = ON")
             .execute(&store.writer)
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .insert_evaluation(evaluation(2))
-                .await
-                .unwrap()
-                .version,
-            1
-        );
+        assert_eq!(next_version().await, 1);
         assert_eq!(count("users").await, 1);
     }
 
