@@ -1326,6 +1326,99 @@ mod request_body_tests {
 #[cfg(test)]
 mod completion_reading_tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, its object keys mostly the names the reader looks for.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "[a-z{}\\[\\]\"\\\\é\n ]{0,12}".prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            3 => prop::sample::select(vec![
+                "error", "choices", "usage", "model", "message", "text", "finish_reason",
+                "content", "refusal", "prompt_tokens", "completion_tokens", "type",
+            ])
+            .prop_map(str::to_string),
+            1 => "[a-z]{1,6}",
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A completion's shape with any value, or none, in each place the reader looks; now and
+    /// then an object's values come as a list in its fields' order, which a struct would
+    /// read positionally.
+    fn completion_shaped() -> impl Strategy<Value = Value> {
+        let slot = || prop::option::of(json());
+        let places = (
+            (slot(), slot(), slot(), slot()),
+            (slot(), slot(), slot()),
+            (slot(), slot(), slot()),
+        );
+        (places, prop::array::uniform4(prop::bool::weighted(0.15))).prop_map(|(places, listed)| {
+            let ((content, refusal, text, finish), (prompt, completion, model), (error, total, id)) =
+                places;
+            let object = |listed: bool, fields: Vec<(&str, Option<Value>)>| {
+                let present = fields.into_iter().filter_map(|(k, v)| Some((k.to_string(), v?)));
+                if listed {
+                    Value::Array(present.map(|(_, v)| v).collect())
+                } else {
+                    Value::Object(present.collect())
+                }
+            };
+            let message = object(listed[0], vec![("content", content), ("refusal", refusal)]);
+            let choice = object(
+                listed[1],
+                vec![
+                    ("message", Some(message)),
+                    ("text", text),
+                    ("finish_reason", finish),
+                ],
+            );
+            let usage = object(
+                listed[2],
+                vec![
+                    ("prompt_tokens", prompt),
+                    ("completion_tokens", completion),
+                    ("total_tokens", total),
+                ],
+            );
+            object(
+                listed[3],
+                vec![
+                    ("choices", Some(Value::Array(vec![choice]))),
+                    ("usage", Some(usage)),
+                    ("model", model),
+                    ("error", error),
+                    ("id", id),
+                ],
+            )
+        })
+    }
+
+    proptest! {
+        /// A JSON object (keys once each) is always read directly, as the tree walk reads it;
+        /// anything else is read by the tree walk.
+        #[test]
+        fn any_json_is_read_as_the_tree_walk_reads_it(
+            body in prop_oneof![json(), completion_shaped()],
+        ) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let direct = read_completion(&bytes);
+            prop_assert_eq!(direct.is_some(), body.is_object());
+            prop_assert_eq!(parse_completion(&bytes), parse_completion_tree(&bytes));
+        }
+    }
 
     /// Bodies the direct reader must read itself, each as the tree walk does.
     const READ_DIRECTLY: &[&str] = &[
