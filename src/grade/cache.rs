@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::client::Conversation;
+use super::client::{Conversation, Opening};
 use super::prompts::PROMPT_VERSION;
 use super::{ReplyCache, StageRole};
 use crate::store::Store;
@@ -25,14 +25,54 @@ use crate::store::Store;
 /// `json!([...])` did (a message's fields are declared in sorted order), so keys are unchanged
 /// but each stage no longer copies its whole prompt into a `Value` and a buffer first.
 pub(crate) fn cache_key(role: StageRole, model: &str, conversation: &Conversation) -> String {
-    let mut hasher = HashWriter(Sha256::new());
-    // Writing into a hasher cannot fail, and these types always serialise. The messages go in
-    // as the conversation encoded them: the same bytes as serialising them here.
-    let _ = serde_json::to_writer(
-        &mut hasher,
-        &(role.as_str(), model, PROMPT_VERSION, conversation.json()),
-    );
-    hex::encode(hasher.0.finalize())
+    let messages = conversation.json().get();
+    let Some(opening) = conversation.opening() else {
+        let mut hasher = HashWriter(Sha256::new());
+        // Writing into a hasher cannot fail, and these types always serialise. The messages go
+        // in as the conversation encoded them: the same bytes as serialising them here.
+        let _ = serde_json::to_writer(
+            &mut hasher,
+            &(role.as_str(), model, PROMPT_VERSION, conversation.json()),
+        );
+        return hex::encode(hasher.0.finalize());
+    };
+    // The same bytes, hashed from a saved state: the array's head and the role's system
+    // message (about half of what is hashed) are the same in every call of a backend.
+    let (common, rest) = messages.split_at(opening.bytes);
+    let mut hasher = opening_state(role, model, opening, common);
+    hasher.update(rest);
+    hasher.update(b"]");
+    hex::encode(hasher.finalize())
+}
+
+/// `[role, model, version,` and the messages' common start, hashed once per backend and
+/// system message.
+fn opening_state(role: StageRole, model: &str, opening: Opening, common: &str) -> Sha256 {
+    type States = HashMap<(StageRole, usize), Vec<(String, Sha256)>>;
+    static STATES: std::sync::LazyLock<Mutex<States>> = std::sync::LazyLock::new(Mutex::default);
+    /// A process serves a few models per role; a bound keeps a stream of ad hoc model names
+    /// from growing the map.
+    const MODELS_PER_ROLE: usize = 16;
+    let mut states = STATES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let per_model = states.entry((role, opening.system_prompt)).or_default();
+    if let Some((_, state)) = per_model.iter().find(|(name, _)| name == model) {
+        return state.clone();
+    }
+    let mut head = serde_json::to_vec(&(role.as_str(), model, PROMPT_VERSION))
+        .expect("strings always serialise");
+    // `["role","model","version"]` → `["role","model","version",`
+    head.pop();
+    head.push(b',');
+    let mut state = Sha256::new();
+    state.update(&head);
+    state.update(common);
+    if per_model.len() >= MODELS_PER_ROLE {
+        per_model.clear();
+    }
+    per_model.push((model.to_string(), state.clone()));
+    state
 }
 
 struct HashWriter(Sha256);
@@ -411,23 +451,40 @@ mod tests {
                 ChatMessage::user("line one\nline two"),
             ]),
             asked_again,
+            // The same system message alone, then followed by others: one saved state must
+            // serve both.
+            Conversation::new(vec![ChatMessage::system(system_prompt(StageRole::Arbiter))]),
+            Conversation::new(vec![
+                ChatMessage::system(system_prompt(StageRole::Arbiter)),
+                ChatMessage::user("answer"),
+            ]),
+            Conversation::new(vec![
+                ChatMessage::user("no system message"),
+                ChatMessage::system(system_prompt(StageRole::Arbiter)),
+            ]),
         ];
-        for conversation in &conversations {
-            let material = serde_json::json!([
-                StageRole::Verifier.as_str(),
-                "model-x",
-                PROMPT_VERSION,
-                conversation.messages()
-            ]);
-            let expected = hex::encode(Sha256::digest(serde_json::to_vec(&material).unwrap()));
-            assert_eq!(
-                cache_key(StageRole::Verifier, "model-x", conversation),
-                expected
-            );
-            assert_ne!(
-                cache_key(StageRole::Evaluator, "model-x", conversation),
-                expected
-            );
+        // Twice over, so that the second round hashes from the saved states of the first.
+        for _ in 0..2 {
+            for conversation in &conversations {
+                for model in ["model-x", "model-y"] {
+                    let material = serde_json::json!([
+                        StageRole::Verifier.as_str(),
+                        model,
+                        PROMPT_VERSION,
+                        conversation.messages()
+                    ]);
+                    let expected =
+                        hex::encode(Sha256::digest(serde_json::to_vec(&material).unwrap()));
+                    assert_eq!(
+                        cache_key(StageRole::Verifier, model, conversation),
+                        expected
+                    );
+                    assert_ne!(
+                        cache_key(StageRole::Evaluator, model, conversation),
+                        expected
+                    );
+                }
+            }
         }
     }
 }

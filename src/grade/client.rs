@@ -88,18 +88,37 @@ impl ChatMessage {
 pub(crate) struct Conversation {
     messages: Vec<ChatMessage>,
     json: Box<RawValue>,
+    opening: Option<Opening>,
+}
+
+/// A conversation that opens with a role's system message, pre-encoded: which one, and how
+/// many bytes of the JSON array are the same in every conversation that opens with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Opening {
+    pub system_prompt: usize,
+    pub bytes: usize,
 }
 
 impl Conversation {
     pub(crate) fn new(messages: Vec<ChatMessage>) -> Self {
-        let json = encode_messages(&messages);
-        Conversation { messages, json }
+        let (json, opening) = encode_messages(&messages);
+        Conversation {
+            messages,
+            json,
+            opening,
+        }
     }
 
     /// Adds a turn (the re-ask after an invalid reply) and encodes the array again.
     pub(crate) fn push(&mut self, message: ChatMessage) {
         self.messages.push(message);
-        self.json = encode_messages(&self.messages);
+        (self.json, self.opening) = encode_messages(&self.messages);
+    }
+
+    /// Set when the array opens with a role's system message: the memo key's hash of that
+    /// common start is kept (`cache::cache_key`).
+    pub(crate) fn opening(&self) -> Option<Opening> {
+        self.opening
     }
 
     #[cfg(test)]
@@ -113,7 +132,7 @@ impl Conversation {
     }
 }
 
-fn encode_messages(messages: &[ChatMessage]) -> Box<RawValue> {
+fn encode_messages(messages: &[ChatMessage]) -> (Box<RawValue>, Option<Opening>) {
     static SYSTEM: LazyLock<Vec<(&'static str, Box<RawValue>)>> = LazyLock::new(|| {
         system_prompts()
             .iter()
@@ -132,21 +151,31 @@ fn encode_messages(messages: &[ChatMessage]) -> Box<RawValue> {
         Encoded(&'a RawValue),
         Message(&'a ChatMessage),
     }
+    let known = |message: &ChatMessage| {
+        (message.role == ChatRole::System)
+            .then(|| {
+                SYSTEM
+                    .iter()
+                    .position(|(prompt, _)| *prompt == message.content)
+            })
+            .flatten()
+    };
     let parts: Vec<Part<'_>> = messages
         .iter()
-        .map(|message| {
-            let known = (message.role == ChatRole::System)
-                .then(|| SYSTEM.iter().find(|(prompt, _)| *prompt == message.content))
-                .flatten();
-            match known {
-                Some((_, encoded)) => Part::Encoded(encoded),
-                None => Part::Message(message),
-            }
+        .map(|message| match known(message) {
+            Some(at) => Part::Encoded(&SYSTEM[at].1),
+            None => Part::Message(message),
         })
         .collect();
     // `to_raw_value` writes the text without parsing it back; it fails only for non-string map
     // keys, which these types do not have.
-    serde_json::value::to_raw_value(&parts).expect("chat messages always serialise")
+    let json = serde_json::value::to_raw_value(&parts).expect("chat messages always serialise");
+    // "[" and the system message: the same bytes whatever follows.
+    let opening = messages.first().and_then(known).map(|at| Opening {
+        system_prompt: at,
+        bytes: 1 + SYSTEM[at].1.get().len(),
+    });
+    (json, opening)
 }
 
 /// How structured output is requested, best first.
