@@ -19,34 +19,39 @@ use super::{ReplyCache, StageRole};
 use crate::store::Store;
 
 /// Hex SHA-256 over (role, model, [`PROMPT_VERSION`], the full rendered messages). The parts
-/// are serialised as one JSON array, so no two different inputs share an encoding.
+/// are serialised as one JSON array, so no two different inputs share an encoding; the
+/// messages go in as the conversation encoded them, the same bytes as `json!([...])` of them
+/// gave (a message's fields are declared in sorted order), so keys are unchanged.
 ///
-/// The parts stream straight into the hash: a tuple serialises as the same JSON array as
-/// `json!([...])` did (a message's fields are declared in sorted order), so keys are unchanged
-/// but each stage no longer copies its whole prompt into a `Value` and a buffer first.
+/// Most conversations open with a role's system message, about half of what is hashed: the
+/// hash state after it is kept per role, system message and model, and each key goes on from
+/// a copy of it.
 pub(crate) fn cache_key(role: StageRole, model: &str, conversation: &Conversation) -> String {
     let messages = conversation.json().get();
-    let Some(opening) = conversation.opening() else {
-        let mut hasher = HashWriter(Sha256::new());
-        // Writing into a hasher cannot fail, and these types always serialise. The messages go
-        // in as the conversation encoded them: the same bytes as serialising them here.
-        let _ = serde_json::to_writer(
-            &mut hasher,
-            &(role.as_str(), model, PROMPT_VERSION, conversation.json()),
-        );
-        return hex::encode(hasher.0.finalize());
+    let (mut hasher, rest) = match conversation.opening() {
+        Some(opening) => {
+            let (common, rest) = messages.split_at(opening.bytes);
+            (opening_state(role, model, opening, common), rest)
+        }
+        None => (key_head(role, model), messages),
     };
-    // The same bytes, hashed from a saved state: the array's head and the role's system
-    // message (about half of what is hashed) are the same in every call of a backend.
-    let (common, rest) = messages.split_at(opening.bytes);
-    let mut hasher = opening_state(role, model, opening, common);
     hasher.update(rest);
     hasher.update(b"]");
     hex::encode(hasher.finalize())
 }
 
-/// `[role, model, version,` and the messages' common start, hashed once per backend and
-/// system message.
+/// The hash of `["role","model","version",`: the key's array up to its messages.
+fn key_head(role: StageRole, model: &str) -> Sha256 {
+    let mut head = serde_json::to_vec(&(role.as_str(), model, PROMPT_VERSION))
+        .expect("strings always serialise");
+    // `["role","model","version"]` → `["role","model","version",`
+    head.pop();
+    head.push(b',');
+    Sha256::new_with_prefix(head)
+}
+
+/// [`key_head`] and the messages' common start, hashed once per role, system message and
+/// model.
 fn opening_state(role: StageRole, model: &str, opening: Opening, common: &str) -> Sha256 {
     type States = HashMap<(StageRole, usize), Vec<(String, Sha256)>>;
     static STATES: std::sync::LazyLock<Mutex<States>> = std::sync::LazyLock::new(Mutex::default);
@@ -60,32 +65,13 @@ fn opening_state(role: StageRole, model: &str, opening: Opening, common: &str) -
     if let Some((_, state)) = per_model.iter().find(|(name, _)| name == model) {
         return state.clone();
     }
-    let mut head = serde_json::to_vec(&(role.as_str(), model, PROMPT_VERSION))
-        .expect("strings always serialise");
-    // `["role","model","version"]` → `["role","model","version",`
-    head.pop();
-    head.push(b',');
-    let mut state = Sha256::new();
-    state.update(&head);
+    let mut state = key_head(role, model);
     state.update(common);
     if per_model.len() >= MODELS_PER_ROLE {
         per_model.clear();
     }
     per_model.push((model.to_string(), state.clone()));
     state
-}
-
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Process-local cache; oldest entries are evicted first once `capacity` is reached.

@@ -93,7 +93,7 @@ pub(crate) struct Conversation {
 
 /// A conversation that opens with a role's system message, pre-encoded: which one, and how
 /// many bytes of the JSON array are the same in every conversation that opens with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Opening {
     pub system_prompt: usize,
     pub bytes: usize,
@@ -817,13 +817,8 @@ fn read_completion(bytes: &[u8]) -> Option<ParsedCompletion> {
             _ => Some(None),
         }
     }
-    fn text(raw: Option<&RawValue>) -> Option<String> {
-        let raw = raw?.get();
-        raw.starts_with('"')
-            .then(|| serde_json::from_str(raw).ok())
-            .flatten()
-    }
-    fn count(raw: Option<&RawValue>) -> Option<u64> {
+    /// A string or a count; anything else reads as absent.
+    fn scalar<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Option<T> {
         serde_json::from_str(raw?.get()).ok()
     }
 
@@ -859,7 +854,7 @@ fn read_completion(bytes: &[u8]) -> Option<ParsedCompletion> {
         _ => String::new(),
     };
     if content.is_empty() {
-        if let Some(legacy) = text(choice.as_ref().and_then(|c| c.text)) {
+        if let Some(legacy) = scalar(choice.as_ref().and_then(|c| c.text)) {
             content = legacy;
         }
     }
@@ -867,12 +862,12 @@ fn read_completion(bytes: &[u8]) -> Option<ParsedCompletion> {
     Some(Ok((
         Completion {
             content,
-            finish_reason: text(choice.as_ref().and_then(|c| c.finish_reason)),
-            refusal: text(message.as_ref().and_then(|m| m.refusal)),
-            served_model: text(body.model),
+            finish_reason: scalar(choice.as_ref().and_then(|c| c.finish_reason)),
+            refusal: scalar(message.as_ref().and_then(|m| m.refusal)),
+            served_model: scalar(body.model),
         },
-        usage.as_ref().and_then(|u| count(u.prompt_tokens)),
-        usage.as_ref().and_then(|u| count(u.completion_tokens)),
+        usage.as_ref().and_then(|u| scalar(u.prompt_tokens)),
+        usage.as_ref().and_then(|u| scalar(u.completion_tokens)),
     )))
 }
 
@@ -888,7 +883,7 @@ fn content_of_parts(parts: &[Value]) -> String {
 
 /// [`parse_completion`] by walking the body as a `Value` tree: the reference for
 /// [`read_completion`], and the reader of bodies it leaves alone.
-fn parse_completion_tree(bytes: &[u8]) -> Result<(Completion, Option<u64>, Option<u64>), String> {
+fn parse_completion_tree(bytes: &[u8]) -> ParsedCompletion {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "body is not JSON ({e}): {}",

@@ -327,6 +327,15 @@ fn exam_from(row: &impl Columns) -> Result<Exam, StoreError> {
     })
 }
 
+fn question_from(row: &impl Columns) -> Result<Question, StoreError> {
+    Ok(Question {
+        question_number: number_col(row, "question_number")?,
+        question_text: row.col("question_text")?,
+        standard_answer: row.col("standard_answer")?,
+        total_marks: row.col("total_marks")?,
+    })
+}
+
 fn user_from(row: &impl Columns) -> Result<User, StoreError> {
     Ok(User {
         user_id: row.col("user_id")?,
@@ -542,14 +551,7 @@ pub(super) async fn get_paper<C: Conn + ?Sized>(
         )
         .await?
         .iter()
-        .map(|r| {
-            Ok(Question {
-                question_number: number_col(r, "question_number")?,
-                question_text: r.col("question_text")?,
-                standard_answer: r.col("standard_answer")?,
-                total_marks: r.col("total_marks")?,
-            })
-        })
+        .map(question_from)
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Some(QuestionPaper {
         question_paper_code: row.col("question_paper_code")?,
@@ -588,27 +590,16 @@ pub(super) async fn get_exam_and_paper<C: Conn + ?Sized>(
         ));
     };
     let exam = match first.col::<Option<String>>("exam_code")? {
-        Some(exam_code) => Some(Exam {
-            exam_code,
-            course_code: first.col("course_code")?,
-            exam_name: first.col("exam_name")?,
-            total_exam_marks: first.col("total_exam_marks")?,
-        }),
+        Some(_) => Some(exam_from(first)?),
         None => None,
     };
     let paper = match first.col::<Option<String>>("question_paper_code")? {
         Some(question_paper_code) => {
             let mut questions = Vec::with_capacity(rows.len());
             for row in &rows {
-                if row.col::<Option<String>>("question_number")?.is_none() {
-                    continue;
+                if row.col::<Option<String>>("question_number")?.is_some() {
+                    questions.push(question_from(row)?);
                 }
-                questions.push(Question {
-                    question_number: number_col(row, "question_number")?,
-                    question_text: row.col("question_text")?,
-                    standard_answer: row.col("standard_answer")?,
-                    total_marks: row.col("total_marks")?,
-                });
             }
             Some(QuestionPaper {
                 question_paper_code,
@@ -671,12 +662,25 @@ pub(super) async fn register_user<C: Conn + ?Sized>(
     user_id: &str,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO NOTHING",
+        register_user_statement(C::PLACEHOLDER),
         args![user_id, &now()],
     )
     .await?;
     Ok(())
+}
+
+/// [`register_user`]'s statement; its values are the user's id and the time.
+fn register_user_statement(style: Placeholder) -> &'static str {
+    match style {
+        Placeholder::Numbered => {
+            "INSERT INTO users (user_id, created_at) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO NOTHING"
+        }
+        Placeholder::Anonymous => {
+            "INSERT INTO users (user_id, created_at) VALUES (?, ?)
+             ON CONFLICT (user_id) DO NOTHING"
+        }
+    }
 }
 
 pub(super) async fn get_user<C: Conn + ?Sized>(
@@ -1144,16 +1148,14 @@ pub(super) async fn insert_evaluation_script<C: Conn + ?Sized>(
 ) -> Result<ScriptOutcome, StoreError> {
     debug_assert!(C::SCRIPTS && C::PLACEHOLDER == Placeholder::Anonymous);
     let flags = item_flags(e)?;
-    let registered_at = now();
+    let registered_at = register.then(now);
     let created_at = timestamp(created_at);
     let mut script = String::from("BEGIN IMMEDIATE;\n");
     let mut values = Vec::with_capacity(16 + e.items.len() * ITEM_COLUMN_COUNT);
-    if register {
-        script.push_str(
-            "INSERT INTO users (user_id, created_at) VALUES (?, ?)
-             ON CONFLICT (user_id) DO NOTHING;\n",
-        );
-        values.extend(args![&e.user_id, &registered_at]);
+    if let Some(registered_at) = &registered_at {
+        script.push_str(register_user_statement(Placeholder::Anonymous));
+        script.push_str(";\n");
+        values.extend(args![&e.user_id, registered_at]);
     }
     let (row, row_values) = evaluation_row(Placeholder::Anonymous, e, evaluation_id, &created_at);
     script.push_str(&row);
