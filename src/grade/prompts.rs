@@ -710,20 +710,6 @@ fn vocabulary_bit(word: &str) -> WordSet {
             .map(|(at, word)| (*word, 1 << at))
             .collect()
     });
-    const LONGEST: usize = {
-        let mut longest = 0;
-        let mut i = 0;
-        while i < VOCABULARY.len() {
-            if VOCABULARY[i].len() > longest {
-                longest = VOCABULARY[i].len();
-            }
-            i += 1;
-        }
-        longest
-    };
-    if word.len() > LONGEST {
-        return 0;
-    }
     TABLE.get(word).copied().unwrap_or(0)
 }
 
