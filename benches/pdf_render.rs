@@ -1,7 +1,9 @@
 //! What reading a PDF adds before OCR: rendering one scanned A4 page (a 200 dpi JPEG, as
 //! office scanners write them) at 150, 200 and 300 dpi into the grayscale PNG the OCR pool
 //! decodes, on one thread. Compare with Tesseract's ≈ 1.2 s per page (`cargo bench --bench
-//! ocr`) to see the share.
+//! ocr`) to see the share. Then the same page at 300 dpi as the service renders it, in a
+//! child process of the `examiner` binary (`ocr::pdf::isolated`): the difference is what
+//! starting the child and passing the page through a pipe cost.
 //!
 //! Run: `cargo bench --bench pdf_render`.
 
@@ -12,7 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use examiner::ocr::pdf::{PdfEvent, PdfRenderer, DEFAULT_TIME_LIMIT};
+use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI, DEFAULT_TIME_LIMIT};
 use examiner::ocr::DecodeLimits;
 use testpages::Layout;
 
@@ -43,6 +45,29 @@ fn render_page(c: &mut Criterion) {
             })
         });
     }
+    let isolated = PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
+        .isolated(Isolation {
+            program: env!("CARGO_BIN_EXE_examiner").into(),
+            memory_limit: examiner::ocr::pdf::DEFAULT_MEMORY_LIMIT_MB << 20,
+        });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    group.bench_function("a4_scan_at_300_dpi_in_a_child_process", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut events = isolated.render(scan.clone(), 1).await;
+                let mut png_bytes = 0;
+                while let Some(event) = events.recv().await {
+                    if let PdfEvent::Page(page) = event.expect("renders") {
+                        png_bytes = page.png.len();
+                    }
+                }
+                black_box(png_bytes)
+            })
+        })
+    });
     group.finish();
 }
 

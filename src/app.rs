@@ -169,6 +169,16 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
             .unwrap_or(std::time::Duration::MAX),
         settings.ocr.worker_threads(),
     );
+    let pdf = match crate::ocr::pdf::helper_program() {
+        Some(program) => pdf.isolated(crate::ocr::pdf::Isolation {
+            program: program.to_path_buf(),
+            memory_limit: settings.ocr.pdf_memory_limit_mb.saturating_mul(1 << 20),
+        }),
+        None => {
+            tracing::info!("PDFs render on this process's threads (no helper program registered)");
+            pdf
+        }
+    };
     let (grader, second_opinion) = build_graders(&settings, store.clone())?;
     if settings.auth.mode == crate::config::AuthMode::ApiKey {
         ensure_first_admin_key(store.as_ref()).await?;

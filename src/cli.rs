@@ -129,6 +129,46 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Internal: render the PDF on stdin into page images on stdout. The service runs this
+    /// as a child process, under memory and time limits, for each uploaded PDF.
+    #[command(name = "render-pdf", hide = true)]
+    RenderPdf(RenderPdfArgs),
+}
+
+/// What the service tells its PDF-rendering child; it reads no settings of its own.
+#[derive(Debug, Args)]
+pub struct RenderPdfArgs {
+    #[arg(long)]
+    pub dpi: f32,
+    #[arg(long)]
+    pub max_pixels: u64,
+    #[arg(long)]
+    pub max_side: u32,
+    #[arg(long)]
+    pub max_pages: usize,
+    #[arg(long)]
+    pub time_limit_secs: f64,
+}
+
+/// `examiner render-pdf`: see [`crate::ocr::pdf::run_helper`].
+pub fn render_pdf(args: &RenderPdfArgs) -> std::process::ExitCode {
+    let request = crate::ocr::pdf::HelperRequest {
+        dpi: args.dpi,
+        limits: crate::ocr::DecodeLimits {
+            max_pixels: args.max_pixels,
+            max_side: args.max_side,
+        },
+        max_pages: args.max_pages,
+        time_limit: std::time::Duration::try_from_secs_f64(args.time_limit_secs)
+            .unwrap_or(std::time::Duration::MAX),
+    };
+    match crate::ocr::pdf::run_helper(&request) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("examiner render-pdf: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -187,8 +187,13 @@ pub struct OcrSettings {
     /// OCR (100–600). Default 300. A page that would break `max_pixels` is rendered at the
     /// most it allows.
     pub pdf_dpi: f32,
-    /// Seconds one PDF may take to render, all its pages together. Default 120.
+    /// Seconds one PDF may take to render, all its pages together. Default 120. The service
+    /// renders in a child process, which is killed at the limit even in the middle of a page.
     pub pdf_time_limit_secs: f64,
+    /// Memory one PDF's rendering may use, in MiB (the child process's address space; at
+    /// least 512). Default 2048. A PDF that needs more (an image of 60,000 × 60,000 pixels
+    /// compressed into a few megabytes, say) is refused with 422.
+    pub pdf_memory_limit_mb: u64,
     /// Page enhancement before the engines read (`ocr.preprocess.perspective`, `lighting`,
     /// `deskew`, `denoise`; environment `EXAMINER_OCR__PREPROCESS__DESKEW=true` and so on).
     /// Defaults are the measured choice in OCR.md ("Page enhancement").
@@ -213,6 +218,7 @@ impl Default for OcrSettings {
             tesseract_time_limit_secs: crate::ocr::tesseract::DEFAULT_TIME_LIMIT.as_secs_f64(),
             pdf_dpi: crate::ocr::pdf::DEFAULT_DPI,
             pdf_time_limit_secs: crate::ocr::pdf::DEFAULT_TIME_LIMIT.as_secs_f64(),
+            pdf_memory_limit_mb: crate::ocr::pdf::DEFAULT_MEMORY_LIMIT_MB,
             preprocess: crate::ocr::EnhanceSteps::default(),
         }
     }
@@ -605,6 +611,13 @@ impl Settings {
                 crate::ocr::pdf::MIN_DPI
             )));
         }
+        let memory = self.ocr.pdf_memory_limit_mb;
+        if memory < crate::ocr::pdf::MIN_MEMORY_LIMIT_MB {
+            return Err(ConfigError::Invalid(format!(
+                "ocr.pdf_memory_limit_mb must be at least {}, not {memory}",
+                crate::ocr::pdf::MIN_MEMORY_LIMIT_MB
+            )));
+        }
         if self.auth.max_in_flight == 0 {
             return Err(ConfigError::Invalid(
                 "auth.max_in_flight must be positive".into(),
@@ -957,6 +970,15 @@ mod tests {
         assert!(time("0")
             .unwrap_err()
             .contains("ocr.pdf_time_limit_secs must be positive"));
+        let memory = |value: &str| {
+            with_env("EXAMINER_OCR__PDF_MEMORY_LIMIT_MB", value, |s| {
+                s.ocr.pdf_memory_limit_mb
+            })
+        };
+        assert_eq!(memory("1024").unwrap(), 1024);
+        assert!(memory("100")
+            .unwrap_err()
+            .contains("ocr.pdf_memory_limit_mb must be at least 512, not 100"));
     }
 
     #[test]

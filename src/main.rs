@@ -13,6 +13,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     ensure_single_threaded_openmp();
     let cli = Cli::parse();
+    if let Command::RenderPdf(args) = &cli.command {
+        return examiner::cli::render_pdf(args);
+    }
+    // Uploaded PDFs render in child processes of this binary (`render-pdf` above).
+    if let Ok(exe) = std::env::current_exe() {
+        examiner::ocr::pdf::register_helper_program(exe);
+    }
     let settings = match cli.settings() {
         Ok(settings) => settings,
         Err(e) => {
@@ -121,6 +128,7 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             println!("copied {total} records from {shown_from} into {shown_to}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::RenderPdf(args) => Ok(examiner::cli::render_pdf(&args)),
         Command::Config {
             command: ConfigCommand::Show,
         } => {

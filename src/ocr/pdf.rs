@@ -13,13 +13,16 @@
 //! - a file that is not a readable PDF, one that needs a password, one without pages, and a
 //!   panic inside the renderer are errors that say which ([`OcrError::UnreadablePdf`],
 //!   [`OcrError::EncryptedPdf`]), never a crash;
-//! - at most `threads` documents render at once, on blocking threads; a renderer whose
-//!   reader went away (the upload failed elsewhere) stops after the page in hand.
+//! - at most `threads` documents render at once, in child processes when the service runs
+//!   ([`isolated`]: memory capped, killed at the time limit even inside a page), else on
+//!   blocking threads; a renderer whose reader went away (the upload failed elsewhere) stops
+//!   after the page in hand.
 //!
 //! Rendering is hayro's: pure Rust without unsafe code, so untrusted PDF bytes never reach a
-//! C parser. It has no time limit of its own: a page's cost is bounded by the file's size
-//! (`fetch.max_image_bytes`), and [`PdfRenderer`] gives up between pages once a document
-//! has taken longer than its time limit.
+//! C parser. It has no limits of its own: a few megabytes of compressed streams can ask it for
+//! gigabytes of image or hours of drawing. Hence the child process; on a thread, a page's cost
+//! is bounded only by the file's size (`fetch.max_image_bytes`), and [`PdfRenderer`] gives up
+//! between pages once a document has taken longer than its time limit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -33,8 +36,14 @@ use hayro::{PixmapSettings, RenderCache, RenderSettings};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{GrayImage, ImageEncoder};
 use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
 
 use super::{DecodeLimits, OcrError};
+
+mod isolated;
+pub use isolated::{
+    helper_program, register_helper_program, run_helper, HelperRequest, Isolation, SUBCOMMAND,
+};
 
 /// The media type fetched PDFs are stored under.
 pub const MEDIA_TYPE: &str = "application/pdf";
@@ -48,6 +57,12 @@ pub const MIN_DPI: f32 = 100.0;
 
 /// Default for how long one document may take to render, all pages together.
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Default for the memory one document's rendering may use, in MiB (see [`isolated`]).
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 2048;
+
+/// Under this the helper process itself would barely start.
+pub const MIN_MEMORY_LIMIT_MB: u64 = 512;
 
 /// Whether `bytes` are a PDF: its header, `%PDF-`, within the first 1024 bytes (where PDF
 /// readers look for it; some writers put other bytes first).
@@ -82,6 +97,8 @@ pub struct PdfRenderer {
     limits: DecodeLimits,
     time_limit: Duration,
     permits: Arc<Semaphore>,
+    /// Render in child processes rather than on this process's blocking threads.
+    isolation: Option<Arc<Isolation>>,
 }
 
 impl PdfRenderer {
@@ -91,7 +108,20 @@ impl PdfRenderer {
             limits,
             time_limit,
             permits: Arc::new(Semaphore::new(threads.max(1))),
+            isolation: None,
         }
+    }
+
+    /// Renders each document in a child process of `isolation.program`, under its limits
+    /// ([`isolated`]), rather than on a blocking thread of this process.
+    pub fn isolated(mut self, isolation: Isolation) -> Self {
+        self.isolation = Some(Arc::new(isolation));
+        self
+    }
+
+    /// Whether documents render in child processes.
+    pub fn is_isolated(&self) -> bool {
+        self.isolation.is_some()
     }
 
     /// Starts rendering `bytes`; pages arrive on the receiver as they are done (one waits
@@ -108,6 +138,23 @@ impl PdfRenderer {
         let permit = self.permits.clone().acquire_owned().await.ok();
         let renderer = self.clone();
         let span = tracing::Span::current();
+        if let Some(isolation) = self.isolation.clone() {
+            tokio::spawn(
+                async move {
+                    let _permit = permit;
+                    let (rendering, result) = renderer
+                        .render_in_child(&isolation, bytes, max_pages, &tx)
+                        .await;
+                    metrics::histogram!("examiner_pdf_render_seconds")
+                        .record(rendering.as_secs_f64());
+                    if let Err(error) = result {
+                        let _ = tx.send(Err(error)).await;
+                    }
+                }
+                .instrument(span),
+            );
+            return rx;
+        }
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _entered = span.enter();
@@ -228,7 +275,6 @@ impl PdfRenderer {
                 height: gray.height(),
                 dpi: scale * 72.0,
             };
-            metrics::counter!("examiner_pdf_pages_total").increment(1);
             if !emit(PdfEvent::Page(rendered)) {
                 return Ok(());
             }

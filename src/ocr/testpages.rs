@@ -172,40 +172,30 @@ pub fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
 /// Written by hand (catalog, page tree, one page, image and content stream per
 /// page, cross-reference table) so tests need no PDF library of their own.
 pub fn scanned_pdf(pages: &[(GrayImage, f32)]) -> Vec<u8> {
-    let mut out = b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n".to_vec();
-    let mut offsets = Vec::new();
-    let mut object = |out: &mut Vec<u8>, body: &[u8]| {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", offsets.len()).as_bytes());
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\nendobj\n");
-    };
     let kids: Vec<String> = (0..pages.len())
         .map(|i| format!("{} 0 R", 3 + 3 * i))
         .collect();
-    object(&mut out, b"<< /Type /Catalog /Pages 2 0 R >>");
-    object(
-        &mut out,
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
         format!(
             "<< /Type /Pages /Kids [{}] /Count {} >>",
             kids.join(" "),
             pages.len()
         )
-        .as_bytes(),
-    );
+        .into_bytes(),
+    ];
     for (i, (image, dpi)) in pages.iter().enumerate() {
         let (w, h) = (
             image.width() as f32 * 72.0 / dpi,
             image.height() as f32 * 72.0 / dpi,
         );
         let (image_ref, content_ref) = (4 + 3 * i, 5 + 3 * i);
-        object(
-            &mut out,
+        objects.push(
             format!(
                 "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w:.2} {h:.2}] \
                  /Resources << /XObject << /Im0 {image_ref} 0 R >> >> /Contents {content_ref} 0 R >>"
             )
-            .as_bytes(),
+            .into_bytes(),
         );
         let data = jpeg(image, 90);
         let mut stream = format!(
@@ -218,12 +208,42 @@ pub fn scanned_pdf(pages: &[(GrayImage, f32)]) -> Vec<u8> {
         .into_bytes();
         stream.extend_from_slice(&data);
         stream.extend_from_slice(b"\nendstream");
-        object(&mut out, &stream);
-        let draw = format!("q {w:.2} 0 0 {h:.2} 0 0 cm /Im0 Do Q");
-        object(
-            &mut out,
-            format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()).as_bytes(),
-        );
+        objects.push(stream);
+        objects.push(content_stream(&format!(
+            "q {w:.2} 0 0 {h:.2} 0 0 cm /Im0 Do Q"
+        )));
+    }
+    pdf_of(&objects)
+}
+
+/// A one-page PDF (US Letter) whose page is drawn by `content`, a content stream.
+pub fn drawn_pdf(content: &str) -> Vec<u8> {
+    pdf_of(&[
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".to_vec(),
+        content_stream(content),
+    ])
+}
+
+fn content_stream(content: &str) -> Vec<u8> {
+    format!(
+        "<< /Length {} >>\nstream\n{content}\nendstream",
+        content.len()
+    )
+    .into_bytes()
+}
+
+/// The objects numbered from 1 in order (the first the catalog), with their cross-reference
+/// table and trailer.
+fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n".to_vec();
+    let mut offsets = Vec::new();
+    for body in objects {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n", offsets.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend_from_slice(

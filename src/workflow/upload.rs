@@ -484,12 +484,15 @@ async fn read_pdf(
                     expected = Some(count);
                     tracing::debug!(pages = count, "rendering PDF");
                 }
-                Some(Ok(PdfEvent::Page(page))) => reading.push_back(
+                Some(Ok(PdfEvent::Page(page))) => {
+                    metrics::counter!("examiner_pdf_pages_total").increment(1);
+                    reading.push_back(
                     state
                         .ocr
                         .read_with(page.png, memo.vocabulary.clone())
                         .instrument(tracing::info_span!("ocr", page = pages.len() + reading.len() + 1)),
-                ),
+                    );
+                }
             },
             Some(read) = reading.next(), if !reading.is_empty() => {
                 pages.push(CachedPage::from(read?));

@@ -133,6 +133,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(data_dir.path());
     adjust(&mut settings);
+    // As the `examiner` binary does for itself: uploaded PDFs render in its child processes.
+    examiner::ocr::pdf::register_helper_program(env!("CARGO_BIN_EXE_examiner").into());
     let state = examiner::app::build(settings).await.expect("app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -12,7 +12,7 @@ use crate::helpers::{
     cer, encode, png, render_page, spawn_app, spawn_app_with, submission_count, upload_body,
     ImageServer,
 };
-use crate::testpages::scanned_pdf;
+use crate::testpages::{drawn_pdf, scanned_pdf};
 
 const PAGE_ONE: &[&str] = &[
     "Name: Ravi Kumar   Roll No. 4521",
@@ -299,6 +299,96 @@ async fn pdf_pages_count_towards_the_page_limit_and_bad_pdfs_are_refused() {
         .post("/upload-exam-answers", &upload_body(&[("script", &pdf)]))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A page of `fills` rectangles each covering it: a few kilobytes of PDF that the renderer
+/// turns into about 140 KB of memory and 0.45 ms of work per rectangle.
+fn overdrawn_pdf(fills: usize) -> Vec<u8> {
+    drawn_pdf(&"0 0 612 792 re f\n".repeat(fills))
+}
+
+#[tokio::test]
+async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
+    use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI};
+    use examiner::ocr::DecodeLimits;
+    let scan = scanned_pdf(&[
+        (render_page(PAGE_ONE), 200.0),
+        (render_page(PAGE_TWO), 200.0),
+    ]);
+    let renderer = || {
+        PdfRenderer::new(
+            DEFAULT_DPI,
+            DecodeLimits::default(),
+            std::time::Duration::from_secs(60),
+            1,
+        )
+    };
+    let events = |renderer: PdfRenderer| {
+        let scan = scan.clone();
+        async move {
+            let mut events = renderer.render(scan.into(), 10).await;
+            let mut seen = Vec::new();
+            while let Some(event) = events.recv().await {
+                seen.push(match event.expect("renders") {
+                    PdfEvent::Pages(n) => format!("{n} pages"),
+                    PdfEvent::Page(page) => format!(
+                        "{}x{} at {} dpi, PNG sha256 {}",
+                        page.width,
+                        page.height,
+                        page.dpi,
+                        hex::encode(sha2::Sha256::digest(&page.png))
+                    ),
+                });
+            }
+            seen
+        }
+    };
+    let isolated = renderer().isolated(Isolation {
+        program: env!("CARGO_BIN_EXE_examiner").into(),
+        memory_limit: 1 << 30,
+    });
+    assert!(isolated.is_isolated());
+    let in_child = events(isolated).await;
+    assert_eq!(in_child.len(), 3, "{in_child:?}");
+    assert_eq!(in_child, events(renderer()).await);
+}
+
+#[tokio::test]
+async fn a_pdf_that_needs_too_much_memory_or_time_is_refused_and_the_service_carries_on() {
+    let images = ImageServer::start().await;
+    let scan = images.add(
+        "script.pdf",
+        "application/pdf",
+        scanned_pdf(&[(render_page(PAGE_ONE), 200.0)]),
+    );
+    let overdrawn = images.add("overdrawn.pdf", "application/pdf", overdrawn_pdf(8_000));
+    let app = spawn_app_with(|s| s.ocr.pdf_memory_limit_mb = 512).await;
+    app.seed_catalog().await;
+    assert_refused(
+        &app,
+        &upload_body(&[("overdrawn", &overdrawn)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "more than the 512 MiB of memory a PDF may use (ocr.pdf_memory_limit_mb)",
+    )
+    .await;
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("script", &scan)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Within the memory allowed but slow: stopped inside its one page.
+    let slow = images.add("slow.pdf", "application/pdf", overdrawn_pdf(3_000));
+    // A renderer that checks its time only between pages would finish this page and
+    // succeed; the refusal is the child killed in the middle of it.
+    let app = spawn_app_with(|s| s.ocr.pdf_time_limit_secs = 0.25).await;
+    app.seed_catalog().await;
+    assert_refused(
+        &app,
+        &upload_body(&[("slow", &slow)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ocr.pdf_time_limit_secs",
+    )
+    .await;
 }
 
 #[tokio::test]
