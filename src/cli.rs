@@ -131,7 +131,7 @@ pub enum Command {
     },
     /// Internal: render the PDF on stdin into page images on stdout. The service runs this
     /// as a child process, under memory and time limits, for each uploaded PDF.
-    #[command(name = "render-pdf", hide = true)]
+    #[command(name = crate::ocr::pdf::SUBCOMMAND, hide = true)]
     RenderPdf(RenderPdfArgs),
 }
 

@@ -487,10 +487,10 @@ async fn read_pdf(
                 Some(Ok(PdfEvent::Page(page))) => {
                     metrics::counter!("examiner_pdf_pages_total").increment(1);
                     reading.push_back(
-                    state
-                        .ocr
-                        .read_with(page.png, memo.vocabulary.clone())
-                        .instrument(tracing::info_span!("ocr", page = pages.len() + reading.len() + 1)),
+                        state
+                            .ocr
+                            .read_with(page.png, memo.vocabulary.clone())
+                            .instrument(tracing::info_span!("ocr", page = pages.len() + reading.len() + 1)),
                     );
                 }
             },
