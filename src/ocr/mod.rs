@@ -99,8 +99,9 @@ impl PageReader for vision::VisionOcr {
     }
 }
 
-/// Everything that can go wrong between image bytes and text.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong between image bytes and text. Serialisable, so the process
+/// that renders a PDF can report its error to the service ([`pdf::isolated`]).
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum OcrError {
     /// The bytes are not PNG, JPEG, TIFF, WebP, BMP or GIF (e.g. an HTML
     /// error page), or use a variant of those the decoder cannot read.

@@ -40,7 +40,7 @@ use tracing::Instrument;
 
 use super::{DecodeLimits, OcrError};
 
-mod isolated;
+pub mod isolated;
 pub use isolated::{
     helper_program, register_helper_program, run_helper, HelperRequest, Isolation, SUBCOMMAND,
 };
@@ -61,7 +61,8 @@ pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// Default for the memory one document's rendering may use, in MiB (see [`isolated`]).
 pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 2048;
 
-/// Under this the helper process itself would barely start.
+/// The least a setting may allow: a 35-megapixel page of a colour scan (600 dpi A4, under the
+/// default pixel cap) rendered within it, at 360 MB resident (SECURITY.md, "PDF bombs").
 pub const MIN_MEMORY_LIMIT_MB: u64 = 512;
 
 /// Whether `bytes` are a PDF: its header, `%PDF-`, within the first 1024 bytes (where PDF

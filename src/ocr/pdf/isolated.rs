@@ -13,7 +13,7 @@
 //!   untrusted bytes;
 //! - whatever it allocated goes back to the system when it exits.
 //!
-//! The child reads the PDF on stdin and writes [frames](Frame) on stdout: the page count,
+//! The child reads the PDF on stdin and writes frames on stdout: the page count,
 //! each page's PNG, or why it stopped.
 
 use std::io::{Read, Write};
@@ -23,7 +23,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -75,81 +74,6 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// What is kept of the child's stderr: enough for a panic message or an allocation failure.
 const STDERR_TAIL_BYTES: usize = 4096;
 
-/// Why a child stopped, as it reports it: the renderer's own errors.
-#[derive(Debug, Serialize, Deserialize)]
-enum Failure {
-    Unreadable(String),
-    Encrypted,
-    TooManyPages {
-        pages: usize,
-        left: usize,
-    },
-    PageTooLarge {
-        page: usize,
-        width_in: f32,
-        height_in: f32,
-    },
-    TimedOut {
-        pages_done: usize,
-        limit_secs: f64,
-    },
-    Corrupt(String),
-}
-
-impl From<OcrError> for Failure {
-    fn from(error: OcrError) -> Self {
-        match error {
-            OcrError::UnreadablePdf(why) => Failure::Unreadable(why),
-            OcrError::EncryptedPdf => Failure::Encrypted,
-            OcrError::TooManyPages { pages, left } => Failure::TooManyPages { pages, left },
-            OcrError::PdfPageTooLarge {
-                page,
-                width_in,
-                height_in,
-            } => Failure::PageTooLarge {
-                page,
-                width_in,
-                height_in,
-            },
-            OcrError::PdfTimedOut {
-                pages_done,
-                limit_secs,
-            } => Failure::TimedOut {
-                pages_done,
-                limit_secs,
-            },
-            other => Failure::Corrupt(other.to_string()),
-        }
-    }
-}
-
-impl From<Failure> for OcrError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Unreadable(why) => OcrError::UnreadablePdf(why),
-            Failure::Encrypted => OcrError::EncryptedPdf,
-            Failure::TooManyPages { pages, left } => OcrError::TooManyPages { pages, left },
-            Failure::PageTooLarge {
-                page,
-                width_in,
-                height_in,
-            } => OcrError::PdfPageTooLarge {
-                page,
-                width_in,
-                height_in,
-            },
-            Failure::TimedOut {
-                pages_done,
-                limit_secs,
-            } => OcrError::PdfTimedOut {
-                pages_done,
-                limit_secs,
-            },
-            Failure::Corrupt(why) => OcrError::Corrupt(why),
-        }
-    }
-}
-
 /// The helper's side: renders the PDF on stdin and writes its frames to stdout. Errors are
 /// the pipe's only; what the renderer says goes in a frame.
 pub fn run_helper(request: &HelperRequest) -> std::io::Result<()> {
@@ -172,7 +96,7 @@ pub fn run_helper(request: &HelperRequest) -> std::io::Result<()> {
         return Err(e);
     }
     if let Err(error) = result {
-        let text = serde_json::to_vec(&Failure::from(error)).map_err(std::io::Error::other)?;
+        let text = serde_json::to_vec(&error).map_err(std::io::Error::other)?;
         out.write_all(&[FAILURE])?;
         out.write_all(&(text.len() as u64).to_le_bytes())?;
         out.write_all(&text)?;
@@ -204,7 +128,7 @@ fn write_event(out: &mut impl Write, event: &PdfEvent) -> std::io::Result<()> {
 enum Frame {
     Count(usize),
     Page(RenderedPage),
-    Failure(Failure),
+    Failure(OcrError),
 }
 
 /// The next frame; `None` at the end of the stream. `max_png` bounds a page's bytes, so a
@@ -373,7 +297,7 @@ impl PdfRenderer {
                     });
                 }
                 Ok(Ok(None)) => break Ok(()),
-                Ok(Ok(Some(Frame::Failure(failure)))) => break Err(failure.into()),
+                Ok(Ok(Some(Frame::Failure(error)))) => break Err(error),
                 Ok(Ok(Some(Frame::Count(n)))) => {
                     count = Some(n);
                     PdfEvent::Pages(n)
@@ -470,11 +394,11 @@ mod tests {
         let mut written = Vec::new();
         write_event(&mut written, &PdfEvent::Pages(3)).unwrap();
         write_event(&mut written, &PdfEvent::Page(page.clone())).unwrap();
-        let failure = serde_json::to_vec(&Failure::from(OcrError::PdfPageTooLarge {
+        let failure = serde_json::to_vec(&OcrError::PdfPageTooLarge {
             page: 2,
             width_in: 90.0,
             height_in: 11.0,
-        }))
+        })
         .unwrap();
         written.push(FAILURE);
         written.extend_from_slice(&(failure.len() as u64).to_le_bytes());
@@ -492,10 +416,7 @@ mod tests {
         let Frame::Failure(failure) = read.into_iter().nth(2).unwrap() else {
             panic!("no failure")
         };
-        assert!(matches!(
-            OcrError::from(failure),
-            OcrError::PdfPageTooLarge { page: 2, .. }
-        ));
+        assert!(matches!(failure, OcrError::PdfPageTooLarge { page: 2, .. }));
 
         // A page longer than allowed is refused before its bytes are read; so is a tag the
         // protocol does not have; a frame cut short is an unexpected end.
