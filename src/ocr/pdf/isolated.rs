@@ -66,7 +66,7 @@ pub struct HelperRequest {
 const COUNT: u8 = b'N';
 const PAGE: u8 = b'P';
 const FAILURE: u8 = b'E';
-/// Longer failure texts are cut; they are one sentence.
+/// A longer failure frame is refused as malformed: its text is one sentence.
 const MAX_FAILURE_BYTES: u64 = 64 * 1024;
 /// How long past the time limit a child may take to report the limit itself before it is
 /// killed (it checks between pages): this, or the limit itself when that is shorter.
@@ -96,12 +96,16 @@ pub fn run_helper(request: &HelperRequest) -> std::io::Result<()> {
         return Err(e);
     }
     if let Err(error) = result {
-        let text = serde_json::to_vec(&error).map_err(std::io::Error::other)?;
-        out.write_all(&[FAILURE])?;
-        out.write_all(&(text.len() as u64).to_le_bytes())?;
-        out.write_all(&text)?;
+        write_failure(&mut out, &error)?;
     }
     out.flush()
+}
+
+fn write_failure(out: &mut impl Write, error: &OcrError) -> std::io::Result<()> {
+    let text = serde_json::to_vec(error).map_err(std::io::Error::other)?;
+    out.write_all(&[FAILURE])?;
+    out.write_all(&(text.len() as u64).to_le_bytes())?;
+    out.write_all(&text)
 }
 
 fn write_event(out: &mut impl Write, event: &PdfEvent) -> std::io::Result<()> {
@@ -394,15 +398,12 @@ mod tests {
         let mut written = Vec::new();
         write_event(&mut written, &PdfEvent::Pages(3)).unwrap();
         write_event(&mut written, &PdfEvent::Page(page.clone())).unwrap();
-        let failure = serde_json::to_vec(&OcrError::PdfPageTooLarge {
+        let failure = OcrError::PdfPageTooLarge {
             page: 2,
             width_in: 90.0,
             height_in: 11.0,
-        })
-        .unwrap();
-        written.push(FAILURE);
-        written.extend_from_slice(&(failure.len() as u64).to_le_bytes());
-        written.extend_from_slice(&failure);
+        };
+        write_failure(&mut written, &failure).unwrap();
 
         let read = frames(&written, 1 << 20).await.unwrap();
         assert!(matches!(read[0], Frame::Count(3)), "{read:?}");
