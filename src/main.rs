@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         return examiner::cli::render_pdf(args);
     }
     // Uploaded PDFs render in child processes of this binary (`render-pdf` above).
-    if let Ok(exe) = std::env::current_exe() {
+    if let Some(exe) = running_binary() {
         examiner::ocr::pdf::register_helper_program(exe);
     }
     let settings = match cli.settings() {
@@ -148,6 +148,18 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
 /// The embedded grader's matrix maths (candle) sizes its thread pool from
 /// `RAYON_NUM_THREADS`, read once; each embedding worker must stay on one core for the same
 /// reason, so the variable is set the same way.
+/// The build this process runs, to start again as its PDF renderer. On Linux that is
+/// `/proc/self/exe`, which names the running file even after an upgrade has deleted or
+/// replaced it under that path: the renderer then stays the service's own build, speaking its
+/// protocol, until the service restarts. Elsewhere, the path the binary was started from.
+fn running_binary() -> Option<std::path::PathBuf> {
+    let this_process = std::path::Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && this_process.exists() {
+        return Some(this_process.to_path_buf());
+    }
+    std::env::current_exe().ok()
+}
+
 fn ensure_single_threaded_openmp() {
     if std::env::var_os("OMP_THREAD_LIMIT").is_some()
         && std::env::var_os("RAYON_NUM_THREADS").is_some()

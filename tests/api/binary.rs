@@ -8,7 +8,16 @@ use reqwest::StatusCode;
 
 /// Starts `examiner serve` on a random port and returns it with its address.
 pub fn start_binary(data_dir: &std::path::Path, envs: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_examiner"));
+    start_program(env!("CARGO_BIN_EXE_examiner").as_ref(), data_dir, envs)
+}
+
+/// [`start_binary`] with the `examiner` binary at `program`.
+fn start_program(
+    program: &std::path::Path,
+    data_dir: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (Child, String) {
+    let mut command = Command::new(program);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -149,6 +158,77 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     assert_eq!(paper.status(), StatusCode::OK);
 
     terminate(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+/// An upgrade replaces the binary under a running service: the service must go on rendering
+/// PDFs with its own build, not fail to start the file that is gone, nor start the new one.
+#[tokio::test]
+async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
+    use base64::Engine as _;
+    let installed = tempfile::tempdir().unwrap();
+    let program = installed.path().join("examiner");
+    std::fs::copy(env!("CARGO_BIN_EXE_examiner"), &program).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let import = Command::new(&program)
+        .args(["catalog", "import", "catalog/demo.yaml", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("import runs");
+    assert!(import.status.success(), "{import:?}");
+    let (child, address) = start_program(&program, data.path(), &[]);
+
+    let client = reqwest::Client::new();
+    // A different page each time: the OCR memo would answer a repeated one without rendering.
+    let upload = |user: &'static str| {
+        let scan = crate::testpages::scanned_pdf(&[(
+            crate::helpers::render_page(&[&format!("Q1 The going concern concept, said {user}.")]),
+            200.0,
+        )]);
+        let url = format!(
+            "data:application/pdf;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(scan)
+        );
+        let mut body = crate::helpers::upload_body(&[("scan", &url)]);
+        body["user_id"] = user.into();
+        let request = client
+            .post(format!("http://{address}/upload-exam-answers"))
+            .json(&body)
+            .send();
+        async move { crate::helpers::split(request.await.unwrap()).await }
+    };
+    let (status, body, _) = upload("U1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    std::fs::remove_file(&program).unwrap();
+    let (status, body, _) = upload("U2").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the binary was deleted: {body}"
+    );
+    assert_eq!(body["qa_pairs"][0]["question_number"], "1", "{body}");
+
+    // A different program now answers to the old name: the service must not start it.
+    std::fs::write(&program, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (status, body, _) = upload("U3").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the binary was replaced: {body}"
+    );
+
+    terminate(&child);
+    let mut child = child;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
