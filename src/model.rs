@@ -40,6 +40,10 @@ pub mod flag {
     pub const OFFLINE_LOCAL_GRADER: &str = "offline_local_grader";
     /// The embedded grader found the answer far from the standard answer's topic.
     pub const POSSIBLY_OFF_TOPIC: &str = "possibly_off_topic";
+    /// The question is worth more marks than any the embedded grader's calibration was
+    /// fitted on (`fitted_max_marks` of its profile). In `local` mode its marks are an
+    /// extrapolation; in `llm` mode its second opinion did not decide `needs_review`.
+    pub const BEYOND_CALIBRATION: &str = "beyond_calibration";
     /// The embedded grader could not grade the answer (its `error` says why).
     pub const GRADER_ERROR: &str = "grader_error";
     /// An examiner set the marks by hand (`POST /evaluations/{id}/review`); the stage
@@ -58,6 +62,7 @@ pub mod flag {
         LOW_OCR_CONFIDENCE,
         OFFLINE_LOCAL_GRADER,
         POSSIBLY_OFF_TOPIC,
+        BEYOND_CALIBRATION,
         GRADER_ERROR,
         REVIEWED,
         REGRADE_REQUESTED,

@@ -133,6 +133,7 @@ pub fn fit(samples: &[&Sample], opts: &FitOptions) -> Profile {
         name: String::new(),
         min_marks: 0.0,
         max_marks: f64::MAX,
+        fitted_max_marks: None,
         link: opts.link,
         intercept: beta[0],
         terms: (0..k)

@@ -424,6 +424,11 @@ async fn fit_shipped_calibration() {
         p.name = name.to_string();
         p.min_marks = lo;
         p.max_marks = hi;
+        p.fitted_max_marks = all
+            .iter()
+            .filter(|(_, i, _)| member(i))
+            .map(|(_, i, _)| i.max_marks)
+            .reduce(f64::max);
         let mut used: Vec<&str> = all
             .iter()
             .filter(|(_, i, _)| member(i))

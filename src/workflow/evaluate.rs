@@ -460,8 +460,8 @@ fn gets_second_opinion(task: &GradeTask, share: f64) -> bool {
 }
 
 pub use crate::model::flag::{
-    LOW_OCR_CONFIDENCE as LOW_OCR_CONFIDENCE_FLAG, NEEDS_REVIEW as NEEDS_REVIEW_FLAG,
-    SECOND_OPINION_MISSING as SECOND_OPINION_MISSING_FLAG,
+    BEYOND_CALIBRATION as BEYOND_CALIBRATION_FLAG, LOW_OCR_CONFIDENCE as LOW_OCR_CONFIDENCE_FLAG,
+    NEEDS_REVIEW as NEEDS_REVIEW_FLAG, SECOND_OPINION_MISSING as SECOND_OPINION_MISSING_FLAG,
 };
 
 fn item_from_outcome(
@@ -482,7 +482,13 @@ fn item_from_outcome(
     // The second opinion's stages are stored after the grader's, marked as what they are.
     let mut second_stages = Vec::new();
     if let SecondOpinion::Given(second) = second {
-        if let (Some(estimate), Some(final_marks)) = (second.marks_awarded, outcome.marks_awarded) {
+        if second.flags.iter().any(|f| f == BEYOND_CALIBRATION_FLAG) {
+            // Its estimate for a question this size is no guide (GRADING.md, os_xie2024): a
+            // difference from it would ask for reviews at random. Say why none was decided.
+            outcome.flags.push(BEYOND_CALIBRATION_FLAG.to_string());
+        } else if let (Some(estimate), Some(final_marks)) =
+            (second.marks_awarded, outcome.marks_awarded)
+        {
             let threshold = review_threshold_fraction * task.total_marks;
             if (estimate - final_marks).abs() > threshold {
                 outcome.flags.push(NEEDS_REVIEW_FLAG.to_string());
@@ -771,6 +777,15 @@ mod tests {
         );
         assert!(flags(SecondOpinion::Given(outcome(4.0))).is_empty());
         assert!(flags(SecondOpinion::NotAsked).is_empty());
+        // An estimate the embedded grader extrapolated decides nothing, and says so.
+        let extrapolated = GradeOutcome {
+            flags: vec![BEYOND_CALIBRATION_FLAG.to_string()],
+            ..outcome(1.0)
+        };
+        assert_eq!(
+            flags(SecondOpinion::Given(extrapolated)),
+            vec![BEYOND_CALIBRATION_FLAG]
+        );
     }
 
     #[test]

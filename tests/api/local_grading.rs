@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::fake_llm::{evaluator, verifier, FakeLlm, Reply, Stage};
+use crate::fake_llm::{evaluator, prompt_text, verifier, FakeLlm, Reply, Stage};
 use crate::helpers::{png, spawn_app, spawn_app_with, upload_body, ImageServer};
 
 fn request(pairs: Value) -> Value {
@@ -55,35 +55,46 @@ async fn with_no_llm_the_embedded_grader_marks_answers() {
 #[tokio::test]
 async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
     // An evaluator that gives full marks to everything, and a verifier that agrees.
-    let llm = FakeLlm::start(|stage, _| match stage {
-        Stage::Evaluator => evaluator(10.0, "Excellent."),
-        Stage::Verifier => verifier(true, 10.0),
-        _ => Reply::Status(500),
+    let llm = FakeLlm::start(|stage, body| {
+        let full = if prompt_text(body).contains("Maximum marks: 5.") {
+            5.0
+        } else {
+            10.0
+        };
+        match stage {
+            Stage::Evaluator => evaluator(full, "Excellent."),
+            Stage::Verifier => verifier(true, full),
+            _ => Reply::Status(500),
+        }
     })
     .await;
     let app = spawn_app_with(|s| llm.configure(s)).await;
+    let unrelated = "The mitochondria is the powerhouse of the cell.";
     let body = request(json!([
-        {"question_number": "1", "student_answer": "The mitochondria is the powerhouse of the cell.",
-         "standard_answer": STANDARD, "total_marks": 10},
+        {"question_number": "1", "student_answer": unrelated, "standard_answer": STANDARD, "total_marks": 5},
+        {"question_number": "2", "student_answer": unrelated, "standard_answer": STANDARD, "total_marks": 10},
     ]));
     let (status, graded, _) = app.post("/evaluate-answers", &body).await;
     assert_eq!(status, StatusCode::OK, "{graded}");
-    assert_eq!(
-        graded["evaluation"][0]["marks_awarded"], 10.0,
-        "the LLM's marks stand"
-    );
-    let flags = graded["evaluation"][0]["flags"].as_array().unwrap();
-    assert!(flags.contains(&json!("needs_review")), "{graded}");
+    let item = |n: usize| graded["evaluation"][n].clone();
+    assert_eq!(item(0)["marks_awarded"], 5.0, "the LLM's marks stand");
+    assert_eq!(item(0)["flags"], json!(["needs_review"]), "{graded}");
+    // Worth more than the embedded grader was calibrated on: its estimate decides nothing.
+    assert_eq!(item(1)["marks_awarded"], 10.0, "{graded}");
+    assert_eq!(item(1)["flags"], json!(["beyond_calibration"]), "{graded}");
     let id = graded["evaluation_id"].as_str().unwrap();
     let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
-    let second = stored["items"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["role"] == "second_opinion")
-        .expect("the estimate is stored beside the LLM stages")
-        .clone();
-    assert!(second["marks"].as_f64().unwrap() <= 6.0, "{second}");
+    let second = |n: usize| {
+        stored["items"][n]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["role"] == "second_opinion")
+            .expect("the estimate is stored beside the LLM stages")
+            .clone()
+    };
+    assert!(second(0)["marks"].as_f64().unwrap() <= 3.0, "{}", second(0));
+    assert!(second(1)["marks"].as_f64().is_some(), "{}", second(1));
 }
 
 /// Answers read with low OCR confidence are flagged on the stored pair and, when the stored

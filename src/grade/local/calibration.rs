@@ -63,6 +63,11 @@ pub struct Profile {
     pub name: String,
     pub min_marks: f64,
     pub max_marks: f64,
+    /// The largest mark scale among the answers it was fitted on. Its marks for a question
+    /// worth more are an extrapolation, and are flagged as one
+    /// ([`crate::model::flag::BEYOND_CALIBRATION`]). Absent: no limit is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_max_marks: Option<f64>,
     pub link: Link,
     pub intercept: f64,
     pub terms: Vec<Term>,
@@ -158,6 +163,12 @@ impl Calibration {
 }
 
 impl Profile {
+    /// Whether a question worth `total_marks` lies beyond the mark scales it was fitted on.
+    pub fn extrapolates_to(&self, total_marks: f64) -> bool {
+        self.fitted_max_marks
+            .is_some_and(|fitted| total_marks > fitted + 1e-9)
+    }
+
     /// The linear score before the link.
     pub fn score(&self, f: &Features) -> f64 {
         self.intercept
@@ -218,6 +229,7 @@ mod tests {
             name: "p".into(),
             min_marks: 0.0,
             max_marks: 10.0,
+            fitted_max_marks: Some(5.0),
             link: Link::Linear,
             intercept: 0.1,
             terms: vec![Term {
@@ -240,5 +252,22 @@ mod tests {
             full_above: 0.6,
         });
         assert!((p.fraction(&f) - 0.75).abs() < 1e-12);
+        assert!(!p.extrapolates_to(5.0));
+        assert!(p.extrapolates_to(5.5));
+        p.fitted_max_marks = None;
+        assert!(!p.extrapolates_to(100.0));
+    }
+
+    #[test]
+    fn the_shipped_profiles_know_the_scales_they_were_fitted_on() {
+        let c = Calibration::embedded();
+        let fitted: Vec<_> = c
+            .profiles
+            .iter()
+            .map(|p| (p.name.as_str(), p.fitted_max_marks))
+            .collect();
+        assert_eq!(fitted, [("short", Some(3.0)), ("long", Some(5.0))]);
+        assert!(!c.profile(5.0).extrapolates_to(5.0));
+        assert!(c.profile(16.0).extrapolates_to(16.0));
     }
 }

@@ -361,7 +361,16 @@ impl Grader for LocalGrader {
             .map(|m| shorten(&reference.key_points[m.index].text, FEEDBACK_WORDS))
             .collect();
         let feedback = feedback_text(&covered, &missed, marks, total);
-        let reasoning = reasoning_text(&features, &matches, fraction);
+        let mut reasoning = reasoning_text(&features, &matches, fraction);
+        let extrapolated = profile.extrapolates_to(total);
+        if let (true, Some(fitted)) = (extrapolated, profile.fitted_max_marks) {
+            reasoning.push_str(&format!(
+                " The calibration was fitted on questions worth at most {} marks; this one is \
+                 worth {}, so the marks are an extrapolation: review them.",
+                fmt_marks(fitted),
+                fmt_marks(total)
+            ));
+        }
         let mut reply = serde_json::to_value(&features).unwrap_or_default();
         if let Some(o) = reply.as_object_mut() {
             o.insert("fraction".into(), serde_json::json!(fraction));
@@ -375,6 +384,9 @@ impl Grader for LocalGrader {
             .is_some_and(|g| g.factor(&features) < 1.0)
         {
             flags.push(crate::model::flag::POSSIBLY_OFF_TOPIC.to_string());
+        }
+        if extrapolated {
+            flags.push(crate::model::flag::BEYOND_CALIBRATION.to_string());
         }
         GradeOutcome {
             marks_awarded: Some(marks),
@@ -480,6 +492,7 @@ impl RefCache {
 mod tests {
     use super::*;
     use crate::embed::default_models_dir;
+    use crate::model::flag;
     use std::sync::OnceLock;
 
     fn grader() -> &'static LocalGrader {
@@ -554,6 +567,34 @@ mod tests {
         assert!(
             marks[3] <= 2.0 && marks[3] < marks[1] && marks[3] < marks[2],
             "{marks:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn marks_for_a_question_worth_more_than_the_calibration_saw_are_flagged() {
+        let answer = "A stack removes the newest item first; a queue removes the oldest first.";
+        let within = grader().grade(&task(answer)).await;
+        assert!(
+            !within.flags.iter().any(|f| f == flag::BEYOND_CALIBRATION),
+            "{within:?}"
+        );
+        let larger = grader()
+            .grade(&GradeTask {
+                total_marks: 16.0,
+                ..task(answer)
+            })
+            .await;
+        let marks = larger.marks_awarded.expect("still marked");
+        assert!((0.0..=16.0).contains(&marks), "{marks}");
+        assert_eq!(
+            larger.flags,
+            [flag::OFFLINE_LOCAL_GRADER, flag::BEYOND_CALIBRATION],
+            "{larger:?}"
+        );
+        let reasoning = larger.reasoning.unwrap_or_default();
+        assert!(
+            reasoning.contains("fitted on questions worth at most 5 marks; this one is worth 16"),
+            "{reasoning}"
         );
     }
 
