@@ -410,7 +410,14 @@ fn fmt_marks(x: f64) -> String {
 fn feedback_text(covered: &[String], missed: &[String], marks: f64, total: f64) -> String {
     let mut out = format!("{} of {} marks. ", fmt_marks(marks), fmt_marks(total));
     if covered.is_empty() {
-        out.push_str("Your answer does not clearly match the expected points. ");
+        // The marks come from the answer as a whole; matching points one by one is stricter
+        // (GRADING.md, "Feedback"), so a well-marked answer can match none of them.
+        out.push_str(if marks * 2.0 > total {
+            "Your answer is close to the standard answer as a whole, but none of its points \
+             could be matched one by one. "
+        } else {
+            "Your answer does not clearly match the expected points. "
+        });
     } else {
         out.push_str("Your answer covers: ");
         out.push_str(&point_list(covered));
@@ -660,6 +667,20 @@ mod tests {
             text,
             "2.5 of 5 marks. Your answer covers: A stack is LIFO; Push adds on top. \
              Missing or unclear: A queue is FIFO, the oldest item…"
+        );
+        // No point matched: whether the marks say the answer is close overall decides the
+        // sentence, so a well-marked answer is not told it matches nothing.
+        let missed = points(&["OCR converts documents into editable data."]);
+        assert_eq!(
+            feedback_text(&[], &missed, 9.0, 10.0),
+            "9 of 10 marks. Your answer is close to the standard answer as a whole, but none of \
+             its points could be matched one by one. Missing or unclear: OCR converts documents \
+             into editable data."
+        );
+        assert_eq!(
+            feedback_text(&[], &missed, 5.0, 10.0),
+            "5 of 10 marks. Your answer does not clearly match the expected points. Missing or \
+             unclear: OCR converts documents into editable data."
         );
         let text = feedback_text(&points(&["Is it LIFO?"]), &[], 5.0, 5.0);
         assert_eq!(
