@@ -140,14 +140,6 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
     }
 }
 
-/// Debian's libtesseract uses OpenMP, and libgomp reads `OMP_THREAD_LIMIT` once, when the
-/// library is loaded — before `main` runs. Without the limit every page spawns threads that
-/// fight the OCR pool for the cores (measured: 5.35 s a page instead of 0.49 s). So when the
-/// variable is missing, the binary starts itself again with it set.
-///
-/// The embedded grader's matrix maths (candle) sizes its thread pool from
-/// `RAYON_NUM_THREADS`, read once; each embedding worker must stay on one core for the same
-/// reason, so the variable is set the same way.
 /// The build this process runs, to start again as its PDF renderer. On Linux that is
 /// `/proc/self/exe`, which names the running file even after an upgrade has deleted or
 /// replaced it under that path: the renderer then stays the service's own build, speaking its
@@ -160,6 +152,14 @@ fn running_binary() -> Option<std::path::PathBuf> {
     std::env::current_exe().ok()
 }
 
+/// Debian's libtesseract uses OpenMP, and libgomp reads `OMP_THREAD_LIMIT` once, when the
+/// library is loaded — before `main` runs. Without the limit every page spawns threads that
+/// fight the OCR pool for the cores (measured: 5.35 s a page instead of 0.49 s). So when the
+/// variable is missing, the binary starts itself again with it set.
+///
+/// The embedded grader's matrix maths (candle) sizes its thread pool from
+/// `RAYON_NUM_THREADS`, read once; each embedding worker must stay on one core for the same
+/// reason, so the variable is set the same way.
 fn ensure_single_threaded_openmp() {
     if std::env::var_os("OMP_THREAD_LIMIT").is_some()
         && std::env::var_os("RAYON_NUM_THREADS").is_some()

@@ -180,7 +180,7 @@ async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
         .output()
         .expect("import runs");
     assert!(import.status.success(), "{import:?}");
-    let (child, address) = start_program(&program, data.path(), &[]);
+    let (mut child, address) = start_program(&program, data.path(), &[]);
 
     let client = reqwest::Client::new();
     // A different page each time: the OCR memo would answer a repeated one without rendering.
@@ -226,9 +226,9 @@ async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
         StatusCode::OK,
         "after the binary was replaced: {body}"
     );
+    assert_eq!(body["qa_pairs"][0]["question_number"], "1", "{body}");
 
     terminate(&child);
-    let mut child = child;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
