@@ -61,6 +61,16 @@ fn terminate(child: &Child) {
     assert!(status.success());
 }
 
+/// Sends SIGTERM and checks that the service exits cleanly.
+async fn stops_cleanly(mut child: Child) {
+    terminate(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
 #[tokio::test]
 async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     let data = tempfile::tempdir().unwrap();
@@ -139,7 +149,7 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains(".json, .yaml or .yml"));
 
-    let (mut child, address) = start_binary(data.path(), &[]);
+    let (child, address) = start_binary(data.path(), &[]);
     let client = reqwest::Client::new();
     let health: serde_json::Value = client
         .get(format!("http://{address}/healthz"))
@@ -157,12 +167,7 @@ async fn the_binary_limits_openmp_imports_catalogs_and_shuts_down_gracefully() {
         .unwrap();
     assert_eq!(paper.status(), StatusCode::OK);
 
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    stops_cleanly(child).await;
 }
 
 /// An upgrade replaces the binary under a running service: the service must go on rendering
@@ -180,11 +185,11 @@ async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
         .output()
         .expect("import runs");
     assert!(import.status.success(), "{import:?}");
-    let (mut child, address) = start_program(&program, data.path(), &[]);
+    let (child, address) = start_program(&program, data.path(), &[]);
 
     let client = reqwest::Client::new();
     // A different page each time: the OCR memo would answer a repeated one without rendering.
-    let upload = |user: &'static str| {
+    let upload_is_read = |user: &'static str, when: &'static str| {
         let scan = crate::testpages::scanned_pdf(&[(
             crate::helpers::render_page(&[&format!("Q1 The going concern concept, said {user}.")]),
             200.0,
@@ -199,19 +204,19 @@ async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
             .post(format!("http://{address}/upload-exam-answers"))
             .json(&body)
             .send();
-        async move { crate::helpers::split(request.await.unwrap()).await }
+        async move {
+            let (status, body, _) = crate::helpers::split(request.await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK, "{when}: {body}");
+            assert_eq!(
+                body["qa_pairs"][0]["question_number"], "1",
+                "{when}: {body}"
+            );
+        }
     };
-    let (status, body, _) = upload("U1").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    upload_is_read("U1", "as installed").await;
 
     std::fs::remove_file(&program).unwrap();
-    let (status, body, _) = upload("U2").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "after the binary was deleted: {body}"
-    );
-    assert_eq!(body["qa_pairs"][0]["question_number"], "1", "{body}");
+    upload_is_read("U2", "after the binary was deleted").await;
 
     // A different program now answers to the old name: the service must not start it.
     std::fs::write(&program, "#!/bin/sh\nexit 3\n").unwrap();
@@ -220,20 +225,9 @@ async fn pdfs_still_render_after_the_running_binary_is_deleted_or_replaced() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let (status, body, _) = upload("U3").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "after the binary was replaced: {body}"
-    );
-    assert_eq!(body["qa_pairs"][0]["question_number"], "1", "{body}");
+    upload_is_read("U3", "after the binary was replaced").await;
 
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    stops_cleanly(child).await;
 }
 
 #[test]
