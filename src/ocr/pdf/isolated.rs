@@ -214,6 +214,9 @@ impl PdfRenderer {
     ) -> (Duration, Result<(), OcrError>) {
         let mut command = tokio::process::Command::new(&isolation.program);
         command
+            // The program is usually `/proc/self/exe` (see `main`): process listings and the
+            // child's own usage errors name it as what it is.
+            .arg0(env!("CARGO_PKG_NAME"))
             .arg(SUBCOMMAND)
             .args(["--dpi", &self.dpi.to_string()])
             .args(["--max-pixels", &self.limits.max_pixels.to_string()])
