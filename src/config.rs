@@ -187,8 +187,9 @@ pub struct OcrSettings {
     /// OCR (100–600). Default 300. A page that would break `max_pixels` is rendered at the
     /// most it allows.
     pub pdf_dpi: f32,
-    /// Seconds one PDF may take to render, all its pages together. Default 120. The service
-    /// renders in a child process, which is killed at the limit even in the middle of a page.
+    /// Seconds one PDF may take to render, all its pages together; time a rendered page
+    /// waits for OCR to take it does not count. Default 120. The service renders in a child
+    /// process, which is killed at the limit even in the middle of a page.
     pub pdf_time_limit_secs: f64,
     /// Memory one PDF's rendering may use, in MiB (the child process's address space; at
     /// least 512). Default 2048. A PDF that needs more (an image of 60,000 × 60,000 pixels

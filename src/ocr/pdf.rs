@@ -199,6 +199,9 @@ impl PdfRenderer {
         mut emit: impl FnMut(PdfEvent) -> bool,
     ) -> Result<(), OcrError> {
         let started = Instant::now();
+        // The limit is on rendering: time `emit` holds a page, while the reader (OCR) is
+        // busy, does not count, or a long document would time out behind a slow reader.
+        let mut handing_over = Duration::ZERO;
         let pdf = Pdf::new(Arc::new(bytes)).map_err(|e| match e {
             LoadPdfError::Decryption(_) => OcrError::EncryptedPdf,
             LoadPdfError::Invalid => {
@@ -223,7 +226,7 @@ impl PdfRenderer {
         let settings = RenderSettings::default();
         for (index, page) in pages.iter().enumerate() {
             let number = index + 1;
-            if started.elapsed() > self.time_limit {
+            if started.elapsed().saturating_sub(handing_over) > self.time_limit {
                 return Err(OcrError::PdfTimedOut {
                     pages_done: index,
                     limit_secs: self.time_limit.as_secs_f64(),
@@ -276,9 +279,11 @@ impl PdfRenderer {
                 height: gray.height(),
                 dpi: scale * 72.0,
             };
+            let handed = Instant::now();
             if !emit(PdfEvent::Page(rendered)) {
                 return Ok(());
             }
+            handing_over += handed.elapsed();
         }
         Ok(())
     }
@@ -448,6 +453,26 @@ mod tests {
             error.to_string().contains("ocr.pdf_time_limit_secs"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn time_spent_handing_pages_over_does_not_count_against_the_limit() {
+        // The reader takes each page only after a while (OCR is busy): 3 × 0.4 s of waiting
+        // under a 0.3 s limit for rendering.
+        let pdf = scanned_pdf(&vec![(page(100, 100), 100.0); 3]);
+        let limit = Duration::from_millis(300);
+        let patient = PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), limit, 1);
+        let mut rendered = 0;
+        patient
+            .render_blocking(pdf.into(), 10, |event| {
+                if matches!(event, PdfEvent::Page(_)) {
+                    rendered += 1;
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(rendered, 3);
     }
 
     #[test]

@@ -353,6 +353,45 @@ async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
     assert_eq!(in_child, events(renderer()).await);
 }
 
+/// A long document whose pages OCR takes slowly: the child waits to hand each page over, and
+/// that waiting is not rendering time, in the child's own check as in this process's.
+#[tokio::test]
+async fn a_child_waiting_for_its_pages_to_be_taken_is_not_timed_out() {
+    use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI};
+    use examiner::ocr::DecodeLimits;
+    // Noise, so each rendered page's PNG is far larger than a pipe's buffer and the child
+    // blocks writing it until the page is taken.
+    let mut state = 0x2545_f491_u32;
+    let noise = image::GrayImage::from_fn(600, 600, |_, _| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image::Luma([(state >> 24) as u8])
+    });
+    // Two pages wait in this process (the channel and the page in hand); the child's check
+    // before each page after them comes after the reader has taken one more.
+    let pdf = scanned_pdf(&vec![(noise, 200.0); 8]);
+    let renderer = PdfRenderer::new(
+        DEFAULT_DPI,
+        DecodeLimits::default(),
+        std::time::Duration::from_secs(1),
+        1,
+    )
+    .isolated(Isolation {
+        program: env!("CARGO_BIN_EXE_examiner").into(),
+        memory_limit: 1 << 30,
+    });
+    let mut events = renderer.render(pdf.into(), 10).await;
+    let mut pages = 0;
+    while let Some(event) = events.recv().await {
+        if let PdfEvent::Page(page) = event.expect("no time limit is reached") {
+            assert!(page.png.len() > 256 * 1024, "{} bytes", page.png.len());
+            pages += 1;
+            // OCR of the page: 8 × 0.5 s in all, far past the 1 s limit for rendering.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(pages, 8);
+}
+
 #[tokio::test]
 async fn a_pdf_that_needs_too_much_memory_or_time_is_refused_and_the_service_carries_on() {
     let images = ImageServer::start().await;
