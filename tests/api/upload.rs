@@ -2,6 +2,8 @@
 //! segmented, stored and read back; and bad input refused with nothing stored.
 
 use base64::Engine as _;
+use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI};
+use examiner::ocr::DecodeLimits;
 use examiner::store::OCR_MEMO;
 use image::ImageFormat;
 use reqwest::StatusCode;
@@ -307,22 +309,26 @@ fn overdrawn_pdf(fills: usize) -> Vec<u8> {
     drawn_pdf(&"0 0 612 792 re f\n".repeat(fills))
 }
 
+/// A renderer at the default resolution and caps, on this process's threads.
+fn pdf_renderer(time_limit: std::time::Duration) -> PdfRenderer {
+    PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), time_limit, 1)
+}
+
+/// `renderer` rendering in child processes of the `examiner` binary, as the service does.
+fn in_child(renderer: PdfRenderer) -> PdfRenderer {
+    renderer.isolated(Isolation {
+        program: env!("CARGO_BIN_EXE_examiner").into(),
+        memory_limit: 1 << 30,
+    })
+}
+
 #[tokio::test]
 async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
-    use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI};
-    use examiner::ocr::DecodeLimits;
     let scan = scanned_pdf(&[
         (render_page(PAGE_ONE), 200.0),
         (render_page(PAGE_TWO), 200.0),
     ]);
-    let renderer = || {
-        PdfRenderer::new(
-            DEFAULT_DPI,
-            DecodeLimits::default(),
-            std::time::Duration::from_secs(60),
-            1,
-        )
-    };
+    let renderer = || pdf_renderer(std::time::Duration::from_secs(60));
     let events = |renderer: PdfRenderer| {
         let scan = scan.clone();
         async move {
@@ -343,10 +349,7 @@ async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
             seen
         }
     };
-    let isolated = renderer().isolated(Isolation {
-        program: env!("CARGO_BIN_EXE_examiner").into(),
-        memory_limit: 1 << 30,
-    });
+    let isolated = in_child(renderer());
     assert!(isolated.is_isolated());
     let in_child = events(isolated).await;
     assert_eq!(in_child.len(), 3, "{in_child:?}");
@@ -357,8 +360,6 @@ async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
 /// that waiting is not rendering time, in the child's own check as in this process's.
 #[tokio::test]
 async fn a_child_waiting_for_its_pages_to_be_taken_is_not_timed_out() {
-    use examiner::ocr::pdf::{Isolation, PdfEvent, PdfRenderer, DEFAULT_DPI};
-    use examiner::ocr::DecodeLimits;
     // Noise, so each rendered page's PNG is far larger than a pipe's buffer and the child
     // blocks writing it until the page is taken.
     let mut state = 0x2545_f491_u32;
@@ -369,16 +370,7 @@ async fn a_child_waiting_for_its_pages_to_be_taken_is_not_timed_out() {
     // Two pages wait in this process (the channel and the page in hand); the child's check
     // before each page after them comes after the reader has taken one more.
     let pdf = scanned_pdf(&vec![(noise, 200.0); 8]);
-    let renderer = PdfRenderer::new(
-        DEFAULT_DPI,
-        DecodeLimits::default(),
-        std::time::Duration::from_secs(1),
-        1,
-    )
-    .isolated(Isolation {
-        program: env!("CARGO_BIN_EXE_examiner").into(),
-        memory_limit: 1 << 30,
-    });
+    let renderer = in_child(pdf_renderer(std::time::Duration::from_secs(1)));
     let mut events = renderer.render(pdf.into(), 10).await;
     let mut pages = 0;
     while let Some(event) = events.recv().await {
