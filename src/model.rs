@@ -68,10 +68,13 @@ pub mod flag {
         REGRADE_REQUESTED,
     ];
 
-    /// Flags that ask for an examiner; an examiner's review of the question settles them.
+    /// Flags that ask for an examiner (`beyond_calibration` does in `local` mode, where the
+    /// marks are an extrapolation); an examiner's review of the question settles them, and
+    /// the moderation report shows how often each one's marks were changed.
     pub const SETTLED_BY_REVIEW: &[&str] = &[
         NEEDS_REVIEW,
         SECOND_OPINION_MISSING,
+        BEYOND_CALIBRATION,
         GRADER_ERROR,
         REGRADE_REQUESTED,
     ];

@@ -342,7 +342,11 @@ mod tests {
             "1",
             Some(4.0),
             ItemStatus::Graded,
-            &[flag::NEEDS_REVIEW, flag::POSSIBLE_PROMPT_INJECTION],
+            &[
+                flag::NEEDS_REVIEW,
+                flag::POSSIBLE_PROMPT_INJECTION,
+                flag::BEYOND_CALIBRATION,
+            ],
         );
         let mut given = question("1", 1.5);
         given.note = Some("copied from the textbook".into());
@@ -366,7 +370,10 @@ mod tests {
         assert_eq!(stages[1]["marks"], 1.5);
         assert_eq!(stages[1]["previous_marks"], 4.0);
         assert_eq!(stages[1]["previous_stage"], "evaluator");
-        assert_eq!(stages[1]["settled_flags"], json!([flag::NEEDS_REVIEW]));
+        assert_eq!(
+            stages[1]["settled_flags"],
+            json!([flag::NEEDS_REVIEW, flag::BEYOND_CALIBRATION])
+        );
 
         let mut failed = item("2", None, ItemStatus::Failed, &[flag::GRADER_ERROR]);
         apply(&mut failed, question("2", 3.0), None, Utc::now()).unwrap();
