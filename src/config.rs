@@ -329,6 +329,8 @@ pub struct GradingSettings {
     /// How long a request waits, once its LLM stages are done, for second opinions still
     /// being computed. Questions whose estimate is not in by then are stored without it and
     /// flagged `second_opinion_missing`; their queued work is withdrawn. 0: never wait.
+    /// Estimates for questions beyond the embedded grader's calibration decide nothing, so
+    /// they are never waited for.
     pub second_opinion_wait_secs: f64,
     /// Days after a student's first evaluation of a paper during which they may ask for a
     /// regrade of it (`POST /evaluations/{id}/regrade-request`); staff may ask on their behalf

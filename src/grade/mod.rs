@@ -160,6 +160,11 @@ impl GradeOutcome {
 pub trait Grader: Send + Sync {
     fn name(&self) -> &str;
     async fn grade(&self, task: &GradeTask) -> GradeOutcome;
+    /// Whether this grader was calibrated on questions worth `total_marks`; beyond that its
+    /// marks are an extrapolation, which as a second opinion decides nothing.
+    fn calibrated_for(&self, _total_marks: f64) -> bool {
+        true
+    }
     /// Writes the replies this grader queued for the store's memo; false if that did not
     /// finish within `limit`. Erasing a user's data runs it before deleting memo entries from
     /// the store, so none lands after, and [`Grader::forget_memo_in_memory`] after.

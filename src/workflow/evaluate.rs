@@ -347,6 +347,9 @@ enum SecondOpinion {
     Given(GradeOutcome),
     /// Not in by the time the request stopped waiting for it.
     Missing,
+    /// For a question worth more than the embedded grader was calibrated on, not in by the
+    /// time the marks were: such an estimate decides nothing, so it is not waited for.
+    BeyondCalibrationNotIn,
 }
 
 /// Grades the tasks with the configured grader and, at the same time, the share of them
@@ -377,8 +380,10 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Seco
 /// `second`. Once the primary outcomes are in, waits at most `wait` for second opinions still
 /// being computed, then gives up on them: the second opinion is advisory, and on a busy
 /// machine its CPU queue would otherwise hold every request for seconds (BENCHMARKS.md, "The
-/// embedded grader's second opinion"). Dropping an unfinished second opinion withdraws its
-/// queued embedding work, so a backlog does not outlive the requests that made it.
+/// embedded grader's second opinion"). Estimates for questions beyond `second`'s calibration
+/// decide nothing, so they are kept when in by then but never waited for. Dropping an
+/// unfinished second opinion withdraws its queued embedding work, so a backlog does not
+/// outlive the requests that made it.
 async fn grade_with_second_opinion(
     primary: &dyn Grader,
     second: Option<&dyn Grader>,
@@ -394,32 +399,66 @@ async fn grade_with_second_opinion(
             .map(|outcome| (outcome, SecondOpinion::NotAsked))
             .collect();
     };
-    let picked: Vec<GradeTask> = chosen.iter().map(|&i| tasks[i].clone()).collect();
-    let mut found: Vec<Option<GradeOutcome>> = picked.iter().map(|_| None).collect();
+    let (decisive, advisory): (Vec<usize>, Vec<usize>) = chosen
+        .iter()
+        .partition(|&&i| second.calibrated_for(tasks[i].total_marks));
+    let picked = |indices: &[usize]| -> Vec<GradeTask> {
+        indices.iter().map(|&i| tasks[i].clone()).collect()
+    };
+    let (decisive_tasks, advisory_tasks) = (picked(&decisive), picked(&advisory));
+    let mut decisive_found: Vec<Option<GradeOutcome>> = decisive.iter().map(|_| None).collect();
+    let mut advisory_found: Vec<Option<GradeOutcome>> = advisory.iter().map(|_| None).collect();
     let outcomes = {
         let mut primary = std::pin::pin!(grade_all(primary, tasks, concurrency));
-        let mut seconds = std::pin::pin!(grade_into(second, &picked, concurrency, &mut found));
-        let mut seconds_done = false;
+        let mut decisive_seconds = std::pin::pin!(grade_into(
+            second,
+            &decisive_tasks,
+            concurrency,
+            &mut decisive_found
+        ));
+        let mut advisory_seconds = std::pin::pin!(grade_into(
+            second,
+            &advisory_tasks,
+            concurrency,
+            &mut advisory_found
+        ));
+        let (mut decisive_done, mut advisory_done) = (false, false);
         let outcomes = loop {
             tokio::select! {
                 outcomes = &mut primary => break outcomes,
-                () = &mut seconds, if !seconds_done => seconds_done = true,
+                () = &mut decisive_seconds, if !decisive_done => decisive_done = true,
+                () = &mut advisory_seconds, if !advisory_done => advisory_done = true,
             }
         };
-        if !seconds_done {
-            let _ = tokio::time::timeout(wait, &mut seconds).await;
+        if !decisive_done {
+            // Advisory estimates still progress meanwhile, and count if in by the end.
+            let _ = tokio::time::timeout(wait, async {
+                loop {
+                    tokio::select! {
+                        () = &mut decisive_seconds => break,
+                        () = &mut advisory_seconds, if !advisory_done => advisory_done = true,
+                    }
+                }
+            })
+            .await;
         }
         outcomes
     };
     let mut opinions: Vec<SecondOpinion> = tasks.iter().map(|_| SecondOpinion::NotAsked).collect();
     let mut missing = 0u64;
-    for (&index, outcome) in chosen.iter().zip(found) {
+    for (&index, outcome) in decisive.iter().zip(decisive_found) {
         opinions[index] = match outcome {
             Some(outcome) => SecondOpinion::Given(outcome),
             None => {
                 missing += 1;
                 SecondOpinion::Missing
             }
+        };
+    }
+    for (&index, outcome) in advisory.iter().zip(advisory_found) {
+        opinions[index] = match outcome {
+            Some(outcome) => SecondOpinion::Given(outcome),
+            None => SecondOpinion::BeyondCalibrationNotIn,
         };
     }
     if missing > 0 {
@@ -476,8 +515,13 @@ fn item_from_outcome(
             task.question_number
         ))
     })?;
-    if let SecondOpinion::Missing = second {
-        outcome.flags.push(SECOND_OPINION_MISSING_FLAG.to_string());
+    match &second {
+        SecondOpinion::Missing => outcome.flags.push(SECOND_OPINION_MISSING_FLAG.to_string()),
+        // No estimate would have decided a review either way; the flag says why none was.
+        SecondOpinion::BeyondCalibrationNotIn => {
+            outcome.flags.push(BEYOND_CALIBRATION_FLAG.to_string())
+        }
+        SecondOpinion::NotAsked | SecondOpinion::Given(_) => {}
     }
     // The second opinion's stages are stored after the grader's, marked as what they are.
     let mut second_stages = Vec::new();
@@ -655,16 +699,21 @@ mod tests {
         }
     }
 
-    /// Awards `marks` after `delay`, where `delay` may depend on the question.
+    /// Awards `marks` after `delay`, where `delay` may depend on the question; calibrated on
+    /// questions worth at most `calibrated_up_to`.
     struct Slow {
         marks: f64,
         delay: fn(&GradeTask) -> std::time::Duration,
+        calibrated_up_to: f64,
     }
 
     #[async_trait::async_trait]
     impl Grader for Slow {
         fn name(&self) -> &str {
             "slow"
+        }
+        fn calibrated_for(&self, total_marks: f64) -> bool {
+            total_marks <= self.calibrated_up_to
         }
         async fn grade(&self, task: &GradeTask) -> GradeOutcome {
             tokio::time::sleep((self.delay)(task)).await;
@@ -696,6 +745,7 @@ mod tests {
         let primary = Slow {
             marks: 3.0,
             delay: |_| std::time::Duration::from_millis(100),
+            calibrated_up_to: f64::MAX,
         };
         let second = Slow {
             marks: 1.0,
@@ -704,6 +754,7 @@ mod tests {
                 "2" => std::time::Duration::from_millis(1_500),
                 _ => std::time::Duration::from_millis(600),
             },
+            calibrated_up_to: f64::MAX,
         };
         let tasks = numbered(4);
         let started = tokio::time::Instant::now();
@@ -747,6 +798,62 @@ mod tests {
         assert!(matches!(graded[1].1, SecondOpinion::Missing));
         assert!(matches!(graded[2].1, SecondOpinion::Missing));
 
+        // Estimates beyond the calibration are kept when in (2 and 3: in during the wait for
+        // 1's), but not waited for: 4's would take 1.5 s and is left out.
+        let second = Slow {
+            marks: 1.0,
+            delay: |task| match task.question_number.as_str() {
+                "1" => std::time::Duration::from_millis(600),
+                "2" => std::time::Duration::from_millis(50),
+                "3" => std::time::Duration::from_millis(300),
+                _ => std::time::Duration::from_millis(1_500),
+            },
+            calibrated_up_to: 5.0,
+        };
+        let mut tasks = numbered(4);
+        for beyond in &mut tasks[1..] {
+            beyond.total_marks = 10.0;
+        }
+        let started = tokio::time::Instant::now();
+        let graded = grade_with_second_opinion(
+            &primary,
+            Some(&second),
+            &tasks,
+            &[0, 1, 2, 3],
+            8,
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(600)
+                && waited < std::time::Duration::from_millis(1_000),
+            "waited for 1's estimate only: {waited:?}"
+        );
+        assert_eq!(given_marks(&graded[0].1), Some(1.0));
+        assert_eq!(given_marks(&graded[1].1), Some(1.0));
+        assert_eq!(given_marks(&graded[2].1), Some(1.0));
+        assert!(
+            matches!(graded[3].1, SecondOpinion::BeyondCalibrationNotIn),
+            "{:?}",
+            graded[3].1
+        );
+        // With only such questions, the request does not wait at all.
+        let started = tokio::time::Instant::now();
+        let graded = grade_with_second_opinion(
+            &primary,
+            Some(&second),
+            &tasks[1..],
+            &[0, 1, 2],
+            8,
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(started.elapsed(), std::time::Duration::from_millis(100));
+        assert_eq!(given_marks(&graded[0].1), Some(1.0), "in before the marks");
+        assert!(matches!(graded[1].1, SecondOpinion::BeyondCalibrationNotIn));
+        assert!(matches!(graded[2].1, SecondOpinion::BeyondCalibrationNotIn));
+
         // Without an embedded grader nothing is asked, whatever was chosen.
         let graded =
             grade_with_second_opinion(&primary, None, &tasks, &[0, 1], 8, Default::default()).await;
@@ -777,6 +884,11 @@ mod tests {
         );
         assert!(flags(SecondOpinion::Given(outcome(4.0))).is_empty());
         assert!(flags(SecondOpinion::NotAsked).is_empty());
+        assert_eq!(
+            flags(SecondOpinion::BeyondCalibrationNotIn),
+            vec![BEYOND_CALIBRATION_FLAG],
+            "not asked for a review, and not reported missing"
+        );
         // An estimate the embedded grader extrapolated decides nothing, and says so.
         let extrapolated = GradeOutcome {
             flags: vec![BEYOND_CALIBRATION_FLAG.to_string()],

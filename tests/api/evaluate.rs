@@ -107,11 +107,18 @@ async fn spec_example_is_graded(database_url: Option<&str>) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stored["version"], 1);
     let stages = stored["items"][0]["stages"].as_array().unwrap();
-    // The embedded grader's estimate is stored beside the LLM stages.
-    assert_eq!(
-        stage_roles(&stored["items"][0]),
-        ["evaluator", "verifier", "second_opinion"]
+    // The questions are worth more than the embedded grader was calibrated on: its estimate
+    // decides no review, so it is stored beside the LLM stages only when it is in by the
+    // time their marks are (not waited for), and the flag says so.
+    let roles = stage_roles(&stored["items"][0]);
+    assert_eq!(roles[..2], ["evaluator", "verifier"]);
+    assert!(
+        roles[2..].is_empty() || roles[2..] == ["second_opinion"],
+        "{roles:?}"
     );
+    for item in [&items[0], &items[1], &stored["items"][0]] {
+        assert_eq!(item["flags"], json!(["beyond_calibration"]), "{item}");
+    }
     assert_eq!(stages[0]["model"], "fake-grader");
     assert_eq!(stages[0]["prompt_tokens"], 120);
     assert_eq!(stages[1]["role"], "verifier");
@@ -148,6 +155,8 @@ async fn a_zero_second_opinion_share_leaves_the_llm_stages_alone() {
     let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
     for item in stored["items"].as_array().unwrap() {
         assert_eq!(stage_roles(item), ["evaluator", "verifier"], "{item}");
+        // Not even the flag a second opinion beyond its calibration leaves.
+        assert_eq!(item["flags"], json!([]), "{item}");
     }
 }
 

@@ -79,7 +79,8 @@ async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
     let item = |n: usize| graded["evaluation"][n].clone();
     assert_eq!(item(0)["marks_awarded"], 5.0, "the LLM's marks stand");
     assert_eq!(item(0)["flags"], json!(["needs_review"]), "{graded}");
-    // Worth more than the embedded grader was calibrated on: its estimate decides nothing.
+    // Worth more than the embedded grader was calibrated on: its estimate decides nothing,
+    // and is not waited for, so it is never reported missing.
     assert_eq!(item(1)["marks_awarded"], 10.0, "{graded}");
     assert_eq!(item(1)["flags"], json!(["beyond_calibration"]), "{graded}");
     let id = graded["evaluation_id"].as_str().unwrap();
@@ -90,11 +91,14 @@ async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
             .unwrap()
             .iter()
             .find(|s| s["role"] == "second_opinion")
-            .expect("the estimate is stored beside the LLM stages")
-            .clone()
+            .cloned()
     };
-    assert!(second(0)["marks"].as_f64().unwrap() <= 3.0, "{}", second(0));
-    assert!(second(1)["marks"].as_f64().is_some(), "{}", second(1));
+    let estimate = second(0).expect("the estimate is stored beside the LLM stages");
+    assert!(estimate["marks"].as_f64().unwrap() <= 3.0, "{estimate}");
+    // Stored when it was in by the time the LLM's marks were.
+    if let Some(estimate) = second(1) {
+        assert!(estimate["marks"].as_f64().is_some(), "{estimate}");
+    }
 }
 
 /// Answers read with low OCR confidence are flagged on the stored pair and, when the stored

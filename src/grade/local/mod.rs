@@ -302,6 +302,11 @@ impl Grader for LocalGrader {
         &self.name
     }
 
+    fn calibrated_for(&self, total_marks: f64) -> bool {
+        let total = total_marks.max(0.0);
+        !self.calibration.profile(total).extrapolates_to(total)
+    }
+
     async fn grade(&self, task: &GradeTask) -> GradeOutcome {
         let started = Instant::now();
         let total = task.total_marks.max(0.0);
@@ -603,6 +608,9 @@ mod tests {
             reasoning.contains("fitted on questions worth at most 5 marks; this one is worth 16"),
             "{reasoning}"
         );
+        // Known before grading, so a request need not wait for such an estimate.
+        assert!(grader().calibrated_for(5.0) && grader().calibrated_for(1.0));
+        assert!(!grader().calibrated_for(5.5) && !grader().calibrated_for(16.0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
