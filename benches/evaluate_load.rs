@@ -16,6 +16,8 @@
 //!   `custom` (then `EVAL_LOAD_CONCURRENCY`, `EVAL_LOAD_DELAY_MS`, `EVAL_LOAD_ARBITER=1`);
 //! - `EVAL_LOAD_SECS` / `EVAL_LOAD_WARMUP_SECS`: measurement / warm-up seconds per scenario;
 //! - `EVAL_LOAD_QUESTIONS`: questions per request (default 8);
+//! - `EVAL_LOAD_MARKS`: marks per question (default 5; above 5, the embedded grader's second
+//!   opinion is beyond its calibration and not waited for);
 //! - `EVAL_LOAD_CACHE=0`: run Examiner with `EXAMINER_GRADING__LLM__CACHE=false`;
 //! - `EVAL_LOAD_LEAN_HTTP1=0|1`: run Examiner with `grading.llm.lean_http1` off or on (its own
 //!   HTTP/1.1 client or the general one for the plain-HTTP fake; unset: the binary's default);
@@ -85,6 +87,7 @@ impl Scenario {
 
 struct Options {
     questions: usize,
+    marks: u64,
     cache: bool,
     rust_log: Option<String>,
     perf_dir: Option<String>,
@@ -697,7 +700,7 @@ const ANSWERS: [&str; 4] = [
     "A trial balance lists all the debit and credit balances from the ledger to check that the totals agree. Even when it agrees some errors like omission or wrong account can remain.",
 ];
 
-fn request_body(worker: usize, seq: u64, questions: usize) -> String {
+fn request_body(worker: usize, seq: u64, questions: usize, marks: u64) -> String {
     let pairs: Vec<serde_json::Value> = (0..questions)
         .map(|q| {
             json!({
@@ -708,7 +711,7 @@ fn request_body(worker: usize, seq: u64, questions: usize) -> String {
                     q + 1
                 ),
                 "standard_answer": STANDARD[q % STANDARD.len()],
-                "total_marks": 5
+                "total_marks": marks
             })
         })
         .collect();
@@ -734,6 +737,7 @@ async fn worker(
     url: String,
     authorization: String,
     questions: usize,
+    marks: u64,
     start_at: Instant,
     stop_at: Instant,
 ) -> (Vec<Sample>, Option<String>) {
@@ -742,7 +746,7 @@ async fn worker(
     let mut first_error = None;
     let mut seq = 0u64;
     while Instant::now() < stop_at {
-        let body = request_body(id, seq, questions);
+        let body = request_body(id, seq, questions, marks);
         seq += 1;
         let started = Instant::now();
         let result = client
@@ -881,6 +885,7 @@ fn run_scenario(
                 url.clone(),
                 examiner.authorization.clone(),
                 opts.questions,
+                opts.marks,
                 start_at,
                 measure_to,
             ))
@@ -1376,6 +1381,7 @@ fn main() {
     let fd_limit = raise_fd_limit();
     let opts = Options {
         questions: env_u64("EVAL_LOAD_QUESTIONS").unwrap_or(8).max(1) as usize,
+        marks: env_u64("EVAL_LOAD_MARKS").unwrap_or(5).max(1),
         cache: env_u64("EVAL_LOAD_CACHE").unwrap_or(1) != 0,
         rust_log: std::env::var("EVAL_LOAD_RUST_LOG").ok(),
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
@@ -1421,8 +1427,9 @@ fn main() {
     let fake = Arc::new(FakeLlm::new());
     let fake_addr = fake_rt.block_on(start_fake(fake.clone()));
     println!(
-        "evaluate_load: {} questions per request, reply cache {}, embedded grader's second opinion {}, Examiner RUST_LOG {}, open-file limit {fd_limit}, {} cores",
+        "evaluate_load: {} questions of {} marks per request, reply cache {}, embedded grader's second opinion {}, Examiner RUST_LOG {}, open-file limit {fd_limit}, {} cores",
         opts.questions,
+        opts.marks,
         if opts.cache { "on (answers all distinct)" } else { "off" },
         opts.second_opinion
             .as_ref()
