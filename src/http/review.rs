@@ -47,8 +47,8 @@ pub struct ReviewQuestion {
 /// Set the marks of some questions by hand (examiners and admins). Stored as a new version
 /// of the student's evaluation, with an `examiner` stage recording who, when and the marks
 /// replaced; the question's `needs_review`, `second_opinion_missing`, `beyond_calibration`,
-/// `grader_error` and `regrade_requested` flags are settled and it is flagged `reviewed`. Only the newest
-/// version can be reviewed.
+/// `grader_error` and `regrade_requested` flags are settled and it is flagged `reviewed`.
+/// Only the newest version can be reviewed.
 #[utoipa::path(post, path = "/evaluations/{evaluation_id}/review", tag = "results",
     params(("evaluation_id" = String, Path)), request_body = ReviewRequest,
     responses((status = 201, body = EvaluationRecord, description = "Stored as the newest version",
