@@ -1055,8 +1055,9 @@ fn run_scenario(
     );
     if opts.second_opinion.is_some() {
         println!(
-            "  second opinion: {:.0} questions left without it (second_opinion_missing), {:.0} queued embedding jobs withdrawn",
+            "  second opinion: {:.0} questions left without it (second_opinion_missing), {:.0} beyond the calibration and not waited for, {:.0} queued embedding jobs withdrawn",
             metric_delta("examiner_second_opinions_missing_total", ""),
+            metric_delta("examiner_second_opinions_not_waited_for_total", ""),
             metric_delta("examiner_embed_jobs_withdrawn_total", "")
         );
     }

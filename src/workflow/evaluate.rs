@@ -455,14 +455,22 @@ async fn grade_with_second_opinion(
             }
         };
     }
+    let mut not_waited_for = 0u64;
     for (&index, outcome) in advisory.iter().zip(advisory_found) {
         opinions[index] = match outcome {
             Some(outcome) => SecondOpinion::Given(outcome),
-            None => SecondOpinion::BeyondCalibrationNotIn,
+            None => {
+                not_waited_for += 1;
+                SecondOpinion::BeyondCalibrationNotIn
+            }
         };
     }
     if missing > 0 {
         metrics::counter!("examiner_second_opinions_missing_total").increment(missing);
+    }
+    if not_waited_for > 0 {
+        metrics::counter!("examiner_second_opinions_not_waited_for_total")
+            .increment(not_waited_for);
     }
     outcomes.into_iter().zip(opinions).collect()
 }
