@@ -700,8 +700,15 @@ const ANSWERS: [&str; 4] = [
     "A trial balance lists all the debit and credit balances from the ledger to check that the totals agree. Even when it agrees some errors like omission or wrong account can remain.",
 ];
 
-fn request_body(worker: usize, seq: u64, questions: usize, marks: u64) -> String {
-    let pairs: Vec<serde_json::Value> = (0..questions)
+/// What each request grades: how many questions, each worth how many marks.
+#[derive(Clone, Copy)]
+struct Script {
+    questions: usize,
+    marks: u64,
+}
+
+fn request_body(worker: usize, seq: u64, script: Script) -> String {
+    let pairs: Vec<serde_json::Value> = (0..script.questions)
         .map(|q| {
             json!({
                 "question_number": (q + 1).to_string(),
@@ -711,7 +718,7 @@ fn request_body(worker: usize, seq: u64, questions: usize, marks: u64) -> String
                     q + 1
                 ),
                 "standard_answer": STANDARD[q % STANDARD.len()],
-                "total_marks": marks
+                "total_marks": script.marks
             })
         })
         .collect();
@@ -736,8 +743,7 @@ async fn worker(
     client: reqwest::Client,
     url: String,
     authorization: String,
-    questions: usize,
-    marks: u64,
+    script: Script,
     start_at: Instant,
     stop_at: Instant,
 ) -> (Vec<Sample>, Option<String>) {
@@ -746,7 +752,7 @@ async fn worker(
     let mut first_error = None;
     let mut seq = 0u64;
     while Instant::now() < stop_at {
-        let body = request_body(id, seq, questions, marks);
+        let body = request_body(id, seq, script);
         seq += 1;
         let started = Instant::now();
         let result = client
@@ -884,8 +890,10 @@ fn run_scenario(
                 client.clone(),
                 url.clone(),
                 examiner.authorization.clone(),
-                opts.questions,
-                opts.marks,
+                Script {
+                    questions: opts.questions,
+                    marks: opts.marks,
+                },
                 start_at,
                 measure_to,
             ))
