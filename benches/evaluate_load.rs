@@ -17,7 +17,8 @@
 //! - `EVAL_LOAD_SECS` / `EVAL_LOAD_WARMUP_SECS`: measurement / warm-up seconds per scenario;
 //! - `EVAL_LOAD_QUESTIONS`: questions per request (default 8);
 //! - `EVAL_LOAD_MARKS`: marks per question (default 5; above 5, the embedded grader's second
-//!   opinion is beyond its calibration and not waited for);
+//!   opinion is beyond its calibration and not waited for), or a comma-separated list the
+//!   questions take in turn (`5,10`: odd questions 5 marks, even ones 10);
 //! - `EVAL_LOAD_CACHE=0`: run Examiner with `EXAMINER_GRADING__LLM__CACHE=false`;
 //! - `EVAL_LOAD_LEAN_HTTP1=0|1`: run Examiner with `grading.llm.lean_http1` off or on (its own
 //!   HTTP/1.1 client or the general one for the plain-HTTP fake; unset: the binary's default);
@@ -87,7 +88,7 @@ impl Scenario {
 
 struct Options {
     questions: usize,
-    marks: u64,
+    marks: Arc<[u64]>,
     cache: bool,
     rust_log: Option<String>,
     perf_dir: Option<String>,
@@ -700,14 +701,29 @@ const ANSWERS: [&str; 4] = [
     "A trial balance lists all the debit and credit balances from the ledger to check that the totals agree. Even when it agrees some errors like omission or wrong account can remain.",
 ];
 
-/// What each request grades: how many questions, each worth how many marks.
-#[derive(Clone, Copy)]
+/// What each request grades: how many questions, and the marks they are worth in turn.
+#[derive(Clone)]
 struct Script {
     questions: usize,
-    marks: u64,
+    marks: Arc<[u64]>,
 }
 
-fn request_body(worker: usize, seq: u64, script: Script) -> String {
+/// `EVAL_LOAD_MARKS`: one number, or a list the questions take in turn; 5 when unset.
+fn marks_in_turn() -> Arc<[u64]> {
+    let marks: Vec<u64> = std::env::var("EVAL_LOAD_MARKS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|m| m.trim().parse::<u64>().ok())
+        .map(|m| m.max(1))
+        .collect();
+    if marks.is_empty() {
+        Arc::from([5])
+    } else {
+        marks.into()
+    }
+}
+
+fn request_body(worker: usize, seq: u64, script: &Script) -> String {
     let pairs: Vec<serde_json::Value> = (0..script.questions)
         .map(|q| {
             json!({
@@ -718,7 +734,7 @@ fn request_body(worker: usize, seq: u64, script: Script) -> String {
                     q + 1
                 ),
                 "standard_answer": STANDARD[q % STANDARD.len()],
-                "total_marks": script.marks
+                "total_marks": script.marks[q % script.marks.len()]
             })
         })
         .collect();
@@ -752,7 +768,7 @@ async fn worker(
     let mut first_error = None;
     let mut seq = 0u64;
     while Instant::now() < stop_at {
-        let body = request_body(id, seq, script);
+        let body = request_body(id, seq, &script);
         seq += 1;
         let started = Instant::now();
         let result = client
@@ -892,7 +908,7 @@ fn run_scenario(
                 examiner.authorization.clone(),
                 Script {
                     questions: opts.questions,
-                    marks: opts.marks,
+                    marks: opts.marks.clone(),
                 },
                 start_at,
                 measure_to,
@@ -1390,7 +1406,7 @@ fn main() {
     let fd_limit = raise_fd_limit();
     let opts = Options {
         questions: env_u64("EVAL_LOAD_QUESTIONS").unwrap_or(8).max(1) as usize,
-        marks: env_u64("EVAL_LOAD_MARKS").unwrap_or(5).max(1),
+        marks: marks_in_turn(),
         cache: env_u64("EVAL_LOAD_CACHE").unwrap_or(1) != 0,
         rust_log: std::env::var("EVAL_LOAD_RUST_LOG").ok(),
         perf_dir: std::env::var("EVAL_LOAD_PERF").ok(),
@@ -1438,7 +1454,7 @@ fn main() {
     println!(
         "evaluate_load: {} questions of {} marks per request, reply cache {}, embedded grader's second opinion {}, Examiner RUST_LOG {}, open-file limit {fd_limit}, {} cores",
         opts.questions,
-        opts.marks,
+        opts.marks.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
         if opts.cache { "on (answers all distinct)" } else { "off" },
         opts.second_opinion
             .as_ref()

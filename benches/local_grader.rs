@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use examiner::embed::{default_models_dir, EmbedPool, Embedder};
+use examiner::embed::{default_models_dir, EmbedPool, Embedder, Priority};
 use examiner::grade::local::LocalGrader;
 use examiner::grade::{GradeTask, Grader};
 use futures::StreamExt;
@@ -141,11 +141,11 @@ fn main() {
     rt.block_on(async {
         // Warm up (allocators, caches).
         for a in answers.iter().take(4) {
-            pool.embed(vec![a.clone()]).await.expect("embed");
+            pool.embed(Priority::Normal, vec![a.clone()]).await.expect("embed");
         }
         let t = Instant::now();
         let c0 = cpu_seconds();
-        let done: Vec<_> = futures::stream::iter(answers.iter().map(|a| pool.embed(vec![a.clone()])))
+        let done: Vec<_> = futures::stream::iter(answers.iter().map(|a| pool.embed(Priority::Normal, vec![a.clone()])))
             .buffer_unordered(workers * 2)
             .collect()
             .await;

@@ -17,7 +17,7 @@
 
 mod pool;
 
-pub use pool::EmbedPool;
+pub use pool::{EmbedPool, Priority};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub enum EmbedError {
     Tokenizer(String),
     /// candle failed to load weights or run the model.
     Model(String),
-    /// The [`EmbedPool`] has shut down (a worker panicked or the pool was dropped).
+    /// The [`EmbedPool`] has shut down (it was dropped).
     PoolClosed,
 }
 

@@ -165,6 +165,12 @@ pub trait Grader: Send + Sync {
     fn calibrated_for(&self, _total_marks: f64) -> bool {
         true
     }
+    /// [`Grader::grade`] for an estimate nobody waits for (a request stores it if it is in by
+    /// the time the request is done): a grader whose work queues may let it wait behind work
+    /// somebody waits for. By default the same as `grade`.
+    async fn grade_in_background(&self, task: &GradeTask) -> GradeOutcome {
+        self.grade(task).await
+    }
     /// Writes the replies this grader queued for the store's memo; false if that did not
     /// finish within `limit`. Erasing a user's data runs it before deleting memo entries from
     /// the store, so none lands after, and [`Grader::forget_memo_in_memory`] after.

@@ -384,6 +384,20 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Seco
 /// decide nothing, so they are kept when in by then but never waited for. Dropping an
 /// unfinished second opinion withdraws its queued embedding work, so a backlog does not
 /// outlive the requests that made it.
+/// A grader whose every question is graded with [`Grader::grade_in_background`].
+struct InBackground<'a>(&'a dyn Grader);
+
+#[async_trait::async_trait]
+impl Grader for InBackground<'_> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn grade(&self, task: &GradeTask) -> GradeOutcome {
+        self.0.grade_in_background(task).await
+    }
+}
+
 async fn grade_with_second_opinion(
     primary: &dyn Grader,
     second: Option<&dyn Grader>,
@@ -416,8 +430,10 @@ async fn grade_with_second_opinion(
             concurrency,
             &mut decisive_found
         ));
+        // Nobody waits for these: they must not delay the estimates that are waited for.
+        let in_background = InBackground(second);
         let mut advisory_seconds = std::pin::pin!(grade_into(
-            second,
+            &in_background,
             &advisory_tasks,
             concurrency,
             &mut advisory_found
@@ -727,10 +743,21 @@ mod tests {
             tokio::time::sleep((self.delay)(task)).await;
             GradeOutcome {
                 marks_awarded: Some(self.marks),
+                feedback: WAITED_FOR.to_string(),
                 ..GradeOutcome::blank()
             }
         }
+        async fn grade_in_background(&self, task: &GradeTask) -> GradeOutcome {
+            GradeOutcome {
+                feedback: IN_BACKGROUND.to_string(),
+                ..self.grade(task).await
+            }
+        }
     }
+
+    /// How [`Slow`] tells which way it was asked.
+    const WAITED_FOR: &str = "graded for a caller who waits";
+    const IN_BACKGROUND: &str = "graded in the background";
 
     fn numbered(n: usize) -> Vec<GradeTask> {
         (1..=n)
@@ -744,6 +771,13 @@ mod tests {
     fn given_marks(opinion: &SecondOpinion) -> Option<f64> {
         match opinion {
             SecondOpinion::Given(outcome) => outcome.marks_awarded,
+            _ => None,
+        }
+    }
+
+    fn given_feedback(opinion: &SecondOpinion) -> Option<&str> {
+        match opinion {
+            SecondOpinion::Given(outcome) => Some(&outcome.feedback),
             _ => None,
         }
     }
@@ -841,6 +875,10 @@ mod tests {
         assert_eq!(given_marks(&graded[0].1), Some(1.0));
         assert_eq!(given_marks(&graded[1].1), Some(1.0));
         assert_eq!(given_marks(&graded[2].1), Some(1.0));
+        // Only the estimate waited for queues with the work others wait for.
+        assert_eq!(given_feedback(&graded[0].1), Some(WAITED_FOR));
+        assert_eq!(given_feedback(&graded[1].1), Some(IN_BACKGROUND));
+        assert_eq!(given_feedback(&graded[2].1), Some(IN_BACKGROUND));
         assert!(
             matches!(graded[3].1, SecondOpinion::BeyondCalibrationNotIn),
             "{:?}",

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{clamp_and_round, GradeOutcome, GradeTask, Grader, StageRecord, StageRole};
-use crate::embed::{cosine, EmbedError, EmbedPool, Embedder};
+use crate::embed::{cosine, EmbedError, EmbedPool, Embedder, Priority};
 
 pub use calibration::Calibration;
 pub use features::{Features, KeyPointMatch};
@@ -96,26 +96,31 @@ impl LocalGrader {
         &self,
         task: &GradeTask,
     ) -> Result<Vec<KeyPointMatch>, EmbedError> {
-        Ok(self.measure(task).await?.1)
+        Ok(self.measure(task, Priority::Normal).await?.1)
     }
 
     /// Measure the features of an answer (empty answers included; no calibration applied).
     pub async fn features(&self, task: &GradeTask) -> Result<Features, EmbedError> {
-        Ok(self.measure(task).await?.0)
+        Ok(self.measure(task, Priority::Normal).await?.0)
     }
 
     async fn measure(
         &self,
         task: &GradeTask,
+        priority: Priority,
     ) -> Result<(Features, Vec<KeyPointMatch>), EmbedError> {
-        let reference = self.reference(task).await?;
+        let reference = self.reference(task, priority).await?;
         let student = self
-            .student(&task.student_answer, &reference.question_words)
+            .student(&task.student_answer, &reference.question_words, priority)
             .await?;
         Ok(compute(&reference, &student))
     }
 
-    async fn reference(&self, task: &GradeTask) -> Result<Arc<Reference>, EmbedError> {
+    async fn reference(
+        &self,
+        task: &GradeTask,
+        priority: Priority,
+    ) -> Result<Arc<Reference>, EmbedError> {
         let question = task
             .question_text
             .as_deref()
@@ -142,7 +147,11 @@ impl LocalGrader {
         if let Some(q) = question {
             items.push((q.to_string(), Vec::new()));
         }
-        let mut out = self.pool.embed_with_spans(items).await?.into_iter();
+        let mut out = self
+            .pool
+            .embed_with_spans(priority, items)
+            .await?
+            .into_iter();
         let standard = out.next().expect("standard answer vector");
         let kp_vecs: Vec<Vec<f32>> = out.by_ref().take(pieces.len()).map(|e| e.whole).collect();
         let q = out.next().map(|e| e.whole);
@@ -183,6 +192,7 @@ impl LocalGrader {
         &self,
         answer: &str,
         question_words: &HashSet<String>,
+        priority: Priority,
     ) -> Result<Student, EmbedError> {
         let pieces = split_pieces(answer);
         let words = content_words(answer);
@@ -192,7 +202,7 @@ impl LocalGrader {
                 let spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.start, p.end)).collect();
                 let mut r = self
                     .pool
-                    .embed_with_spans(vec![(answer.to_string(), spans)])
+                    .embed_with_spans(priority, vec![(answer.to_string(), spans)])
                     .await?;
                 let r = r.pop().expect("one result");
                 let mut with_vecs = Vec::with_capacity(pieces.len());
@@ -207,7 +217,7 @@ impl LocalGrader {
                 if !cut_off.is_empty() {
                     let vecs = self
                         .pool
-                        .embed(cut_off.iter().map(|p| p.text.clone()).collect())
+                        .embed(priority, cut_off.iter().map(|p| p.text.clone()).collect())
                         .await?;
                     with_vecs.extend(cut_off.into_iter().zip(vecs));
                 }
@@ -222,7 +232,11 @@ impl LocalGrader {
             Pooling::Separate => {
                 let mut items = vec![(answer.to_string(), Vec::new())];
                 items.extend(pieces.iter().map(|p| (p.text.clone(), Vec::new())));
-                let mut out = self.pool.embed_with_spans(items).await?.into_iter();
+                let mut out = self
+                    .pool
+                    .embed_with_spans(priority, items)
+                    .await?
+                    .into_iter();
                 let whole = out.next().expect("whole vector");
                 Ok(Student {
                     pieces: pieces.into_iter().zip(out.map(|e| e.whole)).collect(),
@@ -308,6 +322,17 @@ impl Grader for LocalGrader {
     }
 
     async fn grade(&self, task: &GradeTask) -> GradeOutcome {
+        self.grade_at(task, Priority::Normal).await
+    }
+
+    async fn grade_in_background(&self, task: &GradeTask) -> GradeOutcome {
+        self.grade_at(task, Priority::Background).await
+    }
+}
+
+impl LocalGrader {
+    /// Grades `task` with its model runs queued at `priority`.
+    async fn grade_at(&self, task: &GradeTask, priority: Priority) -> GradeOutcome {
         let started = Instant::now();
         let total = task.total_marks.max(0.0);
         if is_non_answer(&task.student_answer) {
@@ -326,9 +351,9 @@ impl Grader for LocalGrader {
             };
         }
         let result = async {
-            let reference = self.reference(task).await?;
+            let reference = self.reference(task, priority).await?;
             let student = self
-                .student(&task.student_answer, &reference.question_words)
+                .student(&task.student_answer, &reference.question_words, priority)
                 .await?;
             Ok::<_, EmbedError>((reference, student))
         }
@@ -603,7 +628,7 @@ mod tests {
             [flag::OFFLINE_LOCAL_GRADER, flag::BEYOND_CALIBRATION],
             "{larger:?}"
         );
-        let reasoning = larger.reasoning.unwrap_or_default();
+        let reasoning = larger.reasoning.clone().unwrap_or_default();
         assert!(
             reasoning.contains("fitted on questions worth at most 5 marks; this one is worth 16"),
             "{reasoning}"
@@ -611,6 +636,15 @@ mod tests {
         // Known before grading, so a request need not wait for such an estimate.
         assert!(grader().calibrated_for(5.0) && grader().calibrated_for(1.0));
         assert!(!grader().calibrated_for(5.5) && !grader().calibrated_for(16.0));
+        // As a second opinion nobody waits for, it queues behind other work but is the same.
+        let in_background = grader()
+            .grade_in_background(&GradeTask {
+                total_marks: 16.0,
+                ..task(answer)
+            })
+            .await;
+        assert_eq!(in_background.marks_awarded, Some(marks));
+        assert_eq!(in_background.reasoning, larger.reasoning);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
