@@ -30,6 +30,15 @@ pub enum Priority {
     Background,
 }
 
+impl Priority {
+    fn label(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+}
+
 enum Job {
     Plain(Vec<String>, Reply<Vec<Vec<f32>>>),
     Spans(
@@ -62,6 +71,37 @@ struct Waiting {
     closed: bool,
 }
 
+impl Waiting {
+    fn jobs(&mut self, priority: Priority) -> &mut VecDeque<Queued> {
+        match priority {
+            Priority::Normal => &mut self.normal,
+            Priority::Background => &mut self.background,
+        }
+    }
+
+    /// The next job, normal ones first, with the queue length shown in the metrics.
+    fn pop(&mut self) -> Option<Job> {
+        [Priority::Normal, Priority::Background]
+            .into_iter()
+            .find_map(|priority| {
+                let queued = self.jobs(priority).pop_front()?;
+                self.show_length(priority);
+                Some(queued.job)
+            })
+    }
+
+    fn push(&mut self, priority: Priority, queued: Queued) {
+        self.jobs(priority).push_back(queued);
+        self.show_length(priority);
+    }
+
+    fn show_length(&mut self, priority: Priority) {
+        let length = self.jobs(priority).len();
+        metrics::gauge!("examiner_embed_jobs_queued", "priority" => priority.label())
+            .set(length as f64);
+    }
+}
+
 /// What the callers and the workers share.
 struct Queue {
     waiting: Mutex<Waiting>,
@@ -92,11 +132,7 @@ impl Queue {
         if waiting.closed {
             return Err(EmbedError::PoolClosed);
         }
-        let queued = Queued { job, _slot: slot };
-        match priority {
-            Priority::Normal => waiting.normal.push_back(queued),
-            Priority::Background => waiting.background.push_back(queued),
-        }
+        waiting.push(priority, Queued { job, _slot: slot });
         drop(waiting);
         self.job_queued.notify_one();
         Ok(())
@@ -106,12 +142,8 @@ impl Queue {
     fn next(&self) -> Option<Job> {
         let mut waiting = self.lock();
         loop {
-            if let Some(queued) = waiting
-                .normal
-                .pop_front()
-                .or_else(|| waiting.background.pop_front())
-            {
-                return Some(queued.job);
+            if let Some(job) = waiting.pop() {
+                return Some(job);
             }
             if waiting.closed {
                 return None;

@@ -99,6 +99,13 @@ async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
     if let Some(estimate) = second(1) {
         assert!(estimate["marks"].as_f64().is_some(), "{estimate}");
     }
+    // The first estimate was waited for, the second queued in the background.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for priority in ["normal", "background"] {
+        let series = format!("examiner_embed_jobs_queued{{priority=\"{priority}\"}}");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 /// Answers read with low OCR confidence are flagged on the stored pair and, when the stored
