@@ -376,14 +376,6 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Seco
     graded
 }
 
-/// Grades `tasks` with `primary` and, at the same time, those at the indices `chosen` with
-/// `second`. Once the primary outcomes are in, waits at most `wait` for second opinions still
-/// being computed, then gives up on them: the second opinion is advisory, and on a busy
-/// machine its CPU queue would otherwise hold every request for seconds (BENCHMARKS.md, "The
-/// embedded grader's second opinion"). Estimates for questions beyond `second`'s calibration
-/// decide nothing, so they are kept when in by then but never waited for. Dropping an
-/// unfinished second opinion withdraws its queued embedding work, so a backlog does not
-/// outlive the requests that made it.
 /// A grader whose every question is graded with [`Grader::grade_in_background`].
 struct InBackground<'a>(&'a dyn Grader);
 
@@ -398,6 +390,15 @@ impl Grader for InBackground<'_> {
     }
 }
 
+/// Grades `tasks` with `primary` and, at the same time, those at the indices `chosen` with
+/// `second`. Once the primary outcomes are in, waits at most `wait` for second opinions still
+/// being computed, then gives up on them: the second opinion is advisory, and on a busy
+/// machine its CPU queue would otherwise hold every request for seconds (BENCHMARKS.md, "The
+/// embedded grader's second opinion"). Estimates for questions beyond `second`'s calibration
+/// decide nothing, so they are kept when in by then but never waited for, and are graded in
+/// the background, behind the estimates that are waited for. Dropping an
+/// unfinished second opinion withdraws its queued embedding work, so a backlog does not
+/// outlive the requests that made it.
 async fn grade_with_second_opinion(
     primary: &dyn Grader,
     second: Option<&dyn Grader>,
