@@ -710,17 +710,18 @@ struct Script {
 
 /// `EVAL_LOAD_MARKS`: one number, or a list the questions take in turn; 5 when unset.
 fn marks_in_turn() -> Arc<[u64]> {
-    let marks: Vec<u64> = std::env::var("EVAL_LOAD_MARKS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|m| m.trim().parse::<u64>().ok())
-        .map(|m| m.max(1))
-        .collect();
-    if marks.is_empty() {
-        Arc::from([5])
-    } else {
-        marks.into()
-    }
+    let Ok(list) = std::env::var("EVAL_LOAD_MARKS") else {
+        return Arc::from([5]);
+    };
+    list.split(',')
+        .map(|m| match m.trim().parse::<u64>() {
+            Ok(marks) if marks > 0 => marks,
+            _ => {
+                eprintln!("EVAL_LOAD_MARKS: {m:?} is not a positive whole number (in {list:?})");
+                std::process::exit(2);
+            }
+        })
+        .collect()
 }
 
 fn request_body(worker: usize, seq: u64, script: &Script) -> String {
