@@ -382,6 +382,16 @@ mod tests {
     async fn a_dropped_pool_finishes_its_queued_jobs() {
         let pool = EmbedPool::new(test_embedder(), 1, 1, 4).unwrap();
         let queue = pool.queue.clone();
+        // The one worker is busy with the first job, so the second is still queued when the
+        // pool is dropped.
+        let long: Vec<String> = (0..64)
+            .map(|i| format!("sentence {i} about stacks, queues and the order items leave in"))
+            .collect();
+        let (busy_reply, busy) = oneshot::channel();
+        queue
+            .submit(Priority::Normal, Job::Plain(long, busy_reply))
+            .await
+            .unwrap();
         let (reply, rx) = oneshot::channel();
         queue
             .submit(
@@ -390,7 +400,10 @@ mod tests {
             )
             .await
             .unwrap();
+        let still_queued = queue.lock().background.len();
         drop(pool);
+        assert_eq!(still_queued, 1, "the worker had not reached the job");
+        assert_eq!(busy.await.unwrap().unwrap().len(), 64);
         assert_eq!(rx.await.unwrap().unwrap().len(), 1);
         let (reply, _rx) = oneshot::channel();
         let refused = queue

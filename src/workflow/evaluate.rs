@@ -376,6 +376,27 @@ async fn grade(state: &AppState, tasks: &[GradeTask]) -> Vec<(GradeOutcome, Seco
     graded
 }
 
+/// Puts each estimate found at its question's index in `opinions`, and `absent` where none
+/// was in; returns how many were absent.
+fn place(
+    opinions: &mut [SecondOpinion],
+    indices: &[usize],
+    found: Vec<Option<GradeOutcome>>,
+    absent: fn() -> SecondOpinion,
+) -> u64 {
+    let mut absent_count = 0;
+    for (&index, outcome) in indices.iter().zip(found) {
+        opinions[index] = outcome.map_or_else(
+            || {
+                absent_count += 1;
+                absent()
+            },
+            SecondOpinion::Given,
+        );
+    }
+    absent_count
+}
+
 /// A grader whose every question is graded with [`Grader::grade_in_background`].
 struct InBackground<'a>(&'a dyn Grader);
 
@@ -462,26 +483,12 @@ async fn grade_with_second_opinion(
         outcomes
     };
     let mut opinions: Vec<SecondOpinion> = tasks.iter().map(|_| SecondOpinion::NotAsked).collect();
-    let mut missing = 0u64;
-    for (&index, outcome) in decisive.iter().zip(decisive_found) {
-        opinions[index] = match outcome {
-            Some(outcome) => SecondOpinion::Given(outcome),
-            None => {
-                missing += 1;
-                SecondOpinion::Missing
-            }
-        };
-    }
-    let mut not_waited_for = 0u64;
-    for (&index, outcome) in advisory.iter().zip(advisory_found) {
-        opinions[index] = match outcome {
-            Some(outcome) => SecondOpinion::Given(outcome),
-            None => {
-                not_waited_for += 1;
-                SecondOpinion::BeyondCalibrationNotIn
-            }
-        };
-    }
+    let missing = place(&mut opinions, &decisive, decisive_found, || {
+        SecondOpinion::Missing
+    });
+    let not_waited_for = place(&mut opinions, &advisory, advisory_found, || {
+        SecondOpinion::BeyondCalibrationNotIn
+    });
     if missing > 0 {
         metrics::counter!("examiner_second_opinions_missing_total").increment(missing);
     }

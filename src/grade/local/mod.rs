@@ -249,88 +249,6 @@ impl LocalGrader {
         }
     }
 
-    fn stage(
-        &self,
-        reply: Option<serde_json::Value>,
-        marks: Option<f64>,
-        started: Instant,
-        error: Option<String>,
-    ) -> StageRecord {
-        StageRecord {
-            role: StageRole::Evaluator,
-            model: MODEL_NAME.to_string(),
-            prompt_version: self.calibration.version.clone(),
-            reply,
-            marks,
-            latency_ms: started.elapsed().as_millis() as u64,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached: false,
-            attempts: 1,
-            error,
-            memo_key: None,
-        }
-    }
-}
-
-/// True for an answer that says nothing: no letters or digits, or only a stock non-answer such
-/// as "not answered", "I don't know", "n/a" (these get 0 like an empty answer; without this rule
-/// a lenient calibration would give them a few marks for being short and on no topic at all).
-pub fn is_non_answer(s: &str) -> bool {
-    const NON_ANSWERS: &[&str] = &[
-        "not answered",
-        "no answer",
-        "none",
-        "n a",
-        "na",
-        "nothing",
-        "idk",
-        "i dont know",
-        "i do not know",
-        "dont know",
-        "do not know",
-        "no idea",
-        "i have no idea",
-        "pass",
-        "skip",
-        "keine ahnung",
-        "weiß nicht",
-        "weiss nicht",
-        "ich weiß es nicht",
-        "ich weiss es nicht",
-        "keine antwort",
-    ];
-    let normal: String = s
-        .to_lowercase()
-        .chars()
-        .filter(|c| !matches!(c, '\'' | '’'))
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
-    let normal = normal.split_whitespace().collect::<Vec<_>>().join(" ");
-    normal.is_empty() || NON_ANSWERS.contains(&normal.as_str())
-}
-
-#[async_trait::async_trait]
-impl Grader for LocalGrader {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn calibrated_for(&self, total_marks: f64) -> bool {
-        let total = total_marks.max(0.0);
-        !self.calibration.profile(total).extrapolates_to(total)
-    }
-
-    async fn grade(&self, task: &GradeTask) -> GradeOutcome {
-        self.grade_at(task, Priority::Normal).await
-    }
-
-    async fn grade_in_background(&self, task: &GradeTask) -> GradeOutcome {
-        self.grade_at(task, Priority::Background).await
-    }
-}
-
-impl LocalGrader {
     /// Grades `task` with its model runs queued at `priority`.
     async fn grade_at(&self, task: &GradeTask, priority: Priority) -> GradeOutcome {
         let started = Instant::now();
@@ -429,6 +347,86 @@ impl LocalGrader {
             final_stage: Some(StageRole::Evaluator),
             stages: vec![self.stage(Some(reply), Some(marks), started, None)],
         }
+    }
+
+    fn stage(
+        &self,
+        reply: Option<serde_json::Value>,
+        marks: Option<f64>,
+        started: Instant,
+        error: Option<String>,
+    ) -> StageRecord {
+        StageRecord {
+            role: StageRole::Evaluator,
+            model: MODEL_NAME.to_string(),
+            prompt_version: self.calibration.version.clone(),
+            reply,
+            marks,
+            latency_ms: started.elapsed().as_millis() as u64,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cached: false,
+            attempts: 1,
+            error,
+            memo_key: None,
+        }
+    }
+}
+
+/// True for an answer that says nothing: no letters or digits, or only a stock non-answer such
+/// as "not answered", "I don't know", "n/a" (these get 0 like an empty answer; without this rule
+/// a lenient calibration would give them a few marks for being short and on no topic at all).
+pub fn is_non_answer(s: &str) -> bool {
+    const NON_ANSWERS: &[&str] = &[
+        "not answered",
+        "no answer",
+        "none",
+        "n a",
+        "na",
+        "nothing",
+        "idk",
+        "i dont know",
+        "i do not know",
+        "dont know",
+        "do not know",
+        "no idea",
+        "i have no idea",
+        "pass",
+        "skip",
+        "keine ahnung",
+        "weiß nicht",
+        "weiss nicht",
+        "ich weiß es nicht",
+        "ich weiss es nicht",
+        "keine antwort",
+    ];
+    let normal: String = s
+        .to_lowercase()
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '’'))
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
+    let normal = normal.split_whitespace().collect::<Vec<_>>().join(" ");
+    normal.is_empty() || NON_ANSWERS.contains(&normal.as_str())
+}
+
+#[async_trait::async_trait]
+impl Grader for LocalGrader {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn calibrated_for(&self, total_marks: f64) -> bool {
+        let total = total_marks.max(0.0);
+        !self.calibration.profile(total).extrapolates_to(total)
+    }
+
+    async fn grade(&self, task: &GradeTask) -> GradeOutcome {
+        self.grade_at(task, Priority::Normal).await
+    }
+
+    async fn grade_in_background(&self, task: &GradeTask) -> GradeOutcome {
+        self.grade_at(task, Priority::Background).await
     }
 }
 
