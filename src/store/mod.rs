@@ -12,6 +12,7 @@
 //! the same SQL for every record ([`sql`]); each backend decides which connection a call
 //! gets and keeps its memo its own way.
 
+mod connections;
 #[cfg(test)]
 mod contract_tests;
 mod copy;

@@ -18,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection as _;
 use sqlx::{PgConnection, PgPool};
 
+use super::connections::Connections;
 use super::sql::{self, args, Columns, Conn};
 use super::sql_store::{is_in_older_half, memo_address, Memo, SqlStore};
 use super::{StoreError, StoreOptions};
@@ -47,8 +48,13 @@ impl PostgresStore {
             seen: Mutex::new(SeenAddresses::default()),
             reading: tokio::sync::Mutex::new(()),
         };
-        Ok(SqlStore::new(pool.clone(), pool, Arc::new(memo), None)
-            .with_version_lock("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"))
+        Ok(SqlStore::new(
+            Connections::Pool(pool.clone()),
+            Connections::Pool(pool),
+            Arc::new(memo),
+            None,
+        )
+        .with_version_lock("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"))
     }
 }
 

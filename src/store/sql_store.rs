@@ -10,8 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::Pool;
+use sqlx::Connection;
 
+use super::connections::Connections;
 use super::known::Known;
 use super::sql::{self, Conn};
 use super::{Filter, Store, StoreError, Written};
@@ -71,9 +72,9 @@ impl Drop for AbortOnDrop {
 /// The records in one database, the memo beside them.
 pub struct SqlStore<DB: sqlx::Database, M> {
     /// Reads.
-    pub(super) reader: Pool<DB>,
+    pub(super) reader: Connections<DB>,
     /// Writes; on SQLite one connection (see `sqlite.rs`), on PostgreSQL the reader pool.
-    pub(super) writer: Pool<DB>,
+    pub(super) writer: Connections<DB>,
     pub(super) memo: Arc<M>,
     pub(super) known: Arc<Known>,
     /// Background work that lives as long as the store (SQLite's checkpoints).
@@ -100,8 +101,8 @@ impl<DB: sqlx::Database, M> Clone for SqlStore<DB, M> {
 
 impl<DB: sqlx::Database, M> SqlStore<DB, M> {
     pub(super) fn new(
-        reader: Pool<DB>,
-        writer: Pool<DB>,
+        reader: Connections<DB>,
+        writer: Connections<DB>,
         memo: Arc<M>,
         background: Option<Arc<AbortOnDrop>>,
     ) -> Self {
@@ -127,7 +128,7 @@ impl<DB: sqlx::Database, M> SqlStore<DB, M> {
 /// a version does). `None`: nothing was stored, and the caller goes statement by
 /// statement. The evaluation comes back either way.
 async fn insert_evaluation_in_one_call<DB>(
-    writer: &Pool<DB>,
+    writer: &Connections<DB>,
     known: &Known,
     e: NewEvaluation,
     evaluation_id: &str,
@@ -194,7 +195,8 @@ where
     }
 
     async fn put_exam(&self, exam: &Exam) -> Result<Written, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let written = sql::put_exam(&mut *tx, exam).await?;
         tx.commit().await?;
         Ok(written)
@@ -216,7 +218,8 @@ where
     }
 
     async fn put_question_paper(&self, paper: &QuestionPaper) -> Result<Written, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let written = sql::put_paper(&mut *tx, paper).await?;
         tx.commit().await?;
         Ok(written)
@@ -280,7 +283,8 @@ where
     }
 
     async fn import_catalog(&self, catalog: &Catalog) -> Result<usize, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let created = sql::import_catalog(&mut *tx, catalog).await?;
         tx.commit().await?;
         Ok(created)
@@ -291,7 +295,8 @@ where
         submission: &Submission,
         images_digest: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         sql::insert_submission(&mut *tx, submission, images_digest).await?;
         tx.commit().await?;
         Ok(())
@@ -353,7 +358,8 @@ where
             attempt += 1;
             let register_user = !self.known.has_user(&e.user_id);
             let result = async {
-                let mut tx = self.writer.begin().await?;
+                let mut conn = self.writer.acquire().await?;
+                let mut tx = conn.begin().await?;
                 if let Some(lock) = self.version_lock {
                     let pair = format!("{}\u{1f}{}", e.user_id, e.question_paper_code);
                     tx.execute(lock, sql::args![&pair]).await?;
@@ -481,7 +487,8 @@ where
         request_hash: &str,
         stale_after_secs: i64,
     ) -> Result<IdempotencyState, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let state = sql::idempotency_begin(
             &mut *tx,
             (scope, endpoint, key),
@@ -507,7 +514,8 @@ where
     }
 
     async fn erase_user(&self, user_id: &str) -> Result<Erasure, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let memo_keys = sql::user_memo_keys(&mut *tx, user_id).await?;
         let mut erasure = sql::erase_user(&mut *tx, user_id).await?;
         // Before the commit: should this fail, the records stay, and with them the keys that

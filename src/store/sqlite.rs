@@ -10,9 +10,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::SqliteConnection;
 
+use super::connections::Connections;
 use super::sql;
 use super::sql_store::{AbortOnDrop, SqlStore};
 use super::{StoreError, StoreOptions};
@@ -32,16 +33,17 @@ pub type SqliteStore = SqlStore<sqlx::Sqlite, memo::MemoLog>;
 mod known_tests;
 mod memo;
 
-/// One SQLite file. Reads share a pool of connections; every write goes through one
-/// connection of its own. SQLite lets one writer in at a time anyway, and a writer that finds
-/// the lock taken sleeps in the busy handler (1, 2, 5, 10… ms steps), which under load added
-/// hundreds of milliseconds to requests (BENCHMARKS.md, "Evaluate"). Queueing for the one
-/// writer connection instead hands the lock over the moment it is free, and keeps that
-/// connection's page cache valid, since no other connection of the process writes.
+/// One SQLite file. Reads share a few connections; every write goes through one connection
+/// of its own. SQLite lets one writer in at a time anyway, and a writer that finds the lock
+/// taken sleeps in the busy handler (1, 2, 5, 10… ms steps), which under load added hundreds
+/// of milliseconds to requests (BENCHMARKS.md, "Evaluate"). Queueing for the one writer
+/// connection instead hands the lock over the moment it is free, and keeps that connection's
+/// page cache valid, since no other connection of the process writes. The store holds these
+/// connections itself rather than in sqlx's pool ([`Connections`]).
 #[derive(Clone)]
 struct Database {
-    pool: SqlitePool,
-    writer: SqlitePool,
+    pool: Connections<sqlx::Sqlite>,
+    writer: Connections<sqlx::Sqlite>,
     /// Runs checkpoints while any clone of the database is alive.
     checkpointer: Arc<AbortOnDrop>,
 }
@@ -83,7 +85,7 @@ impl Database {
     async fn open(
         path: &str,
         migrator: &sqlx::migrate::Migrator,
-        readers: u32,
+        readers: usize,
     ) -> Result<Self, StoreError> {
         if let Some(parent) = std::path::Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
@@ -104,23 +106,12 @@ impl Database {
             // threads than without the map (BENCHMARKS.md, step 13).
             .pragma("mmap_size", "0")
             .pragma("journal_size_limit", WAL_RESTART_BYTES.to_string());
-        // No ping before a connection is handed out: a connection to a local file does not go
-        // stale, and each ping is a round trip to the connection's own thread, a wake-up of
-        // another thread per query (BENCHMARKS.md, step 17).
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            // Checkpoints run beside the writer (see `checkpoint_in_background`), not inside
-            // the commit that crosses SQLite's threshold, which held every queued write up
-            // for the checkpoint's copying and fsync.
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        migrator.run(&writer).await?;
-        let pool = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(readers)
-            .connect_with(options)
-            .await?;
+        // Checkpoints run beside the writer (see `checkpoint_in_background`), not inside the
+        // commit that crosses SQLite's threshold, which held every queued write up for the
+        // checkpoint's copying and fsync.
+        let writer = Connections::held(options.clone().pragma("wal_autocheckpoint", "0"), 1);
+        migrator.run(&mut *writer.acquire().await?).await?;
+        let pool = Connections::held(options, readers);
         let wal = std::path::PathBuf::from(format!("{path}-wal"));
         let checkpointer = AbortOnDrop(tokio::spawn(checkpoint_in_background(
             pool.clone(),
@@ -151,16 +142,17 @@ const WAL_RESTART_BYTES: u64 = 32 << 20;
 /// once it passes [`WAL_RESTART_BYTES`], one more passive checkpoint runs on the writer
 /// connection, where no write can slip in; most frames are already copied, so it is short,
 /// and the next write starts the log over.
-async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std::path::PathBuf) {
+async fn checkpoint_in_background(
+    pool: Connections<sqlx::Sqlite>,
+    writer: Connections<sqlx::Sqlite>,
+    wal: std::path::PathBuf,
+) {
     let stat = |wal: &std::path::Path| std::fs::metadata(wal).ok();
     let mut checkpointed = None;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
         let Some(meta) = stat(&wal) else { continue };
         let seen = meta.modified().ok();
         if seen == checkpointed {
@@ -171,10 +163,12 @@ async fn checkpoint_in_background(pool: SqlitePool, writer: SqlitePool, wal: std
         } else {
             &pool
         };
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(on)
-            .await
-        {
+        let checkpoint = async {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *on.acquire().await?)
+                .await
+        };
+        match checkpoint.await {
             Ok(_) => checkpointed = seen,
             Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; retrying"),
         }
@@ -190,6 +184,7 @@ mod tests {
     use crate::segment::QuestionNumber;
     use crate::store::Store;
     use chrono::SubsecRound;
+    use sqlx::Connection;
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
         let path = dir.path().join("examiner.db");
@@ -256,7 +251,7 @@ mod tests {
             let reader = store.reader.clone();
             async move {
                 sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
-                    .fetch_one(&reader)
+                    .fetch_one(&mut *reader.acquire().await.unwrap())
                     .await
                     .unwrap()
             }
@@ -326,7 +321,7 @@ mod tests {
         };
         assert_eq!(next_version().await, 3);
         sqlx::query("PRAGMA foreign_keys = OFF; DELETE FROM evaluation_items; DELETE FROM evaluations; DELETE FROM users; PRAGMA foreign_keys = ON")
-            .execute(&store.writer)
+            .execute(&mut *store.writer.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(next_version().await, 1);
@@ -344,7 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, path) = open(&dir).await;
         // A memo batch in the middle of its transaction holds the memo's writer.
-        let mut memo_batch = store.memo.db.writer.begin().await.unwrap();
+        let mut memo_writer = store.memo.db.writer.acquire().await.unwrap();
+        let mut memo_batch = memo_writer.begin().await.unwrap();
         sqlx::query(
             "INSERT INTO memo_log (namespace, key, value, created_at) VALUES ('ns', 'k', 'v', 'now')",
         )
@@ -365,7 +361,7 @@ mod tests {
         // The main file no longer has a memo table.
         let tables: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'cache_entries'")
-                .fetch_all(&store.reader)
+                .fetch_all(&mut *store.reader.acquire().await.unwrap())
                 .await
                 .unwrap();
         assert!(tables.is_empty());

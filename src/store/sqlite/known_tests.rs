@@ -44,7 +44,10 @@ async fn catalog(store: &SqliteStore) -> (Exam, QuestionPaper) {
 }
 
 async fn sql(store: &SqliteStore, statement: &str) {
-    sqlx::query(statement).execute(&store.writer).await.unwrap();
+    sqlx::query(statement)
+        .execute(&mut *store.writer.acquire().await.unwrap())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -90,7 +93,7 @@ fn evaluation(user_id: &str) -> NewEvaluation {
 async fn user_stored(store: &SqliteStore, user_id: &str) -> bool {
     sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE user_id = $1")
         .bind(user_id)
-        .fetch_one(&store.reader)
+        .fetch_one(&mut *store.reader.acquire().await.unwrap())
         .await
         .unwrap()
         == 1

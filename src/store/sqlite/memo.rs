@@ -19,6 +19,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use sqlx::Connection;
+
 use super::Database;
 use crate::store::sql::now;
 use crate::store::sql_store::{is_in_older_half, memo_address, Memo};
@@ -107,7 +109,7 @@ impl MemoLog {
         .bind(id)
         .bind(namespace)
         .bind(key)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.pool.acquire().await?)
         .await?;
         if let Some(value) = &value {
             if is_in_older_half(id, newest, self.max_entries) {
@@ -136,7 +138,8 @@ impl MemoLog {
             .map(|(key, _)| memo_address(namespace, key))
             .collect();
         let created_at = now();
-        let mut tx = self.db.writer.begin().await?;
+        let mut conn = self.db.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let mut ids = Vec::with_capacity(entries.len());
         for (chunk, chunk_addresses) in entries
             .chunks(ROWS_PER_STATEMENT)
@@ -210,7 +213,8 @@ impl MemoLog {
             .map(|key| memo_address(namespace, key) as i64)
             .collect();
         let _writing = self.writing.lock().await;
-        let mut tx = self.db.writer.begin().await?;
+        let mut conn = self.db.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let mut candidates = Vec::new();
         for chunk in addresses.chunks(ROWS_PER_STATEMENT) {
             let mut select =
@@ -322,7 +326,9 @@ impl Memo for MemoLog {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.db.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.db.pool.acquire().await?)
+            .await?;
         Ok(())
     }
 }
@@ -338,7 +344,7 @@ async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
         )
         .bind(after)
         .bind(LOAD_CHUNK)
-        .fetch_all(&db.pool)
+        .fetch_all(&mut *db.pool.acquire().await?)
         .await?;
         let Some(&(last, _)) = rows.last() else {
             return Ok(index);
@@ -356,15 +362,16 @@ async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
 /// are computed once, from the log itself.
 async fn backfill_addresses(db: &Database) -> Result<(), StoreError> {
     let addressed: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_addresses")
-        .fetch_one(&db.pool)
+        .fetch_one(&mut *db.pool.acquire().await?)
         .await?;
     let logged: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_log")
-        .fetch_one(&db.pool)
+        .fetch_one(&mut *db.pool.acquire().await?)
         .await?;
     if logged.is_none() || addressed.is_some() {
         return Ok(());
     }
-    let mut tx = db.writer.begin().await?;
+    let mut conn = db.writer.acquire().await?;
+    let mut tx = conn.begin().await?;
     let rows: Vec<(i64, String, String)> =
         sqlx::query_as("SELECT id, namespace, key FROM memo_log ORDER BY id")
             .fetch_all(&mut *tx)
@@ -473,7 +480,7 @@ mod tests {
         assert_eq!(store.memo.rows().await, 9);
         for table in ["memo_log", "memo_addresses"] {
             let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-                .fetch_one(&store.memo.db.pool)
+                .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
                 .await
                 .unwrap();
             assert_eq!(count, 9, "{table}");
@@ -518,7 +525,7 @@ mod tests {
         store.cache_put("ns", "i", "v").await.unwrap();
         assert_eq!(store.memo.rows().await, 3);
         let logged: Vec<String> = sqlx::query_scalar("SELECT value FROM memo_log ORDER BY id")
-            .fetch_all(&store.memo.db.pool)
+            .fetch_all(&mut *store.memo.db.pool.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(logged, ["new", "v", "v"]);
@@ -538,7 +545,7 @@ mod tests {
         assert_eq!(store.memo.forget("ns", &keys).await.unwrap(), 2);
         let logged: Vec<(String, String)> =
             sqlx::query_as("SELECT namespace, key FROM memo_log ORDER BY id")
-                .fetch_all(&store.memo.db.pool)
+                .fetch_all(&mut *store.memo.db.pool.acquire().await.unwrap())
                 .await
                 .unwrap();
         let remaining = [("ns", "k0"), ("ns", "k2"), ("other", "k")];
@@ -548,7 +555,7 @@ mod tests {
             .collect();
         assert_eq!(logged, remaining, "the older copy of k went too");
         let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
-            .fetch_one(&store.memo.db.pool)
+            .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(addressed, 3);
@@ -602,7 +609,7 @@ mod tests {
             assert_eq!(store.memo.rows().await, 2);
         }
         let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
-            .fetch_one(&store.memo.db.pool)
+            .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(addressed, 2);

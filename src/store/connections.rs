@@ -1,0 +1,246 @@
+//! Where a store's connections come from: sqlx's pool, or, for SQLite, a few connections the
+//! store holds itself.
+//!
+//! sqlx's pool pings every connection as it is handed back (sqlx-core 0.8,
+//! `return_to_pool`, which cannot be turned off). On SQLite a ping is a round trip to the
+//! connection's own thread, in a task spawned for it: per query, one more wake-up of that
+//! thread and of a Tokio worker, for a local file's connection that cannot go stale.
+//! Without it Examiner used 3–5 % less CPU per graded script at 100 concurrent requests
+//! (BENCHMARKS.md, "Evaluate").
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{ConnectOptions, Connection, Database, Pool};
+
+/// A store's source of connections for reading or for writing.
+pub(super) enum Connections<DB: Database> {
+    /// sqlx's pool: connections over a network can break, and are checked as they come back.
+    Pool(Pool<DB>),
+    /// Connections to a local file, held by the store.
+    Held(Arc<Held<DB>>),
+}
+
+impl<DB: Database> Clone for Connections<DB> {
+    fn clone(&self) -> Self {
+        match self {
+            Connections::Pool(pool) => Connections::Pool(pool.clone()),
+            Connections::Held(held) => Connections::Held(held.clone()),
+        }
+    }
+}
+
+/// Up to `size` connections, opened when first needed and reused as they were left: a
+/// transaction dropped unfinished has already queued its rollback on the connection (sqlx's
+/// `Transaction` does that on drop), and commands on a connection run in order.
+pub(super) struct Held<DB: Database> {
+    options: <DB::Connection as Connection>::Options,
+    idle: Mutex<Vec<DB::Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<DB: Database> Connections<DB> {
+    /// At most `size` connections opened with `options`, none checked when handed back.
+    pub(super) fn held(options: <DB::Connection as Connection>::Options, size: usize) -> Self {
+        Connections::Held(Arc::new(Held {
+            options,
+            idle: Mutex::new(Vec::with_capacity(size)),
+            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+        }))
+    }
+
+    /// A connection of its own for the caller until the handle is dropped; waits while all
+    /// are in use.
+    pub(super) async fn acquire(&self) -> Result<Handle<DB>, sqlx::Error> {
+        match self {
+            Connections::Pool(pool) => Ok(Handle::Pooled(pool.acquire().await?)),
+            Connections::Held(held) => {
+                let permit = held
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| sqlx::Error::PoolClosed)?;
+                let idle = held
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop();
+                let connection = match idle {
+                    Some(connection) => connection,
+                    None => held.options.connect().await?,
+                };
+                Ok(Handle::Held(HeldConnection {
+                    connection: Some(connection),
+                    held: held.clone(),
+                    discard: false,
+                    _permit: permit,
+                }))
+            }
+        }
+    }
+}
+
+/// One connection, lent by [`Connections::acquire`].
+pub(super) enum Handle<DB: Database> {
+    Pooled(PoolConnection<DB>),
+    Held(HeldConnection<DB>),
+}
+
+pub(super) struct HeldConnection<DB: Database> {
+    /// Always `Some` until dropped.
+    connection: Option<DB::Connection>,
+    held: Arc<Held<DB>>,
+    discard: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<DB: Database> Handle<DB> {
+    /// Closes the connection instead of reusing it (its state is unknown); the next caller
+    /// gets a new one.
+    pub(super) fn close_on_drop(&mut self) {
+        match self {
+            Handle::Pooled(connection) => connection.close_on_drop(),
+            Handle::Held(connection) => connection.discard = true,
+        }
+    }
+}
+
+impl<DB: Database> Deref for Handle<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        match self {
+            Handle::Pooled(connection) => connection,
+            Handle::Held(connection) => connection
+                .connection
+                .as_ref()
+                .expect("a held connection is present until dropped"),
+        }
+    }
+}
+
+impl<DB: Database> DerefMut for Handle<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        match self {
+            Handle::Pooled(connection) => connection,
+            Handle::Held(connection) => connection
+                .connection
+                .as_mut()
+                .expect("a held connection is present until dropped"),
+        }
+    }
+}
+
+impl<DB: Database> Drop for HeldConnection<DB> {
+    fn drop(&mut self) {
+        // The permit goes after this: the connection is back before anyone can ask for it.
+        if let Some(connection) = self.connection.take() {
+            if !self.discard {
+                self.held
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(connection);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    fn file_options(dir: &tempfile::TempDir) -> SqliteConnectOptions {
+        SqliteConnectOptions::from_str(&format!(
+            "sqlite://{}",
+            dir.path().join("held.db").display()
+        ))
+        .unwrap()
+        .create_if_missing(true)
+    }
+
+    async fn connection_id(handle: &mut Handle<sqlx::Sqlite>) -> i64 {
+        // A temporary table is private to its connection: it tells connections apart.
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS mark (id INTEGER)")
+            .execute(&mut **handle)
+            .await
+            .unwrap();
+        let seen: Option<i64> = sqlx::query_scalar("SELECT id FROM mark")
+            .fetch_optional(&mut **handle)
+            .await
+            .unwrap();
+        match seen {
+            Some(id) => id,
+            None => {
+                let id = rand::random::<u32>() as i64;
+                sqlx::query("INSERT INTO mark (id) VALUES (?)")
+                    .bind(id)
+                    .execute(&mut **handle)
+                    .await
+                    .unwrap();
+                id
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_bounded_and_replaced_when_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let connections = Connections::<sqlx::Sqlite>::held(file_options(&dir), 2);
+        let mut first = connections.acquire().await.unwrap();
+        let first_id = connection_id(&mut first).await;
+        let mut second = connections.acquire().await.unwrap();
+        let second_id = connection_id(&mut second).await;
+        assert_ne!(first_id, second_id);
+        // Both lent: a third caller waits.
+        let third = connections.acquire();
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut third)
+                .await
+                .is_err(),
+            "a third connection was lent beyond the bound"
+        );
+        drop(first);
+        let mut third = third.await.unwrap();
+        assert_eq!(connection_id(&mut third).await, first_id);
+        // A discarded connection is closed, and a new one takes its place.
+        third.close_on_drop();
+        drop(third);
+        let mut fourth = connections.acquire().await.unwrap();
+        let fourth_id = connection_id(&mut fourth).await;
+        assert!(fourth_id != first_id && fourth_id != second_id);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_unfinished_leaves_nothing_for_the_next_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let connections = Connections::<sqlx::Sqlite>::held(file_options(&dir), 1);
+        let mut handle = connections.acquire().await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(&mut *handle)
+            .await
+            .unwrap();
+        {
+            let mut tx = handle.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (n) VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        drop(handle);
+        let mut next = connections.acquire().await.unwrap();
+        // Not inside the abandoned transaction: a new one can begin, and the row is gone.
+        let mut tx = next.begin().await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+        tx.commit().await.unwrap();
+    }
+}
