@@ -10,6 +10,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{ConnectOptions, Connection, Database, Pool};
@@ -38,15 +39,29 @@ pub(super) struct Held<DB: Database> {
     options: <DB::Connection as Connection>::Options,
     idle: Mutex<Vec<DB::Connection>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// How long a caller waits for a connection before giving up with
+    /// [`sqlx::Error::PoolTimedOut`], as sqlx's pool would (its default, 30 s).
+    acquire_timeout: Duration,
 }
+
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<DB: Database> Connections<DB> {
     /// At most `size` connections opened with `options`, none checked when handed back.
     pub(super) fn held(options: <DB::Connection as Connection>::Options, size: usize) -> Self {
+        Self::held_waiting_at_most(options, size, ACQUIRE_TIMEOUT)
+    }
+
+    fn held_waiting_at_most(
+        options: <DB::Connection as Connection>::Options,
+        size: usize,
+        acquire_timeout: Duration,
+    ) -> Self {
         Connections::Held(Arc::new(Held {
             options,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            acquire_timeout,
         }))
     }
 
@@ -56,12 +71,13 @@ impl<DB: Database> Connections<DB> {
         match self {
             Connections::Pool(pool) => Ok(Handle::Pooled(pool.acquire().await?)),
             Connections::Held(held) => {
-                let permit = held
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| sqlx::Error::PoolClosed)?;
+                let permit = tokio::time::timeout(
+                    held.acquire_timeout,
+                    held.permits.clone().acquire_owned(),
+                )
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|_| sqlx::Error::PoolClosed)?;
                 let idle = held
                     .idle
                     .lock()
@@ -214,6 +230,23 @@ mod tests {
         let mut fourth = connections.acquire().await.unwrap();
         let fourth_id = connection_id(&mut fourth).await;
         assert!(fourth_id != first_id && fourth_id != second_id);
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_a_connection_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let connections = Connections::<sqlx::Sqlite>::held_waiting_at_most(
+            file_options(&dir),
+            1,
+            std::time::Duration::from_millis(50),
+        );
+        let lent = connections.acquire().await.unwrap();
+        assert!(matches!(
+            connections.acquire().await,
+            Err(sqlx::Error::PoolTimedOut)
+        ));
+        drop(lent);
+        connections.acquire().await.unwrap();
     }
 
     #[tokio::test]
