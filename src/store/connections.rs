@@ -5,8 +5,8 @@
 //! `return_to_pool`, which cannot be turned off). On SQLite a ping is a round trip to the
 //! connection's own thread, in a task spawned for it: per query, one more wake-up of that
 //! thread and of a Tokio worker, for a local file's connection that cannot go stale.
-//! Without it Examiner used 3–5 % less CPU per graded script at 100 concurrent requests
-//! (BENCHMARKS.md, "Evaluate").
+//! Without it Examiner used about 6 % less CPU per LLM call at 100 concurrent requests
+//! (BENCHMARKS.md, "Evaluate", step 22).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
