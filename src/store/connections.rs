@@ -66,7 +66,7 @@ impl<DB: Database> Connections<DB> {
     }
 
     /// A connection of its own for the caller until the handle is dropped; waits while all
-    /// are in use.
+    /// are in use (for held ones, at most [`ACQUIRE_TIMEOUT`]).
     pub(super) async fn acquire(&self) -> Result<Handle<DB>, sqlx::Error> {
         match self {
             Connections::Pool(pool) => Ok(Handle::Pooled(pool.acquire().await?)),
