@@ -293,7 +293,35 @@ impl From<StoreError> for ApiError {
             StoreError::MissingLink { .. } => {
                 ApiError::NotFound(format!("{error}; create it first"))
             }
+            // Every connection stayed busy for the store's whole wait: the request can be
+            // sent again, unlike a fault.
+            StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Overloaded {
+                detail: "the database is busy: no connection came free in time; try again shortly".into(),
+                retry_after: 5,
+            },
             other => ApiError::internal(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_with_no_connection_free_answers_503_with_retry_after() {
+        let response =
+            ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        // Any other database error stays a fault of ours.
+        let response =
+            ApiError::from(StoreError::Database(sqlx::Error::RowNotFound)).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }
