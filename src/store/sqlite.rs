@@ -42,7 +42,7 @@ mod memo;
 /// connections itself rather than in sqlx's pool ([`Connections`]).
 #[derive(Clone)]
 struct Database {
-    pool: Connections<sqlx::Sqlite>,
+    readers: Connections<sqlx::Sqlite>,
     writer: Connections<sqlx::Sqlite>,
     /// Runs checkpoints while any clone of the database is alive.
     checkpointer: Arc<AbortOnDrop>,
@@ -73,7 +73,7 @@ impl SqliteStore {
             async move { memo.warm().await }
         });
         Ok(SqlStore::new(
-            main.pool,
+            main.readers,
             main.writer,
             memo,
             Some(main.checkpointer),
@@ -85,7 +85,7 @@ impl Database {
     async fn open(
         path: &str,
         migrator: &sqlx::migrate::Migrator,
-        readers: usize,
+        reader_count: usize,
     ) -> Result<Self, StoreError> {
         if let Some(parent) = std::path::Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
@@ -111,15 +111,15 @@ impl Database {
         // checkpoint's copying and fsync.
         let writer = Connections::held(options.clone().pragma("wal_autocheckpoint", "0"), 1);
         migrator.run(&mut *writer.acquire().await?).await?;
-        let pool = Connections::held(options, readers);
+        let readers = Connections::held(options, reader_count);
         let wal = std::path::PathBuf::from(format!("{path}-wal"));
         let checkpointer = AbortOnDrop(tokio::spawn(checkpoint_in_background(
-            pool.clone(),
+            readers.clone(),
             writer.clone(),
             wal,
         )));
         Ok(Self {
-            pool,
+            readers,
             writer,
             checkpointer: Arc::new(checkpointer),
         })
@@ -143,7 +143,7 @@ const WAL_RESTART_BYTES: u64 = 32 << 20;
 /// connection, where no write can slip in; most frames are already copied, so it is short,
 /// and the next write starts the log over.
 async fn checkpoint_in_background(
-    pool: Connections<sqlx::Sqlite>,
+    readers: Connections<sqlx::Sqlite>,
     writer: Connections<sqlx::Sqlite>,
     wal: std::path::PathBuf,
 ) {
@@ -161,7 +161,7 @@ async fn checkpoint_in_background(
         let on = if meta.len() > WAL_RESTART_BYTES {
             &writer
         } else {
-            &pool
+            &readers
         };
         let checkpoint = async {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")

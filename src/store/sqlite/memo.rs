@@ -109,7 +109,7 @@ impl MemoLog {
         .bind(id)
         .bind(namespace)
         .bind(key)
-        .fetch_optional(&mut *self.db.pool.acquire().await?)
+        .fetch_optional(&mut *self.db.readers.acquire().await?)
         .await?;
         if let Some(value) = &value {
             if is_in_older_half(id, newest, self.max_entries) {
@@ -327,7 +327,7 @@ impl Memo for MemoLog {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
-            .execute(&mut *self.db.pool.acquire().await?)
+            .execute(&mut *self.db.readers.acquire().await?)
             .await?;
         Ok(())
     }
@@ -344,7 +344,7 @@ async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
         )
         .bind(after)
         .bind(LOAD_CHUNK)
-        .fetch_all(&mut *db.pool.acquire().await?)
+        .fetch_all(&mut *db.readers.acquire().await?)
         .await?;
         let Some(&(last, _)) = rows.last() else {
             return Ok(index);
@@ -362,10 +362,10 @@ async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
 /// are computed once, from the log itself.
 async fn backfill_addresses(db: &Database) -> Result<(), StoreError> {
     let addressed: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_addresses")
-        .fetch_one(&mut *db.pool.acquire().await?)
+        .fetch_one(&mut *db.readers.acquire().await?)
         .await?;
     let logged: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_log")
-        .fetch_one(&mut *db.pool.acquire().await?)
+        .fetch_one(&mut *db.readers.acquire().await?)
         .await?;
     if logged.is_none() || addressed.is_some() {
         return Ok(());
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(store.memo.rows().await, 9);
         for table in ["memo_log", "memo_addresses"] {
             let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-                .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
+                .fetch_one(&mut *store.memo.db.readers.acquire().await.unwrap())
                 .await
                 .unwrap();
             assert_eq!(count, 9, "{table}");
@@ -525,7 +525,7 @@ mod tests {
         store.cache_put("ns", "i", "v").await.unwrap();
         assert_eq!(store.memo.rows().await, 3);
         let logged: Vec<String> = sqlx::query_scalar("SELECT value FROM memo_log ORDER BY id")
-            .fetch_all(&mut *store.memo.db.pool.acquire().await.unwrap())
+            .fetch_all(&mut *store.memo.db.readers.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(logged, ["new", "v", "v"]);
@@ -545,7 +545,7 @@ mod tests {
         assert_eq!(store.memo.forget("ns", &keys).await.unwrap(), 2);
         let logged: Vec<(String, String)> =
             sqlx::query_as("SELECT namespace, key FROM memo_log ORDER BY id")
-                .fetch_all(&mut *store.memo.db.pool.acquire().await.unwrap())
+                .fetch_all(&mut *store.memo.db.readers.acquire().await.unwrap())
                 .await
                 .unwrap();
         let remaining = [("ns", "k0"), ("ns", "k2"), ("other", "k")];
@@ -555,7 +555,7 @@ mod tests {
             .collect();
         assert_eq!(logged, remaining, "the older copy of k went too");
         let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
-            .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
+            .fetch_one(&mut *store.memo.db.readers.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(addressed, 3);
@@ -609,7 +609,7 @@ mod tests {
             assert_eq!(store.memo.rows().await, 2);
         }
         let addressed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memo_addresses")
-            .fetch_one(&mut *store.memo.db.pool.acquire().await.unwrap())
+            .fetch_one(&mut *store.memo.db.readers.acquire().await.unwrap())
             .await
             .unwrap();
         assert_eq!(addressed, 2);
