@@ -9,8 +9,8 @@
 //! (BENCHMARKS.md, "Evaluate", step 22).
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{ConnectOptions, Connection, Database, Pool};
@@ -34,10 +34,14 @@ impl<DB: Database> Clone for Connections<DB> {
 
 /// Up to `size` connections, opened when first needed and reused as they were left: a
 /// transaction dropped unfinished has already queued its rollback on the connection (sqlx's
-/// `Transaction` does that on drop), and commands on a connection run in order.
+/// `Transaction` does that on drop), and commands on a connection run in order. Connections
+/// left unused for [`IDLE_TIMEOUT`] are closed, all but the last one used, as sqlx's pool
+/// closes idle ones: each keeps its own page cache (up to 2 MB on SQLite), which a server
+/// past its busy hour has no use for.
 pub(super) struct Held<DB: Database> {
     options: <DB::Connection as Connection>::Options,
-    idle: Mutex<Vec<DB::Connection>>,
+    /// The connections not lent, each with when it came back; the last came back last.
+    idle: Mutex<Vec<(DB::Connection, Instant)>>,
     permits: Arc<tokio::sync::Semaphore>,
     /// How long a caller waits for a connection before giving up with
     /// [`sqlx::Error::PoolTimedOut`], as sqlx's pool would (its default, 30 s).
@@ -45,24 +49,64 @@ pub(super) struct Held<DB: Database> {
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// sqlx's pool's default `idle_timeout`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+impl<DB: Database> Held<DB> {
+    /// Takes out the idle connections unused for `timeout` or longer, but never the last
+    /// one used, so that an idle server still answers its next query without opening a file.
+    fn take_expired(&self, now: Instant, timeout: Duration) -> Vec<DB::Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Oldest first: the expired ones are a prefix, and the newest always stays.
+        let expired = idle
+            .iter()
+            .take(idle.len().saturating_sub(1))
+            .take_while(|(_, since)| now.saturating_duration_since(*since) >= timeout)
+            .count();
+        idle.drain(..expired)
+            .map(|(connection, _)| connection)
+            .collect()
+    }
+}
+
+/// Closes `held`'s expired idle connections every so often, for as long as it exists.
+async fn close_idle<DB: Database>(held: Weak<Held<DB>>, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(held) = held.upgrade() else { return };
+        let expired = held.take_expired(Instant::now(), timeout);
+        drop(held);
+        for connection in expired {
+            if let Err(e) = connection.close().await {
+                tracing::debug!(error = %e, "closing an idle database connection failed");
+            }
+        }
+    }
+}
 
 impl<DB: Database> Connections<DB> {
     /// At most `size` connections opened with `options`, none checked when handed back.
+    /// Must be called inside a Tokio runtime, which closes the idle ones.
     pub(super) fn held(options: <DB::Connection as Connection>::Options, size: usize) -> Self {
-        Self::held_waiting_at_most(options, size, ACQUIRE_TIMEOUT)
+        Self::held_with(options, size, ACQUIRE_TIMEOUT, IDLE_TIMEOUT)
     }
 
-    fn held_waiting_at_most(
+    fn held_with(
         options: <DB::Connection as Connection>::Options,
         size: usize,
         acquire_timeout: Duration,
+        idle_timeout: Duration,
     ) -> Self {
-        Connections::Held(Arc::new(Held {
+        let held = Arc::new(Held {
             options,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Arc::new(tokio::sync::Semaphore::new(size)),
             acquire_timeout,
-        }))
+        });
+        tokio::spawn(close_idle(Arc::downgrade(&held), idle_timeout));
+        Connections::Held(held)
     }
 
     /// A connection of its own for the caller until the handle is dropped; waits while all
@@ -84,7 +128,7 @@ impl<DB: Database> Connections<DB> {
                     .unwrap_or_else(PoisonError::into_inner)
                     .pop();
                 let connection = match idle {
-                    Some(connection) => connection,
+                    Some((connection, _)) => connection,
                     None => held.options.connect().await?,
                 };
                 Ok(Handle::Held(HeldConnection {
@@ -158,7 +202,7 @@ impl<DB: Database> Drop for HeldConnection<DB> {
                     .idle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(connection);
+                    .push((connection, Instant::now()));
             }
         }
     }
@@ -235,10 +279,11 @@ mod tests {
     #[tokio::test]
     async fn a_caller_waits_for_a_connection_only_so_long() {
         let dir = tempfile::tempdir().unwrap();
-        let connections = Connections::<sqlx::Sqlite>::held_waiting_at_most(
+        let connections = Connections::<sqlx::Sqlite>::held_with(
             file_options(&dir),
             1,
             std::time::Duration::from_millis(50),
+            IDLE_TIMEOUT,
         );
         let lent = connections.acquire().await.unwrap();
         assert!(matches!(
@@ -247,6 +292,72 @@ mod tests {
         ));
         drop(lent);
         connections.acquire().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_left_unused_are_closed_but_the_last_one_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = std::time::Duration::from_millis(200);
+        let connections =
+            Connections::<sqlx::Sqlite>::held_with(file_options(&dir), 3, ACQUIRE_TIMEOUT, timeout);
+        let Connections::Held(held) = &connections else {
+            unreachable!()
+        };
+        let idle_count = || held.idle.lock().unwrap().len();
+        let mut handles = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut handle = connections.acquire().await.unwrap();
+            ids.push(connection_id(&mut handle).await);
+            handles.push(handle);
+        }
+        // Handed back in order: the third comes back last.
+        handles.clear();
+        assert_eq!(idle_count(), 3);
+        // A connection that keeps being used is not closed.
+        for _ in 0..6 {
+            tokio::time::sleep(timeout / 2).await;
+            let mut handle = connections.acquire().await.unwrap();
+            assert_eq!(connection_id(&mut handle).await, ids[2]);
+        }
+        assert_eq!(idle_count(), 1, "the two unused connections are still open");
+        // Nor is the last one used, however long it stays unused.
+        tokio::time::sleep(timeout * 3).await;
+        assert_eq!(idle_count(), 1);
+        let mut handle = connections.acquire().await.unwrap();
+        assert_eq!(connection_id(&mut handle).await, ids[2]);
+        // Connections closed are opened again when needed.
+        let mut another = connections.acquire().await.unwrap();
+        assert!(!ids.contains(&connection_id(&mut another).await));
+    }
+
+    #[tokio::test]
+    async fn only_connections_idle_past_the_timeout_expire_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let connections = Connections::<sqlx::Sqlite>::held(file_options(&dir), 4);
+        let Connections::Held(held) = &connections else {
+            unreachable!()
+        };
+        let handles: Vec<_> = futures::future::join_all((0..4).map(|_| connections.acquire()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        drop(handles);
+        // Back at minutes 0, 1, 2 and 3; the timeout is 2 minutes.
+        let start = Instant::now();
+        for (n, (_, since)) in held.idle.lock().unwrap().iter_mut().enumerate() {
+            *since = start + Duration::from_secs(n as u64 * 60);
+        }
+        let at = |minutes: u64| start + Duration::from_secs(minutes * 60);
+        let timeout = Duration::from_secs(120);
+        assert_eq!(held.take_expired(at(1), timeout).len(), 0);
+        assert_eq!(held.take_expired(at(3), timeout).len(), 2);
+        assert_eq!(held.idle.lock().unwrap().len(), 2);
+        // The last one back stays, however old.
+        assert_eq!(held.take_expired(at(60), timeout).len(), 1);
+        assert_eq!(held.take_expired(at(60), timeout).len(), 0);
+        assert_eq!(held.idle.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
