@@ -361,12 +361,14 @@ async fn load_index(db: &Database) -> Result<MemoIndex, StoreError> {
 /// Entries carried over from the keyed table by the migration have no addresses yet: they
 /// are computed once, from the log itself.
 async fn backfill_addresses(db: &Database) -> Result<(), StoreError> {
+    let mut reader = db.readers.acquire().await?;
     let addressed: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_addresses")
-        .fetch_one(&mut *db.readers.acquire().await?)
+        .fetch_one(&mut *reader)
         .await?;
     let logged: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM memo_log")
-        .fetch_one(&mut *db.readers.acquire().await?)
+        .fetch_one(&mut *reader)
         .await?;
+    drop(reader);
     if logged.is_none() || addressed.is_some() {
         return Ok(());
     }
