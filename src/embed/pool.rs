@@ -311,6 +311,53 @@ mod tests {
         }
     }
 
+    /// The gauge follows each queue on its own. A recorder local to this thread sees only
+    /// this test's queue, where the service's shared one also sees every other test's pool.
+    #[test]
+    fn each_priority_shows_its_own_queue_length() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let shown = recorder.handle();
+        let gauge = |priority: &str| -> Option<f64> {
+            let series = format!("examiner_embed_jobs_queued{{priority=\"{priority}\"}} ");
+            let rendered = shown.render();
+            let line = rendered.lines().find(|l| l.starts_with(&series))?;
+            line[series.len()..].trim().parse().ok()
+        };
+        let slots = Arc::new(Semaphore::new(8));
+        let queued = || {
+            let (reply, _) = oneshot::channel();
+            Queued {
+                job: Job::Plain(vec!["text".into()], reply),
+                _slot: slots.clone().try_acquire_owned().unwrap(),
+            }
+        };
+        let mut waiting = Waiting::default();
+        metrics::with_local_recorder(&recorder, || {
+            waiting.push(Priority::Background, queued());
+            assert_eq!(gauge("normal"), None, "nothing normal was ever queued");
+            assert_eq!(gauge("background"), Some(1.0));
+            waiting.push(Priority::Normal, queued());
+            waiting.push(Priority::Normal, queued());
+            assert_eq!(
+                (gauge("normal"), gauge("background")),
+                (Some(2.0), Some(1.0))
+            );
+            // Normal jobs leave first, and only their gauge moves.
+            waiting.pop().unwrap();
+            assert_eq!(
+                (gauge("normal"), gauge("background")),
+                (Some(1.0), Some(1.0))
+            );
+            waiting.pop().unwrap();
+            waiting.pop().unwrap();
+            assert_eq!(
+                (gauge("normal"), gauge("background")),
+                (Some(0.0), Some(0.0))
+            );
+            assert!(waiting.pop().is_none());
+        });
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn work_for_a_caller_that_stopped_waiting_is_skipped() {
         let pool = Arc::new(EmbedPool::new(test_embedder(), 1, 1, 4).unwrap());
