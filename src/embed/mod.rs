@@ -15,6 +15,7 @@
 //! [`limit_matmul_threads`]). [`EmbedPool`] runs N workers, each inside its own small rayon
 //! pool, and gives async code an `embed` that never blocks the executor.
 
+mod bert;
 mod pool;
 
 pub use pool::{EmbedPool, Priority};
@@ -24,7 +25,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Folder name of the model inside a models directory.
@@ -132,7 +132,7 @@ pub struct TokenVector {
 
 /// all-MiniLM-L6-v2 on the CPU. Cheap to share: wrap in an `Arc` and use from any thread.
 pub struct Embedder {
-    model: BertModel,
+    model: bert::Encoder,
     tokenizer: Tokenizer,
     device: Device,
 }
@@ -155,7 +155,10 @@ impl Embedder {
         }
         let config_text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
-        let config: Config = serde_json::from_str(&config_text)
+        let config: bert::Config = serde_json::from_str(&config_text)
+            .map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
+        config
+            .check()
             .map_err(|e| EmbedError::Files(format!("config.json: {e}")))?;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
@@ -183,7 +186,7 @@ impl Embedder {
                 &device,
             )?
         };
-        let model = BertModel::load(vb, &config)?;
+        let model = bert::Encoder::load(vb, &config)?;
         Ok(Embedder {
             model,
             tokenizer,
@@ -243,8 +246,7 @@ impl Embedder {
         let shape = (batch.len(), longest);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &mask)?;
         let mut rows = hidden.to_vec3::<f32>()?;
         for (row, e) in rows.iter_mut().zip(batch) {
             row.truncate(e.get_ids().len());
