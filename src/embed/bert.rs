@@ -7,7 +7,7 @@
 //! within 1e-6 of `erff` (see the tests), and the attention uses candle's fused softmax.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 /// The fields of `config.json` the encoder reads.
@@ -74,16 +74,56 @@ pub(super) struct Encoder {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value side by side: one matrix product makes all three.
+    query_key_value: Dense,
     heads: usize,
     head_size: usize,
-    attention_out: Linear,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
+}
+
+/// A linear layer with its weight kept transposed, `(inputs, outputs)` and contiguous, applied to
+/// every token of a batch as one matrix product. (candle-nn's `Linear` multiplies each input
+/// of the batch by a transposed view of the weight, which the matrix product repacks per
+/// call.)
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn load(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        Self::side_by_side(inputs, outputs, &[vb])
+    }
+
+    /// Several layers of the same input width as one, their outputs concatenated in order.
+    fn side_by_side(inputs: usize, outputs: usize, parts: &[VarBuilder]) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|vb| vb.get((outputs, inputs), "weight")?.t())
+            .collect::<Result<Vec<_>>>()?;
+        let biases = parts
+            .iter()
+            .map(|vb| vb.get(outputs, "bias"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dense {
+            weight: Tensor::cat(&weights, 1)?.contiguous()?,
+            bias: Tensor::cat(&biases, 0)?,
+        })
+    }
+
+    /// `(batch, length, inputs)` → `(batch, length, outputs)`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, length, inputs) = xs.dims3()?;
+        let outputs = self.weight.dim(1)?;
+        xs.reshape((batch * length, inputs))?
+            .matmul(&self.weight)?
+            .broadcast_add(&self.bias)?
+            .reshape((batch, length, outputs))
+    }
 }
 
 impl Encoder {
@@ -154,19 +194,21 @@ impl Layer {
         let attention = vb.pp("attention");
         let own = attention.pp("self");
         Ok(Layer {
-            query: linear(hidden, hidden, own.pp("query"))?,
-            key: linear(hidden, hidden, own.pp("key"))?,
-            value: linear(hidden, hidden, own.pp("value"))?,
+            query_key_value: Dense::side_by_side(
+                hidden,
+                hidden,
+                &[own.pp("query"), own.pp("key"), own.pp("value")],
+            )?,
             heads: config.num_attention_heads,
             head_size: hidden / config.num_attention_heads,
-            attention_out: linear(hidden, hidden, attention.pp("output").pp("dense"))?,
+            attention_out: Dense::load(hidden, hidden, attention.pp("output").pp("dense"))?,
             attention_norm: layer_norm(hidden, eps, attention.pp("output").pp("LayerNorm"))?,
-            intermediate: linear(
+            intermediate: Dense::load(
                 hidden,
                 config.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
             )?,
-            output: linear(
+            output: Dense::load(
                 config.intermediate_size,
                 hidden,
                 vb.pp("output").pp("dense"),
@@ -177,14 +219,16 @@ impl Layer {
 
     fn forward(&self, hidden: &Tensor, masked: &Tensor) -> Result<Tensor> {
         let (batch, length, width) = hidden.dims3()?;
-        let heads = |xs: Tensor| -> Result<Tensor> {
-            xs.reshape((batch, length, self.heads, self.head_size))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let query = heads(self.query.forward(hidden)?)?;
-        let key = heads(self.key.forward(hidden)?)?;
-        let value = heads(self.value.forward(hidden)?)?;
+        // (batch, length, 3 · width) → (3, batch, heads, length, head_size), in one copy.
+        let query_key_value = self
+            .query_key_value
+            .forward(hidden)?
+            .reshape((batch, length, 3, self.heads, self.head_size))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let query = query_key_value.get(0)?;
+        let key = query_key_value.get(1)?;
+        let value = query_key_value.get(2)?;
         let scores =
             (query.matmul(&key.t()?)? / (self.head_size as f64).sqrt())?.broadcast_add(masked)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
