@@ -13,7 +13,7 @@ use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 /// The fields of `config.json` the encoder reads.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(super) struct Config {
     vocab_size: usize,
     hidden_size: usize,
@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn models_this_encoder_would_compute_wrongly_are_refused() {
         let config = |field: &str, value: serde_json::Value| -> Config {
-            let mut fields = serde_json::json!({
+            let mut fields = json!({
                 "vocab_size": 10, "hidden_size": 384, "num_hidden_layers": 1,
                 "num_attention_heads": 12, "intermediate_size": 8,
                 "max_position_embeddings": 16, "type_vocab_size": 2, "layer_norm_eps": 1e-12
