@@ -5,41 +5,19 @@
 
 use std::future::Future;
 
-use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
+use super::body::{parse_json, require_json_content_type, RawBody};
 use super::error::{ApiError, SpecError};
 use crate::app::AppState;
 use crate::model::IdempotencyState;
 
 /// The header clients send to make a request safe to retry.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-
-/// Parses a JSON body: syntax errors are 400, shape errors 422, a missing JSON content type 415.
-pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let mime = v.split(';').next().unwrap_or_default().trim();
-            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
-        });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType(
-            "send the body as JSON with the header Content-Type: application/json".into(),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Validation(format!(
-            "the request body does not match the expected shape: {e}"
-        )),
-        _ => ApiError::BadRequest(format!("the request body is not valid JSON: {e}")),
-    })
-}
 
 /// Gives an idempotency claim back if the request never completes (an error, or the client
 /// going away and the handler being dropped), so a retry runs again instead of waiting
@@ -81,7 +59,7 @@ pub async fn run<T, F, Fut>(
     state: AppState,
     caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RawBody,
     endpoint: &'static str,
     work: F,
 ) -> Response
@@ -100,7 +78,7 @@ async fn run_inner<T, F, Fut>(
     state: AppState,
     caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RawBody,
     endpoint: &'static str,
     work: F,
 ) -> Result<Response, ApiError>
@@ -110,7 +88,9 @@ where
     Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
     let caller = caller?;
-    let request: T = parse_json(&headers, &body)?;
+    require_json_content_type(&headers)?;
+    let body = body?;
+    let request: T = parse_json(&body)?;
     let in_flight = state.settings.auth.max_in_flight;
     let _permit = state
         .work_permits

@@ -6,7 +6,7 @@
 //! "failure"` and a `message` — with the problem-details members `type`, `title` and
 //! `detail` beside them ([`SpecError`]). 5xx bodies never carry internal error text.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -237,17 +237,21 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
                 "send the body as JSON with the header Content-Type: application/json".into(),
             ),
-            JsonRejection::BytesRejection(e) => {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(
-                        "the request body is larger than the service accepts (server.max_body_bytes)"
-                            .into(),
-                    )
-                } else {
-                    ApiError::BadRequest(format!("the request body could not be read: {e}"))
-                }
-            }
+            JsonRejection::BytesRejection(e) => e.into(),
             other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(
+                "the request body is larger than the service accepts (server.max_body_bytes)"
+                    .into(),
+            )
+        } else {
+            ApiError::BadRequest(format!("the request body could not be read: {rejection}"))
         }
     }
 }

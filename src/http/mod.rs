@@ -3,6 +3,7 @@
 //! [`error`].
 
 pub mod auth;
+mod body;
 pub mod catalog;
 mod envelope;
 pub mod error;
@@ -15,7 +16,7 @@ pub mod workflows;
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -24,14 +25,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+pub use body::ApiJson;
 pub use error::{ApiError, SpecError};
 
 use crate::app::AppState;
-
-/// JSON body extractor whose rejections are problem details.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
 
 /// Query-string extractor whose rejections are problem details.
 #[derive(FromRequestParts)]

@@ -5,7 +5,6 @@
 //! (`submission_id`, `unassigned_text`, `evaluation_id`, per-question `error` and `flags`)
 //! are additions clients may ignore. Failures use the contract's shape (see [`SpecError`]).
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +14,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{redact_for_student, Caller};
+use super::body::RawBody;
 use super::envelope::{self, AboutUser};
 use super::error::{ApiError, SpecError};
 use super::{validate, ApiQuery};
@@ -132,7 +132,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<Value, ApiError> {
               (status = 401, description = "No or unknown API key"),
               (status = 403, description = "A student key acting for another user"),
               (status = 404, description = "Course, exam or paper unknown"),
-              (status = 413, description = "An image or all images together too large"),
+              (status = 413, description = "An image, all images together, or the body itself (server.max_body_bytes) too large"),
               (status = 422, description = "Invalid request, an image URL unusable, an image or PDF unreadable, or more pages than limits.max_pages"),
               (status = 429, description = "Rate limited"),
               (status = 502, description = "An image's server failed"),
@@ -141,7 +141,7 @@ pub async fn upload_exam_answers(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RawBody,
 ) -> Response {
     envelope::run(state, caller, headers, body, "upload", upload_work).await
 }
@@ -380,6 +380,7 @@ fn grading_caller(caller: &Caller) -> GradingCaller {
               (status = 403, description = "A student key acting for another user"),
               (status = 404, description = "Nothing stored to grade"),
               (status = 409, description = "Conflicts with the stored paper"),
+              (status = 413, description = "The body is larger than server.max_body_bytes"),
               (status = 422, description = "Invalid request"),
               (status = 429, description = "Rate limited"),
               (status = 502, body = EvaluateResponse, description = "No question could be graded"),
@@ -388,7 +389,7 @@ pub async fn evaluate_answers(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RawBody,
 ) -> Response {
     envelope::run(state, caller, headers, body, "evaluate", evaluate_work).await
 }
@@ -548,14 +549,14 @@ pub struct EvaluationFilter {
 }
 
 impl SubmissionFilter {
-    fn into_filter(self) -> Filter {
-        Filter {
+    fn into_filter(self) -> Result<Filter, ApiError> {
+        Ok(Filter {
             user_id: self.user_id,
             question_paper_code: self.question_paper_code,
             after: self.after,
-            limit: page_size(self.limit),
+            limit: page_size(self.limit)?,
             ..Filter::default()
-        }
+        })
     }
 }
 
@@ -576,13 +577,21 @@ impl EvaluationFilter {
             flag: self.flag,
             latest: self.latest.unwrap_or(false),
             after: self.after,
-            limit: page_size(self.limit),
+            limit: page_size(self.limit)?,
         })
     }
 }
 
-fn page_size(limit: Option<i64>) -> i64 {
-    limit.unwrap_or(100).clamp(1, 1000)
+/// Above the largest page a caller gets the largest page, as documented; a page of nothing
+/// or less is a mistake worth saying so.
+fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n) if n < 1 => Err(ApiError::BadRequest(format!(
+            "limit must be at least 1 (at most 1000 are returned), not {n}"
+        ))),
+        Some(n) => Ok(n.min(1000)),
+    }
 }
 
 /// Students see only their own results, whatever they ask for: `None` when they asked for
@@ -647,7 +656,7 @@ pub async fn list_student_answers(
     caller: Caller,
     ApiQuery(filter): ApiQuery<SubmissionFilter>,
 ) -> Result<Response, ApiError> {
-    let Some(filter) = scoped(&caller, filter.into_filter()) else {
+    let Some(filter) = scoped(&caller, filter.into_filter()?) else {
         return Ok(Json(Vec::<SubmissionSummary>::new()).into_response());
     };
     let items = state.store.list_submissions(&filter).await?;

@@ -98,6 +98,17 @@ async fn links_must_exist_and_input_is_validated() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
+    // serde would read an array as the fields in order; the body must be an object.
+    let (status, body, content_type) = app.post("/courses", &json!(["C9", "Positional"])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(content_type, "application/problem+json");
+    assert!(
+        body["detail"].as_str().unwrap().contains("not an array"),
+        "{body}"
+    );
+    let (status, _, _) = app.get("/courses/C9").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was created");
+
     app.post("/courses", &json!({"course_code": "C", "course_name": "C"}))
         .await;
     app.post(

@@ -384,3 +384,52 @@ async fn invalid_evaluation_requests_are_refused() {
         .contains("standard_answer"));
     assert_eq!(llm.requests().len(), 0, "nothing was graded");
 }
+
+/// Both workflow endpoints answer a body they cannot take in the contract's failure shape,
+/// like their other errors: not axum's plain-text refusal.
+#[tokio::test]
+async fn bodies_the_workflows_cannot_take_are_refused_in_the_contracts_shape() {
+    let llm = FakeLlm::start(agreeing).await;
+    let app = spawn_app_with(|s| {
+        llm.configure(s);
+        s.server.max_body_bytes = 4096;
+    })
+    .await;
+    let mut oversized = spec_example();
+    oversized["qa_pairs"][0]["student_answer"] = json!("going concern ".repeat(400));
+    for path in ["/evaluate-answers", "/upload-exam-answers"] {
+        let (status, body, content_type) = app.post(path, &oversized).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(content_type, "application/json", "{path}");
+        assert_eq!(body["status"], "failure", "{path}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("server.max_body_bytes"),
+            "{path}: {body}"
+        );
+
+        let (status, body, _) = app.post(path, &json!(["USER123", "CA-FND-2024"])).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        assert_eq!(body["status"], "failure", "{path}");
+        assert!(
+            body["message"].as_str().unwrap().contains("not an array"),
+            "{path}: {body}"
+        );
+    }
+
+    // A field of the wrong type is named with its place in the body.
+    let mut body = spec_example();
+    body["qa_pairs"][1]["total_marks"] = json!("five");
+    let (status, answer, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("qa_pairs[1].total_marks"),
+        "{answer}"
+    );
+    assert_eq!(llm.requests().len(), 0, "nothing was graded");
+}

@@ -143,6 +143,9 @@ async fn bad_listing_queries_are_problem_details() {
         ("/evaluations?flag=needs_reveiw", "needs_review"),
         ("/evaluations?after=no-such-evaluation", "previous page"),
         ("/student-answers?limit=-x", "limit"),
+        // A page of nothing would look like an empty listing.
+        ("/evaluations?limit=0", "limit must be at least 1"),
+        ("/student-answers?limit=-1", "limit must be at least 1"),
         ("/student-answers?after=no-such-submission", "previous page"),
         ("/exams?course_code=C1&course_code=C2", "course_code"),
         // A misspelt filter would otherwise list everything, as if it matched.

@@ -1,0 +1,139 @@
+//! Reading JSON request bodies, the same way for every endpoint: a JSON content type (415
+//! otherwise), a body within `server.max_body_bytes` (413), valid JSON (400), an object at
+//! the top level and the expected fields (422, naming the field: `qa_pairs[0].total_marks:
+//! invalid type: …`).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// JSON body extractor whose rejections are problem details.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        require_json_content_type(request.headers())?;
+        let body = Bytes::from_request(request, state).await?;
+        parse_json(&body).map(ApiJson)
+    }
+}
+
+/// The body of a request whose caller is checked first, as a handler argument: reading it
+/// may have failed (too large), which is answered only after a missing key is.
+pub type RawBody = Result<Bytes, BytesRejection>;
+
+pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let mime = v.split(';').next().unwrap_or_default().trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "send the body as JSON with the header Content-Type: application/json".into(),
+        ))
+    }
+}
+
+/// Parses a JSON object into `T`: syntax errors are 400, everything else 422.
+///
+/// Anything but an object is refused before serde sees it: serde reads a JSON array as a
+/// struct's fields in declaration order, so `["C1", "Accounting"]` would otherwise create a
+/// course.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
+    if let Some(first) = first.filter(|&b| b != b'{') {
+        // Invalid JSON is a syntax error whatever it starts with.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return Err(ApiError::BadRequest(format!(
+                "the request body is not valid JSON: {e}"
+            )));
+        }
+        let kind = match first {
+            b'[' => "an array",
+            b'"' => "a string",
+            b't' | b'f' => "a boolean",
+            b'n' => "null",
+            _ => "a number",
+        };
+        return Err(ApiError::Validation(format!(
+            "the request body must be a JSON object ({{\"field\": value, …}}), not {kind}"
+        )));
+    }
+    // axum's reading names the field at fault, which serde_json's own error does not.
+    axum::Json::<T>::from_bytes(body)
+        .map(|axum::Json(value)| value)
+        .map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Course {
+        course_code: String,
+        course_name: String,
+        #[serde(default)]
+        marks: Vec<f64>,
+    }
+
+    fn refusal(body: &str) -> (StatusCode, String) {
+        let error = parse_json::<Course>(body.as_bytes()).expect_err(body);
+        (error.status(), error.detail())
+    }
+
+    #[test]
+    fn an_object_is_read() {
+        let course: Course =
+            parse_json(br#" {"course_code": "C1", "course_name": "Accounting"}"#).unwrap();
+        assert_eq!(course.course_code, "C1");
+    }
+
+    #[test]
+    fn only_an_object_is_read_even_where_serde_would_take_the_fields_in_order() {
+        for (body, kind) in [
+            (r#"["C1", "Accounting"]"#, "an array"),
+            (r#""C1""#, "a string"),
+            ("true", "a boolean"),
+            ("null", "null"),
+            ("-5", "a number"),
+        ] {
+            let (status, detail) = refusal(body);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert!(detail.ends_with(&format!("not {kind}")), "{body}: {detail}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_bad_requests_whatever_the_body_starts_with() {
+        for body in ["", "   ", "[1,", "{\"course_code\": ", "nope"] {
+            let (status, detail) = refusal(body);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}: {detail}");
+            assert!(detail.contains("not valid JSON"), "{body:?}: {detail}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_field_is_named_with_its_path() {
+        let (status, detail) =
+            refusal(r#"{"course_code": "C1", "course_name": "A", "marks": [1, "two"]}"#);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(detail.contains("marks[1]: invalid type"), "{detail}");
+        let (status, detail) = refusal(r#"{"course_code": "C1"}"#);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(detail.contains("missing field `course_name`"), "{detail}");
+    }
+}
