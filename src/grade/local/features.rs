@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::text::{content_words, is_stop_word, stem, Piece};
+use super::text::{content_words, is_stop_word, stem, Abbreviations, Piece};
 use crate::embed::{cosine, TokenVector};
 
 /// A word piece prepared for token alignment.
@@ -66,6 +66,7 @@ pub struct KeyPoint {
     pub text: String,
     pub embedding: Vec<f32>,
     pub words: HashSet<String>,
+    pub abbreviations: Abbreviations,
 }
 
 /// Everything about a question's standard answer that grading needs; built once per question.
@@ -102,6 +103,7 @@ pub struct Student {
     pub words: HashSet<String>,
     pub tokens: Vec<Tok>,
     pub bigrams: HashSet<(String, String)>,
+    pub abbreviations: Abbreviations,
 }
 
 /// A key point counts as covered (for feedback) when the answer has a sentence this similar
@@ -116,7 +118,8 @@ pub const COVERED_SIM: f64 = 0.6;
 /// sets, with the same rank agreement between coverage and human marks (GRADING.md,
 /// "Feedback").
 pub const COVERED_TOKENS: f64 = 0.6;
-/// ... or when this share of its content words appears in the answer.
+/// ... or when this share of its content words appears in the answer (an acronym counting
+/// for the words it abbreviates: [`Abbreviations`]).
 pub const COVERED_WORDS: f64 = 0.6;
 
 /// The features of one answer. Field names are the names the calibration file uses.
@@ -296,7 +299,10 @@ pub fn compute(r: &Reference, s: &Student) -> (Features, Vec<KeyPointMatch>) {
         let word_share = if kp.words.is_empty() {
             0.0
         } else {
-            kp.words.intersection(&s.words).count() as f64 / kp.words.len() as f64
+            kp.abbreviations
+                .words_found(&kp.words, &s.words, &s.abbreviations)
+                .len() as f64
+                / kp.words.len() as f64
         };
         // `token_recall` and `covered` are filled in once the word pieces are aligned, below.
         matches.push(KeyPointMatch {

@@ -26,7 +26,7 @@ pub use calibration::Calibration;
 pub use features::{Features, KeyPointMatch};
 
 use features::{compute, prepare_tokens, reference_words, KeyPoint, Reference, Student};
-use text::{content_bigrams, content_words, shorten, split_pieces};
+use text::{content_bigrams, content_words, shorten, split_pieces, Abbreviations};
 
 /// Recorded as the stage's model.
 pub const MODEL_NAME: &str = "local:all-minilm-l6-v2";
@@ -161,10 +161,12 @@ impl LocalGrader {
             .zip(kp_vecs)
             .map(|(text, embedding)| {
                 let words = content_words(&text);
+                let abbreviations = Abbreviations::of(&text);
                 KeyPoint {
                     text,
                     embedding,
                     words,
+                    abbreviations,
                 }
             })
             .collect();
@@ -197,6 +199,7 @@ impl LocalGrader {
         let pieces = split_pieces(answer);
         let words = content_words(answer);
         let bigrams = content_bigrams(answer);
+        let abbreviations = Abbreviations::of(answer);
         match self.pooling {
             Pooling::Spans => {
                 let spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.start, p.end)).collect();
@@ -227,6 +230,7 @@ impl LocalGrader {
                     words,
                     tokens: prepare_tokens(answer, r.tokens, question_words),
                     bigrams,
+                    abbreviations,
                 })
             }
             Pooling::Separate => {
@@ -244,6 +248,7 @@ impl LocalGrader {
                     words,
                     tokens: prepare_tokens(answer, whole.tokens, question_words),
                     bigrams,
+                    abbreviations,
                 })
             }
         }
@@ -691,6 +696,23 @@ mod tests {
         };
         let o = grader().grade(&task).await;
         assert_eq!(o.key_points_covered.len(), 1, "{o:?}");
+        assert!(o.key_points_missed.is_empty(), "{o:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feedback_credits_an_acronym_the_answer_spells_out() {
+        let task = GradeTask {
+            question_number: "2".into(),
+            question_text: None,
+            student_answer: "A stack is last in first out: the last item pushed is popped first."
+                .into(),
+            standard_answer:
+                "A stack is a LIFO structure: the last element pushed is the first popped.".into(),
+            total_marks: 5.0,
+            marks_step: 0.5,
+        };
+        let o = grader().grade(&task).await;
+        assert_eq!(o.key_points_covered.len(), 2, "{o:?}");
         assert!(o.key_points_missed.is_empty(), "{o:?}");
     }
 

@@ -1,11 +1,11 @@
 //! Plain-text helpers of the local grader: splitting answers into sentences/clauses (with byte
 //! spans, so span embeddings can be pooled from one model run), content words with a light
-//! stemmer, and shortening key points for feedback.
+//! stemmer, acronyms and what they abbreviate, and shortening key points for feedback.
 //!
 //! Promises: spans always lie on char boundaries of the input, are non-empty after trimming and
 //! in order; nothing here allocates per character beyond the output.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// A piece of an answer: its trimmed text and byte range in the original string.
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +181,84 @@ pub fn is_stop_word(w: &str) -> bool {
     STOP.contains(&w)
 }
 
+/// Acronyms a text writes and those its words spell out, so that an answer saying "last in
+/// first out" is credited with a key point's "LIFO", and "OCR" with "optical character
+/// recognition".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Abbreviations {
+    /// Acronyms written in the text, lower-cased: words of 3 to 6 letters, all capitals.
+    /// Two-letter ones are left out: any two words ("is the") would spell one.
+    pub written: HashSet<String>,
+    /// Runs of 3 to 6 consecutive words, at least half of them content words and none a
+    /// single letter, by their initials (lower-cased), with each run's content words
+    /// (stemmed, as [`content_words`]). Single letters are left out because they are no
+    /// words an acronym abbreviates: "U=A, C+G" would spell the codon "UAC".
+    pub spelled: HashMap<String, Vec<String>>,
+}
+
+const ACRONYM_LETTERS: std::ops::RangeInclusive<usize> = 3..=6;
+
+impl Abbreviations {
+    pub fn of(text: &str) -> Abbreviations {
+        let words: Vec<&str> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let written = words
+            .iter()
+            .filter(|w| {
+                ACRONYM_LETTERS.contains(&w.chars().count())
+                    && w.chars().all(|c| c.is_alphabetic() && c.is_uppercase())
+            })
+            .map(|w| w.to_lowercase())
+            .collect();
+        let lower: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+        let mut spelled = HashMap::new();
+        for start in 0..lower.len() {
+            for len in ACRONYM_LETTERS {
+                let Some(run) = lower.get(start..start + len) else {
+                    break;
+                };
+                let content: Vec<String> = run
+                    .iter()
+                    .filter(|w| !is_stop_word(w))
+                    .map(|w| stem(w))
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                if content.len() * 2 < len || run.iter().any(|w| w.chars().count() < 2) {
+                    continue;
+                }
+                let initials: String = run.iter().filter_map(|w| w.chars().next()).collect();
+                spelled.entry(initials).or_insert(content);
+            }
+        }
+        Abbreviations { written, spelled }
+    }
+
+    /// The content words of `words` (a text's, with these abbreviations) that `other` has,
+    /// itself or through an acronym one of them writes and the other spells out.
+    pub fn words_found<'a>(
+        &self,
+        words: &'a HashSet<String>,
+        other_words: &HashSet<String>,
+        other: &Abbreviations,
+    ) -> HashSet<&'a String> {
+        let mut found: HashSet<&String> =
+            words.iter().filter(|w| other_words.contains(*w)).collect();
+        for acronym in &self.written {
+            if other.spelled.contains_key(acronym) {
+                found.extend(words.get(&stem(acronym)));
+            }
+        }
+        for acronym in &other.written {
+            if let Some(run) = self.spelled.get(acronym) {
+                found.extend(run.iter().filter_map(|w| words.get(w)));
+            }
+        }
+        found
+    }
+}
+
 /// Shorten a key point for student-facing feedback: at most `max_words` words, with an ellipsis.
 pub fn shorten(s: &str, max_words: usize) -> String {
     let words: Vec<&str> = s.split_whitespace().collect();
@@ -242,6 +320,55 @@ mod tests {
         assert!(b.contains(&("stack".to_string(), "push".to_string())));
         assert!(b.contains(&("push".to_string(), "onto".to_string())) || b.len() == 2);
         assert!(content_bigrams("stack").is_empty());
+    }
+
+    #[test]
+    fn acronyms_are_matched_with_the_words_they_abbreviate() {
+        let point = "A stack is a LIFO structure.";
+        let answer = "The last item pushed is the first popped: last in first out.";
+        let (kp, kp_abbr) = (content_words(point), Abbreviations::of(point));
+        let (aw, a_abbr) = (content_words(answer), Abbreviations::of(answer));
+        assert_eq!(kp_abbr.written, HashSet::from(["lifo".to_string()]));
+        let found = kp_abbr.words_found(&kp, &aw, &a_abbr);
+        assert!(found.contains(&"lifo".to_string()), "{found:?}");
+        assert!(!found.contains(&"structure".to_string()), "{found:?}");
+
+        // The other way round: the answer writes the acronym, the point spells it out.
+        let point = "OCR stands for optical character recognition of scanned pages.";
+        let answer = "It is OCR.";
+        let kp = content_words(point);
+        let found = Abbreviations::of(point).words_found(
+            &kp,
+            &content_words(answer),
+            &Abbreviations::of(answer),
+        );
+        for word in ["optical", "character", "recognition", "ocr"] {
+            assert!(found.contains(&stem(word)), "{word}: {found:?}");
+        }
+        assert!(!found.contains(&stem("scanned")), "{found:?}");
+    }
+
+    #[test]
+    fn abbreviations_need_capitals_three_letters_and_content_words() {
+        // "Lifo" in running text and two-letter "IT" are no acronyms.
+        assert!(Abbreviations::of("Lifo is IT.").written.is_empty());
+        // Runs of mostly function words spell nothing: "it is the" is not "iit".
+        let spelled = Abbreviations::of("it is the stack").spelled;
+        assert!(!spelled.contains_key("iit"), "{spelled:?}");
+        assert!(!spelled.contains_key("its"), "{spelled:?}");
+        // Nor do single letters: a codon is not spelled by the bases of a pairing rule.
+        let spelled = Abbreviations::of("U=A, C+G pair up").spelled;
+        assert!(!spelled.contains_key("uac"), "{spelled:?}");
+        // Function words whose initials happen to spell the acronym do not stand for it.
+        let point = "A queue is FIFO.";
+        let answer = "Wait for it, for one moment: the queue keeps order.";
+        let kp = content_words(point);
+        let found = Abbreviations::of(point).words_found(
+            &kp,
+            &content_words(answer),
+            &Abbreviations::of(answer),
+        );
+        assert!(!found.contains(&"fifo".to_string()), "{found:?}");
     }
 
     #[test]
