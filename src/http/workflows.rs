@@ -499,7 +499,7 @@ pub async fn retry_evaluation(
 pub struct SubmissionFilter {
     pub user_id: Option<String>,
     pub question_paper_code: Option<String>,
-    /// At most this many, newest first (default 100, at most 1000).
+    /// At most this many, newest first: default 100, at least 1, and more than 1000 gives 1000.
     pub limit: Option<i64>,
     /// The id of the last submission of the previous page. When a page is full, the
     /// response's `Link` header gives the next page's URL (`rel="next"`).
@@ -541,7 +541,7 @@ pub struct EvaluationFilter {
     /// `true`: only each student's newest evaluation of each paper, leaving out versions
     /// that were retried, reviewed or graded again since (the review queue's view).
     pub latest: Option<bool>,
-    /// At most this many, newest first (default 100, at most 1000).
+    /// At most this many, newest first: default 100, at least 1, and more than 1000 gives 1000.
     pub limit: Option<i64>,
     /// The id of the last evaluation of the previous page. When a page is full, the
     /// response's `Link` header gives the next page's URL (`rel="next"`).
