@@ -322,25 +322,34 @@ mod tests {
         assert!(content_bigrams("stack").is_empty());
     }
 
+    /// The key point's content words that `answer` has, directly or through an acronym.
+    fn found_in(point: &str, answer: &str) -> HashSet<String> {
+        let words = content_words(point);
+        Abbreviations::of(point)
+            .words_found(&words, &content_words(answer), &Abbreviations::of(answer))
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     #[test]
     fn acronyms_are_matched_with_the_words_they_abbreviate() {
         let point = "A stack is a LIFO structure.";
-        let answer = "The last item pushed is the first popped: last in first out.";
-        let (kp, kp_abbr) = (content_words(point), Abbreviations::of(point));
-        let (aw, a_abbr) = (content_words(answer), Abbreviations::of(answer));
-        assert_eq!(kp_abbr.written, HashSet::from(["lifo".to_string()]));
-        let found = kp_abbr.words_found(&kp, &aw, &a_abbr);
-        assert!(found.contains(&"lifo".to_string()), "{found:?}");
-        assert!(!found.contains(&"structure".to_string()), "{found:?}");
+        assert_eq!(
+            Abbreviations::of(point).written,
+            HashSet::from(["lifo".to_string()])
+        );
+        let found = found_in(
+            point,
+            "The last item pushed is the first popped: last in first out.",
+        );
+        assert!(found.contains("lifo"), "{found:?}");
+        assert!(!found.contains("structure"), "{found:?}");
 
         // The other way round: the answer writes the acronym, the point spells it out.
-        let point = "OCR stands for optical character recognition of scanned pages.";
-        let answer = "It is OCR.";
-        let kp = content_words(point);
-        let found = Abbreviations::of(point).words_found(
-            &kp,
-            &content_words(answer),
-            &Abbreviations::of(answer),
+        let found = found_in(
+            "OCR stands for optical character recognition of scanned pages.",
+            "It is OCR.",
         );
         for word in ["optical", "character", "recognition", "ocr"] {
             assert!(found.contains(&stem(word)), "{word}: {found:?}");
@@ -360,15 +369,11 @@ mod tests {
         let spelled = Abbreviations::of("U=A, C+G pair up").spelled;
         assert!(!spelled.contains_key("uac"), "{spelled:?}");
         // Function words whose initials happen to spell the acronym do not stand for it.
-        let point = "A queue is FIFO.";
-        let answer = "Wait for it, for one moment: the queue keeps order.";
-        let kp = content_words(point);
-        let found = Abbreviations::of(point).words_found(
-            &kp,
-            &content_words(answer),
-            &Abbreviations::of(answer),
+        let found = found_in(
+            "A queue is FIFO.",
+            "Wait for it, for one moment: the queue keeps order.",
         );
-        assert!(!found.contains(&"fifo".to_string()), "{found:?}");
+        assert!(!found.contains("fifo"), "{found:?}");
     }
 
     #[test]
