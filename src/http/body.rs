@@ -10,16 +10,19 @@ use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::app::AppState;
 
 /// JSON body extractor whose rejections are problem details.
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json_content_type(request.headers())?;
-        let body = Bytes::from_request(request, state).await?;
+        let body = Bytes::from_request(request, state).await.map_err(|e| {
+            ApiError::unreadable_body(e, Some(state.settings.server.max_body_bytes))
+        })?;
         parse_json(&body).map(ApiJson)
     }
 }

@@ -89,7 +89,8 @@ where
 {
     let caller = caller?;
     require_json_content_type(&headers)?;
-    let body = body?;
+    let body =
+        body.map_err(|e| ApiError::unreadable_body(e, Some(state.settings.server.max_body_bytes)))?;
     let request: T = parse_json(&body)?;
     let in_flight = state.settings.auth.max_in_flight;
     let _permit = state

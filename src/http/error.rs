@@ -245,14 +245,24 @@ impl From<JsonRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(
-                "the request body is larger than the service accepts (server.max_body_bytes)"
-                    .into(),
-            )
-        } else {
-            ApiError::BadRequest(format!("the request body could not be read: {rejection}"))
+        ApiError::unreadable_body(rejection, None)
+    }
+}
+
+impl ApiError {
+    /// A body that could not be read in; `limit` is `server.max_body_bytes`, when known.
+    pub fn unreadable_body(rejection: BytesRejection, limit: Option<usize>) -> Self {
+        if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::BadRequest(format!(
+                "the request body could not be read: {rejection}"
+            ));
         }
+        ApiError::PayloadTooLarge(match limit {
+            Some(limit) => format!(
+                "the request body is larger than the {limit} bytes the service accepts (server.max_body_bytes)"
+            ),
+            None => "the request body is larger than the service accepts (server.max_body_bytes)".into(),
+        })
     }
 }
 

@@ -386,7 +386,7 @@ async fn invalid_evaluation_requests_are_refused() {
 }
 
 /// Both workflow endpoints answer a body they cannot take in the contract's failure shape,
-/// like their other errors: not axum's plain-text refusal.
+/// like their other errors: not axum's plain-text refusal. Every 413 names the limit.
 #[tokio::test]
 async fn bodies_the_workflows_cannot_take_are_refused_in_the_contracts_shape() {
     let llm = FakeLlm::start(agreeing).await;
@@ -406,7 +406,7 @@ async fn bodies_the_workflows_cannot_take_are_refused_in_the_contracts_shape() {
             body["message"]
                 .as_str()
                 .unwrap()
-                .contains("server.max_body_bytes"),
+                .contains("larger than the 4096 bytes the service accepts (server.max_body_bytes)"),
             "{path}: {body}"
         );
 
@@ -418,6 +418,19 @@ async fn bodies_the_workflows_cannot_take_are_refused_in_the_contracts_shape() {
             "{path}: {body}"
         );
     }
+
+    // The other endpoints say the same in problem details.
+    let course = json!({"course_code": "BIG", "course_name": "x".repeat(5000)});
+    let (status, body, content_type) = app.post("/courses", &course).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(content_type, "application/problem+json");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the 4096 bytes"),
+        "{body}"
+    );
 
     // A field of the wrong type is named with its place in the body.
     let mut body = spec_example();
