@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -20,9 +20,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json_content_type(request.headers())?;
-        let body = Bytes::from_request(request, state).await.map_err(|e| {
-            ApiError::unreadable_body(e, Some(state.settings.server.max_body_bytes))
-        })?;
+        let body = received(Bytes::from_request(request, state).await, state)?;
         parse_json(&body).map(ApiJson)
     }
 }
@@ -30,6 +28,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 /// The body of a request whose caller is checked first, as a handler argument: reading it
 /// may have failed (too large), which is answered only after a missing key is.
 pub type RawBody = Result<Bytes, BytesRejection>;
+
+/// The body as read in, or why it could not be: 413 with the limit, 400 otherwise.
+pub fn received(body: RawBody, state: &AppState) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "the request body is larger than the {} bytes the service accepts (server.max_body_bytes)",
+                state.settings.server.max_body_bytes
+            ))
+        } else {
+            ApiError::BadRequest(format!("the request body could not be read: {rejection}"))
+        }
+    })
+}
 
 pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
@@ -73,16 +85,27 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "the request body must be a JSON object ({{\"field\": value, …}}), not {kind}"
         )));
     }
-    // axum's reading names the field at fault, which serde_json's own error does not.
-    axum::Json::<T>::from_bytes(body)
-        .map(|axum::Json(value)| value)
-        .map_err(ApiError::from)
+    match serde_json::from_slice(body) {
+        Ok(value) => Ok(value),
+        // Read again only to say where: axum's reading tracks the path to the field at
+        // fault, which serde_json's error does not, at a cost every field would pay.
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(match axum::Json::<T>::from_bytes(body) {
+                Err(rejection) => rejection.into(),
+                Ok(_) => ApiError::Validation(format!(
+                    "the request body does not match the expected shape: {e}"
+                )),
+            })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::StatusCode;
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

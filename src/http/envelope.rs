@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
-use super::body::{parse_json, require_json_content_type, RawBody};
+use super::body::{parse_json, received, require_json_content_type, RawBody};
 use super::error::{ApiError, SpecError};
 use crate::app::AppState;
 use crate::model::IdempotencyState;
@@ -89,8 +89,7 @@ where
 {
     let caller = caller?;
     require_json_content_type(&headers)?;
-    let body =
-        body.map_err(|e| ApiError::unreadable_body(e, Some(state.settings.server.max_body_bytes)))?;
+    let body = received(body, &state)?;
     let request: T = parse_json(&body)?;
     let in_flight = state.settings.auth.max_in_flight;
     let _permit = state

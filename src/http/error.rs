@@ -6,7 +6,7 @@
 //! "failure"` and a `message` — with the problem-details members `type`, `title` and
 //! `detail` beside them ([`SpecError`]). 5xx bodies never carry internal error text.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -223,6 +223,8 @@ impl IntoResponse for SpecError {
     }
 }
 
+/// What `axum::Json::from_bytes` refuses ([`super::body::parse_json`]): the body is already
+/// read and its content type checked by then.
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
@@ -234,35 +236,8 @@ impl From<JsonRejection> for ApiError {
                 "the request body is not valid JSON: {}",
                 serde_cause(&e)
             )),
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-                "send the body as JSON with the header Content-Type: application/json".into(),
-            ),
-            JsonRejection::BytesRejection(e) => e.into(),
             other => ApiError::BadRequest(other.body_text()),
         }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        ApiError::unreadable_body(rejection, None)
-    }
-}
-
-impl ApiError {
-    /// A body that could not be read in; `limit` is `server.max_body_bytes`, when known.
-    pub fn unreadable_body(rejection: BytesRejection, limit: Option<usize>) -> Self {
-        if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::BadRequest(format!(
-                "the request body could not be read: {rejection}"
-            ));
-        }
-        ApiError::PayloadTooLarge(match limit {
-            Some(limit) => format!(
-                "the request body is larger than the {limit} bytes the service accepts (server.max_body_bytes)"
-            ),
-            None => "the request body is larger than the service accepts (server.max_body_bytes)".into(),
-        })
     }
 }
 

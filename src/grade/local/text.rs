@@ -5,7 +5,7 @@
 //! Promises: spans always lie on char boundaries of the input, are non-empty after trimming and
 //! in order; nothing here allocates per character beyond the output.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// A piece of an answer: its trimmed text and byte range in the original string.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,21 +111,21 @@ pub fn tokens(s: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Content words: tokens minus stop words, stemmed. Numbers are kept (they often are the point).
 pub fn content_words(s: &str) -> HashSet<String> {
-    tokens(s)
-        .filter(|t| !is_stop_word(t))
-        .map(|t| stem(&t))
+    content_of(tokens(s)).collect()
+}
+
+/// The content words among lower-cased `tokens`, stemmed, in order.
+fn content_of<T: AsRef<str>>(tokens: impl Iterator<Item = T>) -> impl Iterator<Item = String> {
+    tokens
+        .filter(|t| !is_stop_word(t.as_ref()))
+        .map(|t| stem(t.as_ref()))
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 /// Adjacent pairs of content words (stop words dropped, stemmed), in reading order: a cheap
 /// signal that words are used together as in the standard answer, not just present.
 pub fn content_bigrams(s: &str) -> HashSet<(String, String)> {
-    let seq: Vec<String> = tokens(s)
-        .filter(|t| !is_stop_word(t))
-        .map(|t| stem(&t))
-        .filter(|t| !t.is_empty())
-        .collect();
+    let seq: Vec<String> = content_of(tokens(s)).collect();
     seq.windows(2)
         .map(|w| (w[0].clone(), w[1].clone()))
         .collect()
@@ -189,50 +189,47 @@ pub struct Abbreviations {
     /// Acronyms written in the text, lower-cased: words of 3 to 6 letters, all capitals.
     /// Two-letter ones are left out: any two words ("is the") would spell one.
     pub written: HashSet<String>,
-    /// Runs of 3 to 6 consecutive words, at least half of them content words and none a
-    /// single letter, by their initials (lower-cased), with each run's content words
-    /// (stemmed, as [`content_words`]). Single letters are left out because they are no
-    /// words an acronym abbreviates: "U=A, C+G" would spell the codon "UAC".
-    pub spelled: HashMap<String, Vec<String>>,
+    /// The text's tokens ([`tokens`]), in order: where a run spelling an acronym is looked
+    /// for, only when the other text writes one.
+    words: Vec<String>,
 }
 
 const ACRONYM_LETTERS: std::ops::RangeInclusive<usize> = 3..=6;
 
 impl Abbreviations {
     pub fn of(text: &str) -> Abbreviations {
-        let words: Vec<&str> = text
+        let written = text
             .split(|c: char| !c.is_alphanumeric())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let written = words
-            .iter()
             .filter(|w| {
                 ACRONYM_LETTERS.contains(&w.chars().count())
                     && w.chars().all(|c| c.is_alphabetic() && c.is_uppercase())
             })
-            .map(|w| w.to_lowercase())
+            .map(str::to_lowercase)
             .collect();
-        let lower: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
-        let mut spelled = HashMap::new();
-        for start in 0..lower.len() {
-            for len in ACRONYM_LETTERS {
-                let Some(run) = lower.get(start..start + len) else {
-                    break;
-                };
-                let content: Vec<String> = run
-                    .iter()
-                    .filter(|w| !is_stop_word(w))
-                    .map(|w| stem(w))
-                    .filter(|w| !w.is_empty())
-                    .collect();
-                if content.len() * 2 < len || run.iter().any(|w| w.chars().count() < 2) {
-                    continue;
-                }
-                let initials: String = run.iter().filter_map(|w| w.chars().next()).collect();
-                spelled.entry(initials).or_insert(content);
-            }
+        Abbreviations {
+            written,
+            words: tokens(text).collect(),
         }
-        Abbreviations { written, spelled }
+    }
+
+    /// The content words (stemmed, as [`content_words`]) of the first run of consecutive
+    /// words whose initials spell `acronym` (lower-cased), at least half of them content
+    /// words and none a single letter. Single letters are no words an acronym abbreviates:
+    /// "U=A, C+G" would spell the codon "UAC".
+    pub fn spelled_out(&self, acronym: &str) -> Option<Vec<String>> {
+        let letters = acronym.chars().count();
+        if !ACRONYM_LETTERS.contains(&letters) {
+            return None;
+        }
+        self.words
+            .windows(letters)
+            .filter(|run| {
+                run.iter()
+                    .zip(acronym.chars())
+                    .all(|(w, letter)| w.starts_with(letter) && w.chars().count() > 1)
+            })
+            .map(|run| content_of(run.iter()).collect::<Vec<_>>())
+            .find(|content| content.len() * 2 >= letters)
     }
 
     /// The content words of `words` (a text's, with these abbreviations) that `other` has,
@@ -246,12 +243,12 @@ impl Abbreviations {
         let mut found: HashSet<&String> =
             words.iter().filter(|w| other_words.contains(*w)).collect();
         for acronym in &self.written {
-            if other.spelled.contains_key(acronym) {
+            if other.spelled_out(acronym).is_some() {
                 found.extend(words.get(&stem(acronym)));
             }
         }
         for acronym in &other.written {
-            if let Some(run) = self.spelled.get(acronym) {
+            if let Some(run) = self.spelled_out(acronym) {
                 found.extend(run.iter().filter_map(|w| words.get(w)));
             }
         }
@@ -362,12 +359,18 @@ mod tests {
         // "Lifo" in running text and two-letter "IT" are no acronyms.
         assert!(Abbreviations::of("Lifo is IT.").written.is_empty());
         // Runs of mostly function words spell nothing: "it is the" is not "iit".
-        let spelled = Abbreviations::of("it is the stack").spelled;
-        assert!(!spelled.contains_key("iit"), "{spelled:?}");
-        assert!(!spelled.contains_key("its"), "{spelled:?}");
+        let text = Abbreviations::of("it is the stack");
+        assert_eq!(text.spelled_out("iit"), None);
+        assert_eq!(text.spelled_out("its"), None);
+        assert_eq!(
+            Abbreviations::of("It is last in first out.").spelled_out("lifo"),
+            Some(vec!["last".to_string(), "first".to_string()])
+        );
         // Nor do single letters: a codon is not spelled by the bases of a pairing rule.
-        let spelled = Abbreviations::of("U=A, C+G pair up").spelled;
-        assert!(!spelled.contains_key("uac"), "{spelled:?}");
+        assert_eq!(
+            Abbreviations::of("U=A, C+G pair up").spelled_out("uac"),
+            None
+        );
         // Function words whose initials happen to spell the acronym do not stand for it.
         let found = found_in(
             "A queue is FIFO.",
