@@ -66,10 +66,18 @@ pub enum FetchError {
     Connect(String),
 }
 
+/// What the URL said its content was (a server's `Content-Type`, a `data:` URL's type), which
+/// is all a caller can check: "image/png" alone would read as if PNG were refused.
 fn describe_content_type(content_type: &Option<String>) -> String {
-    match content_type {
-        Some(ct) => format!("; the server sent {ct}"),
-        None => String::new(),
+    match content_type.as_deref().map(str::trim) {
+        Some(ct)
+            if ct.to_ascii_lowercase().starts_with("image/")
+                || ct.eq_ignore_ascii_case("application/pdf") =>
+        {
+            format!("; it is labelled {ct}, but its bytes do not begin as such a file does")
+        }
+        Some(ct) if !ct.is_empty() => format!("; it is labelled {ct}"),
+        _ => String::new(),
     }
 }
 
@@ -416,7 +424,26 @@ impl ImageSource for HttpFetcher {
 
 #[cfg(test)]
 mod tests {
-    use super::{sniff_image_type, sniff_media_type};
+    use super::{sniff_image_type, sniff_media_type, FetchError};
+
+    #[test]
+    fn a_refused_file_is_described_by_what_it_claimed_to_be() {
+        let refused = |content_type: Option<&str>| {
+            FetchError::NotAnImage {
+                content_type: content_type.map(str::to_string),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(Some("image/png")),
+            "is not an image of a supported type (PNG, JPEG, TIFF, WebP, BMP, GIF) or a PDF; \
+             it is labelled image/png, but its bytes do not begin as such a file does"
+        );
+        assert!(refused(Some("text/html; charset=utf-8"))
+            .ends_with("or a PDF; it is labelled text/html; charset=utf-8"));
+        assert!(refused(None).ends_with("or a PDF"));
+        assert!(refused(Some(" ")).ends_with("or a PDF"));
+    }
 
     #[test]
     fn only_what_the_decoder_reads_counts_as_an_image() {
