@@ -293,7 +293,24 @@ pub async fn retry_failed(
     state: &AppState,
     mut previous: EvaluationRecord,
 ) -> Result<EvaluationResult, ApiError> {
-    let marks_step = marks_step_of(state, &previous.question_paper_code).await?;
+    let paper = state
+        .store
+        .get_question_paper(&previous.question_paper_code)
+        .await?;
+    let marks_step = paper
+        .as_ref()
+        .and_then(|paper| paper.marks_step)
+        .unwrap_or(state.settings.grading.default_marks_step);
+    // Graded again as the first time: with the stored question's text when the paper has one.
+    let question_text = |number: &QuestionNumber| {
+        paper
+            .as_ref()?
+            .questions
+            .iter()
+            .find(|q| &q.question_number == number)?
+            .question_text
+            .clone()
+    };
     let mut items = std::mem::take(&mut previous.items);
     let failed: Vec<(usize, GradeTask)> = items
         .iter()
@@ -304,7 +321,7 @@ pub async fn retry_failed(
                 position,
                 GradeTask {
                     question_number: item.question_number.to_string(),
-                    question_text: None,
+                    question_text: question_text(&item.question_number),
                     student_answer: item.student_answer.clone(),
                     standard_answer: item.standard_answer.clone(),
                     total_marks: item.total_marks,

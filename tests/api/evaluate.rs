@@ -216,6 +216,58 @@ async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
 }
 
 #[tokio::test]
+async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did() {
+    const QUESTION: &str = "Explain the going concern concept.";
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = healthy.clone();
+    let llm = FakeLlm::start(move |stage, _| {
+        if !switch.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::Status(500);
+        }
+        match stage {
+            Stage::Evaluator => evaluator(4.0, "Mostly right."),
+            Stage::Verifier => verifier(true, 4.0),
+            _ => Reply::Status(400),
+        }
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let mut catalog = crate::helpers::test_catalog();
+    catalog["question_papers"][0]["questions"][0]["question_text"] = json!(QUESTION);
+    let catalog: examiner::model::Catalog = serde_json::from_value(catalog).unwrap();
+    app.state.store.import_catalog(&catalog).await.unwrap();
+
+    let body = json!({"user_id": "USER123", "course_code": "CA-FND-2024", "exam_code": "CA-FO-PAPER1",
+        "question_paper_code": "QP001",
+        "qa_pairs": [{"question_number": "1.a", "student_answer": "The business is assumed to keep operating."}]});
+    let (status, failed, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{failed}");
+    let first_prompts = llm.requests().len();
+    assert!(first_prompts > 0);
+    assert!(llm
+        .requests()
+        .iter()
+        .all(|(_, request)| prompt_text(request).contains(QUESTION)));
+
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = failed["evaluation_id"].as_str().unwrap();
+    let (status, retried, _) = app
+        .post(&format!("/evaluations/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["evaluation"][0]["marks_awarded"], 4.0);
+    let retry_prompts = &llm.requests()[first_prompts..];
+    assert_eq!(retry_prompts.len(), 2, "evaluator and verifier");
+    for (_, request) in retry_prompts {
+        assert!(
+            prompt_text(request).contains(QUESTION),
+            "the retry's prompt names the question: {}",
+            prompt_text(request)
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_examiner_marks_by_hand_what_no_grader_could() {
     let llm = FakeLlm::start(|stage, body| {
         if prompt_text(body).contains("OCR is Optical") {
