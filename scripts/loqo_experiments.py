@@ -7,6 +7,12 @@ src/quality/fit_run.rs, for quick calibration experiments on a FEATURES_DUMP fil
 
 It reproduces the shipped figures exactly (same weights, gate, ridge logistic fit, rounding), then
 prints the candidate-feature / ridge experiments and their nested-CV check reported in GRADING.md.
+
+    python3 scripts/loqo_experiments.py --views /tmp/feat.jsonl /tmp/feat-without-question.jsonl
+
+compares, for questions graded without their text, the profiles fitted with question texts (what
+calibration v1 did) against the profiles fitted without them (v2), leave-one-question-out
+(GRADING.md, "Without the question's text").
 Needs numpy. Reads only the dump (features and marks), never answer text.
 """
 import json, math, sys
@@ -147,7 +153,44 @@ def nested_mohler(rows, configs):
     return pearson(p, t), float(np.sqrt(((p - t) ** 2).mean()))
 
 
+def cv_across(setname, train_rows, score_rows, feats=SHIPPED, ridge=0.001):
+    """LOQO figures of `setname` scored on `score_rows`' features by models fitted on
+    `train_rows`' (the same answers measured another way, in the same order)."""
+    items = [r for r in score_rows if r['set'] == setname and not r['neg']]
+    member = member_short if max(r['max'] for r in items) <= 3 else member_long
+    pool = samples_for(train_rows, member)
+    preds = [None] * len(items)
+    for g in sorted(set(r['group'] for r in items)):
+        m = fit([s for s in pool if g not in s['group'].split('|')], feats, ridge)
+        for i, r in enumerate(items):
+            if r['group'] == g:
+                fr = 0.0 if r['non_answer'] else predict(m, r['f'])
+                preds[i] = clamp_round(fr * r['max'], r['max'], step(r['max']))
+    p = np.array(preds); t = np.array([r['target'] for r in items])
+    return pearson(p, t), float(np.sqrt(((p - t) ** 2).mean())), float(p.mean()), float(t.mean())
+
+
+def compare_views(given_path, missing_path):
+    given, missing = load(given_path), load(missing_path)
+    assert len(given) == len(missing) and all(
+        g['q'] == m['q'] and g['target'] == m['target'] for g, m in zip(given, missing)), \
+        'the two dumps must come from one fitting run'
+    print('| set | with text, its own fit | without text, fit with texts (v1) | without text, fit without (v2) | human mean |')
+    print('|---|---|---|---|---|')
+    for s in SETS:
+        if not any(r['set'] == s for r in given):
+            continue
+        cells = []
+        for train, score in [(given, given), (given, missing), (missing, missing)]:
+            r, e, mean, human = cv_across(s, train, score)
+            cells.append(f'{r:.3f} / {e:.3f} / {mean:.2f}')
+        print(f'| {s} | ' + ' | '.join(cells) + f' | {human:.2f} |')
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == '--views':
+        compare_views(sys.argv[2], sys.argv[3])
+        return
     rows = load(sys.argv[1] if len(sys.argv) > 1 else '/tmp/feat.jsonl')
     all_rows = [r for r in rows if not r['neg']]
     present = [s for s in SETS if any(r['set'] == s for r in all_rows)]

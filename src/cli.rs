@@ -73,6 +73,10 @@ pub enum Command {
         /// Answers graded at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Leave the questions' texts out, as the contract's `qa_pairs` do: measures grading
+        /// of papers stored without question texts, and of ad hoc requests.
+        #[arg(long)]
+        without_question: bool,
     },
     /// Measure OCR engines on a folder of page images with reference transcripts (the format
     /// of shared/data/handwriting-dev: transcripts.jsonl with id, image, text): CER, WER and
@@ -562,6 +566,7 @@ pub async fn eval_grader(
     out: Option<&Path>,
     plot: Option<&Path>,
     concurrency: usize,
+    without_question: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use crate::config::GradingMode;
     let mut settings = settings.clone();
@@ -574,9 +579,14 @@ pub async fn eval_grader(
     if settings.grading.mode == Some(GradingMode::Llm) && !settings.llm_configured() {
         bail!("--mode llm needs EXAMINER_LLM_BASE_URL and EXAMINER_LLM_MODEL");
     }
-    let items = crate::quality::eval::load_jsonl(data).map_err(|e| anyhow::anyhow!(e))?;
+    let mut items = crate::quality::eval::load_jsonl(data).map_err(|e| anyhow::anyhow!(e))?;
     if items.is_empty() {
         bail!("{} has no answers", data.display());
+    }
+    if without_question {
+        for item in &mut items {
+            item.question.clear();
+        }
     }
     // Replies are memoised in memory only: a measurement must not fill the service's database.
     let (grader, _) = match settings.grading_mode() {
@@ -632,6 +642,11 @@ pub async fn eval_grader(
     json["grader"] = serde_json::Value::String(grader.name().to_string());
     json["seconds"] = serde_json::json!(seconds);
     json["answers_per_second"] = serde_json::json!(total as f64 / seconds.max(1e-9));
+    json["question_text"] = serde_json::json!(if without_question {
+        "left out"
+    } else {
+        "as in the data"
+    });
     let text = serde_json::to_string_pretty(&json)?;
     println!("{text}");
     if let Some(out) = out {

@@ -82,6 +82,7 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
             out,
             plot,
             concurrency,
+            without_question,
         } => {
             examiner::cli::eval_grader(
                 &settings,
@@ -90,6 +91,7 @@ async fn run(command: Command, settings: examiner::config::Settings) -> anyhow::
                 out.as_deref(),
                 plot.as_deref(),
                 concurrency,
+                without_question,
             )
             .await
         }

@@ -5,11 +5,11 @@
 //! answer with a model that saw any answer to the same question (leave-one-question-out), so
 //! its figures estimate performance on new questions; [`fit`] is deterministic.
 //!
-//! The shipped `calibration/local-grader-v1.json` is written by the ignored test
+//! The shipped `calibration/local-grader-v2.json` is written by the ignored test
 //! `fit_shipped_calibration` below (command in GRADING.md).
 
 use super::eval::AsagItem;
-use crate::grade::local::calibration::{Gate, Link, Profile, Term};
+use crate::grade::local::calibration::{Gate, Link, Profile, QuestionText, Term};
 use crate::grade::local::Features;
 
 /// One training example.
@@ -133,6 +133,7 @@ pub fn fit(samples: &[&Sample], opts: &FitOptions) -> Profile {
         name: String::new(),
         min_marks: 0.0,
         max_marks: f64::MAX,
+        question_text: QuestionText::Any,
         fitted_max_marks: None,
         link: opts.link,
         intercept: beta[0],

@@ -4,7 +4,8 @@
 //! Reads every `*.jsonl` of `$EXAMINER_ASAG_DIR` (default `/work/shared/data/asag-dev`) at run
 //! time, measures the local grader's features, prints leave-one-question-out figures per data
 //! set, fits the shipped profiles on all answers and writes them to `$CALIBRATION_OUT` (default
-//! `calibration/local-grader-v1.json` under the crate root). Nothing of the data is compiled in.
+//! `calibration/local-grader-v2.json` under the crate root), once for questions with their text
+//! and once without it. Nothing of the data is compiled in.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,12 @@ use super::calibrate::{cross_validate, fit, FitOptions, Sample};
 use super::eval::{eval_step, AsagItem, Report};
 use crate::embed::{default_models_dir, EmbedPool, Embedder};
 use crate::grade::clamp_and_round;
-use crate::grade::local::calibration::{Calibration, Link, Profile};
+use crate::grade::local::calibration::{Calibration, Link, Profile, QuestionText};
 use crate::grade::local::{is_non_answer, Features, LocalGrader, Pooling};
+
+/// The shipped calibration: its version (recorded with every mark it gives) and its file.
+const CALIBRATION_VERSION: &str = "local-grader-v2";
+const CALIBRATION_FILE: &str = "calibration/local-grader-v2.json";
 
 fn crate_path(p: PathBuf) -> PathBuf {
     if p.is_relative() {
@@ -195,6 +200,34 @@ fn fmt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
+/// The two ways a question reaches the grader, each with profiles of its own: with its text
+/// (the dev data as it is) and without it (the contract's `qa_pairs` carry no question text,
+/// and a stored paper may have none).
+const QUESTION_VIEWS: [QuestionText; 2] = [QuestionText::Given, QuestionText::Missing];
+
+/// The item as the grader sees it in `view`.
+fn in_view(item: &AsagItem, view: QuestionText) -> AsagItem {
+    let mut item = item.clone();
+    if view == QuestionText::Missing {
+        item.question.clear();
+    }
+    item
+}
+
+/// Suffix of a profile's name, and key of its cross-validated figures, in `view`.
+fn view_name(view: QuestionText) -> &'static str {
+    match view {
+        QuestionText::Missing => "without-question",
+        QuestionText::Given | QuestionText::Any => "with-question",
+    }
+}
+
+/// What one view's fit produced: its profiles and its leave-one-question-out figures.
+struct FittedView {
+    profiles: Vec<Profile>,
+    cv: serde_json::Value,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the model and the dev data; writes the calibration file (see GRADING.md)"]
 async fn fit_shipped_calibration() {
@@ -205,10 +238,57 @@ async fn fit_shipped_calibration() {
     };
     let grader = LocalGrader::new(pool).with_pooling(pooling);
     let sets = load_dev_sets();
+    let mut profiles = Vec::new();
+    let mut cv = serde_json::Map::new();
+    for view in QUESTION_VIEWS {
+        println!("\n## Questions {}", view_name(view).replace('-', " "));
+        let fitted = fit_view(&grader, &sets, view).await;
+        profiles.extend(fitted.profiles);
+        cv.insert(view_name(view).to_string(), fitted.cv);
+    }
+    let calibration = Calibration {
+        version: CALIBRATION_VERSION.into(),
+        embedding_model: "all-minilm-l6-v2".into(),
+        description: "Ridge logistic regression (quasi-binomial, target = human mark / max marks) on standardised \
+                      features; profile chosen by the question's total marks and by whether its text is known. \
+                      Fitted by `cargo test --release --lib fit_shipped_calibration -- --ignored --nocapture`."
+            .into(),
+        profiles,
+        cv: serde_json::Value::Object(cv),
+    };
+    let text = serde_json::to_string_pretty(&calibration).unwrap();
+    let out = std::env::var("CALIBRATION_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate_path(PathBuf::from(CALIBRATION_FILE)));
+    if std::env::var("DEV_SETS").is_ok() {
+        eprintln!("DEV_SETS is set: not writing {}", out.display());
+    } else {
+        Calibration::from_json(&text).expect("valid");
+        std::fs::write(&out, text + "\n").unwrap();
+        eprintln!("wrote {}", out.display());
+    }
+}
+
+/// Measures every dev answer as the grader sees it in `view`, prints the figures and fits that
+/// view's profiles.
+async fn fit_view(
+    grader: &LocalGrader,
+    sets: &[(String, Vec<AsagItem>)],
+    view: QuestionText,
+) -> FittedView {
+    let sets: Vec<(String, Vec<AsagItem>)> = sets
+        .iter()
+        .map(|(name, items)| {
+            (
+                name.clone(),
+                items.iter().map(|i| in_view(i, view)).collect(),
+            )
+        })
+        .collect();
     let mut all: Vec<(String, AsagItem, Features)> = Vec::new();
     for (name, items) in &sets {
         let t = std::time::Instant::now();
-        let feats = measure(&grader, items).await;
+        let feats = measure(grader, items).await;
         eprintln!(
             "{name}: {} answers measured in {:.1}s",
             items.len(),
@@ -259,7 +339,7 @@ async fn fit_shipped_calibration() {
                 taken += 1;
             }
         }
-        let feats = measure(&grader, &tasks).await;
+        let feats = measure(grader, &tasks).await;
         negatives.extend(
             tasks
                 .into_iter()
@@ -269,7 +349,10 @@ async fn fit_shipped_calibration() {
     }
     eprintln!("{} off-topic negatives measured", negatives.len());
 
-    if let Ok(dump) = std::env::var("FEATURES_DUMP") {
+    if let Some(dump) = std::env::var("FEATURES_DUMP")
+        .ok()
+        .map(|path| dump_path(&path, view))
+    {
         let mut out = String::new();
         for ((name, item, f), neg) in all
             .iter()
@@ -318,6 +401,9 @@ async fn fit_shipped_calibration() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, _) in &sets {
         let (r, how) = cv_report(&all, &train, name, &SHIPPED_FEATURES);
+        let plot_dir = std::env::var("PLOT_DIR")
+            .ok()
+            .map(|dir| Path::new(&dir).join(view_name(view)));
         let m = &r.metrics;
         let human = r.human.as_ref().map_or("-".into(), |h| {
             format!("{} / {} / {}", fmt(h.pearson), fmt(h.rmse), fmt(h.qwk))
@@ -336,22 +422,18 @@ async fn fit_shipped_calibration() {
             fmt(m.accuracy),
             fmt(m.macro_f1)
         );
-        if let Ok(dir) = std::env::var("PLOT_DIR") {
+        if let Some(dir) = plot_dir {
             let (p, h): (Vec<f64>, Vec<f64>) = r.pairs.iter().copied().unzip();
-            super::plot::write_plot(
-                Path::new(&dir).join(format!("{name}.svg")),
-                &p,
-                &h,
-                r.max_marks,
-            )
-            .unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            super::plot::write_plot(dir.join(format!("{name}.svg")), &p, &h, r.max_marks).unwrap();
         }
         let mut v = serde_json::to_value(&r).unwrap();
         v["protocol"] = serde_json::json!(how);
         cv.insert(name.clone(), v);
     }
 
-    // What each feature group adds (Mohler and the short-profile sets, leave-one-question-out).
+    // What each feature group adds (Mohler and the short-profile sets, leave-one-question-out),
+    // shown for the questions with their text, where GRADING.md's table comes from.
     let ablations: [(&str, &[&str]); 6] = [
         ("whole-answer similarity only", &["sim_whole"]),
         (
@@ -384,9 +466,16 @@ async fn fit_shipped_calibration() {
         ("lexical only", &["lex_recall", "len_ratio"]),
         ("shipped", &SHIPPED_FEATURES),
     ];
-    println!("\n| features | mohler r / rmse | scientsbank r / acc | beetle r / acc | saf_en r | asap r / qwk |");
-    println!("|---|---|---|---|---|---|");
-    for (label, fs) in ablations {
+    let ablations: &[(&str, &[&str])] = if view == QuestionText::Given {
+        &ablations
+    } else {
+        &[]
+    };
+    if !ablations.is_empty() {
+        println!("\n| features | mohler r / rmse | scientsbank r / acc | beetle r / acc | saf_en r | asap r / qwk |");
+        println!("|---|---|---|---|---|---|");
+    }
+    for &(label, fs) in ablations {
         let mut cells = Vec::new();
         for set in [
             "mohler",
@@ -421,7 +510,8 @@ async fn fit_shipped_calibration() {
         }
         let refs: Vec<&Sample> = samples.iter().collect();
         let mut p = fit(&refs, &options(&SHIPPED_FEATURES));
-        p.name = name.to_string();
+        p.name = format!("{name}-{}", view_name(view));
+        p.question_text = view;
         p.min_marks = lo;
         p.max_marks = hi;
         p.fitted_max_marks = all
@@ -443,27 +533,25 @@ async fn fit_shipped_calibration() {
         );
         profiles.push(p);
     }
-    let calibration = Calibration {
-        version: "local-grader-v1".into(),
-        embedding_model: "all-minilm-l6-v2".into(),
-        description: "Ridge logistic regression (quasi-binomial, target = human mark / max marks) on standardised \
-                      features; profile chosen by the question's total marks. Fitted by \
-                      `cargo test --release --lib fit_shipped_calibration -- --ignored --nocapture`."
-            .into(),
+    FittedView {
         profiles,
         cv: serde_json::Value::Object(cv),
-    };
-    let text = serde_json::to_string_pretty(&calibration).unwrap();
-    let out = std::env::var("CALIBRATION_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| crate_path(PathBuf::from("calibration/local-grader-v1.json")));
-    if std::env::var("DEV_SETS").is_ok() {
-        eprintln!("DEV_SETS is set: not writing {}", out.display());
-    } else {
-        Calibration::from_json(&text).expect("valid");
-        std::fs::write(&out, text + "\n").unwrap();
-        eprintln!("wrote {}", out.display());
     }
+}
+
+/// Where `view`'s features go: the given path for questions with their text, the same with
+/// `-without-question` before the extension for the others.
+fn dump_path(path: &str, view: QuestionText) -> String {
+    if view != QuestionText::Missing {
+        return path.to_string();
+    }
+    let path = Path::new(path);
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", view_name(view), ext.to_string_lossy()),
+        None => format!("{stem}-{}", view_name(view)),
+    };
+    path.with_file_name(name).to_string_lossy().into_owned()
 }
 
 /// Dumps, for every dev answer, how it matches each key point of its standard answer, beside

@@ -319,3 +319,110 @@ async fn llm_check_reports_each_backend() {
     assert!(!unconfigured.status.success());
     assert!(String::from_utf8_lossy(&unconfigured.stderr).contains("EXAMINER_LLM_BASE_URL"));
 }
+
+#[test]
+fn eval_grader_measures_the_embedded_grader_with_and_without_question_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("answers.jsonl");
+    // Made-up answers to two questions, each marked by two humans.
+    let standard = "A stack removes the most recently added item first; a queue removes the oldest item first.";
+    let other = "Photosynthesis turns light, water and carbon dioxide into glucose and oxygen.";
+    let rows = [
+        (
+            "q1",
+            "How do a stack and a queue differ?",
+            standard,
+            "A stack takes the newest item off first and a queue the oldest.",
+            [5.0, 4.0],
+        ),
+        (
+            "q1",
+            "How do a stack and a queue differ?",
+            standard,
+            "Both hold items.",
+            [1.0, 2.0],
+        ),
+        (
+            "q1",
+            "How do a stack and a queue differ?",
+            standard,
+            "I like football.",
+            [0.0, 0.0],
+        ),
+        (
+            "q2",
+            "What does photosynthesis do?",
+            other,
+            "Plants use light to make glucose and oxygen from water and carbon dioxide.",
+            [5.0, 5.0],
+        ),
+        (
+            "q2",
+            "What does photosynthesis do?",
+            other,
+            "It happens in plants.",
+            [2.0, 1.0],
+        ),
+        (
+            "q2",
+            "What does photosynthesis do?",
+            other,
+            "A queue removes the oldest item first.",
+            [0.0, 1.0],
+        ),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(q, question, reference, answer, marks)| {
+            serde_json::json!({"question_id": q, "question": question, "reference_answer": reference,
+                "student_answer": answer, "max_marks": 5, "human_marks": marks})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
+            .args(["eval-grader", "--mode", "local", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("graded 6/6"), "progress is shown: {stderr}");
+        let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        assert_eq!(printed, written, "--out holds what was printed");
+        printed
+    };
+    let with_text = run(&[], &dir.path().join("with.json"));
+    let without_text = run(&["--without-question"], &dir.path().join("without.json"));
+    for (report, question_text) in [(&with_text, "as in the data"), (&without_text, "left out")] {
+        assert_eq!(report["count"], 6, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        assert_eq!(report["question_text"], question_text, "{report}");
+        let r = report["pearson"].as_f64().expect("a correlation");
+        assert!(r > 0.5, "good answers get more marks: {report}");
+        for key in ["spearman", "rmse", "mae", "qwk", "exact", "within_one"] {
+            assert!(report[key].is_number(), "{key}: {report}");
+        }
+        assert!(report["human"]["pearson"].is_number(), "{report}");
+    }
+
+    let output = Command::new(env!("CARGO_BIN_EXE_examiner"))
+        .args(["eval-grader", "--mode", "local", "--data"])
+        .arg(dir.path().join("missing.jsonl"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.jsonl"), "{stderr}");
+}

@@ -1,6 +1,6 @@
 //! The calibration of the local grader: how features become a mark fraction.
 //!
-//! Owns the versioned JSON format of `calibration/local-grader-v1.json` (fitted by
+//! Owns the versioned JSON format of `calibration/local-grader-v2.json` (fitted by
 //! `quality::calibrate`, see GRADING.md) and its evaluation. Promises: [`Calibration::fraction`]
 //! is always in [0, 1]; a file that names an unknown feature or has no profile is rejected at
 //! load time, not at grading time. The default calibration is compiled into the binary.
@@ -11,7 +11,7 @@ use super::features::Features;
 
 /// The calibration shipped with the service (compiled in).
 pub const DEFAULT_CALIBRATION_JSON: &str =
-    include_str!("../../../calibration/local-grader-v1.json");
+    include_str!("../../../calibration/local-grader-v2.json");
 
 /// How the weighted sum of features becomes a fraction of the marks.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,12 +57,43 @@ impl Gate {
     }
 }
 
+/// Whether a profile is for questions graded with their question text or without it.
+///
+/// Without the question the features change meaning, not only value: nothing is demoted as
+/// "restating the question", so an answer that repeats the question's subject looks closer to
+/// the standard answer than it is. Such answers need weights fitted on that same view of the
+/// data (GRADING.md, "Without the question's text").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionText {
+    /// Used either way (calibration files from before the distinction).
+    #[default]
+    Any,
+    /// Only when the question's text is known.
+    Given,
+    /// Only when it is not: ad hoc grading, or a stored paper without question texts.
+    Missing,
+}
+
+impl QuestionText {
+    fn accepts(self, question_given: bool) -> bool {
+        match self {
+            QuestionText::Any => true,
+            QuestionText::Given => question_given,
+            QuestionText::Missing => !question_given,
+        }
+    }
+}
+
 /// A fitted model for questions whose total marks fall in `[min_marks, max_marks]`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Profile {
     pub name: String,
     pub min_marks: f64,
     pub max_marks: f64,
+    /// Whether it is for questions with or without their text.
+    #[serde(default, skip_serializing_if = "is_any")]
+    pub question_text: QuestionText,
     /// The largest mark scale among the answers it was fitted on. Its marks for a question
     /// worth more are an extrapolation, and are flagged as one
     /// ([`crate::model::flag::BEYOND_CALIBRATION`]). Absent: no limit is known.
@@ -79,6 +110,10 @@ pub struct Profile {
     pub fitted_on: String,
 }
 
+fn is_any(q: &QuestionText) -> bool {
+    *q == QuestionText::Any
+}
+
 /// A versioned calibration file.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Calibration {
@@ -88,8 +123,9 @@ pub struct Calibration {
     pub embedding_model: String,
     #[serde(default)]
     pub description: String,
-    /// Tried in order; the first whose mark range holds the question's total is used, and the
-    /// last one when none does.
+    /// Tried in order; the first whose mark range holds the question's total, and which is
+    /// for questions with (or without) their text as this one is, is used; when none holds the
+    /// total, the last one that fits the question text.
     pub profiles: Vec<Profile>,
     /// Cross-validated figures recorded by the fitting run (informational).
     #[serde(default)]
@@ -148,17 +184,23 @@ impl Calibration {
             .expect("the shipped calibration file is valid")
     }
 
-    /// The profile used for a question worth `total_marks`.
-    pub fn profile(&self, total_marks: f64) -> &Profile {
-        self.profiles
+    /// The profile used for a question worth `total_marks`, graded with its question text
+    /// (`question_given`) or without it.
+    pub fn profile(&self, total_marks: f64, question_given: bool) -> &Profile {
+        let mut fitting = self
+            .profiles
             .iter()
+            .filter(|p| p.question_text.accepts(question_given));
+        fitting
+            .clone()
             .find(|p| total_marks >= p.min_marks && total_marks <= p.max_marks)
+            .or_else(|| fitting.next_back())
             .unwrap_or_else(|| self.profiles.last().expect("validated non-empty"))
     }
 
     /// The mark fraction in [0, 1] for these features.
-    pub fn fraction(&self, f: &Features, total_marks: f64) -> f64 {
-        self.profile(total_marks).fraction(f)
+    pub fn fraction(&self, f: &Features, total_marks: f64, question_given: bool) -> f64 {
+        self.profile(total_marks, question_given).fraction(f)
     }
 }
 
@@ -207,8 +249,10 @@ mod tests {
         assert!(!c.version.is_empty());
         let f = Features::default();
         for total in [1.0, 3.0, 5.0, 16.0] {
-            let x = c.fraction(&f, total);
-            assert!((0.0..=1.0).contains(&x));
+            for question_given in [true, false] {
+                let x = c.fraction(&f, total, question_given);
+                assert!((0.0..=1.0).contains(&x));
+            }
         }
     }
 
@@ -229,6 +273,7 @@ mod tests {
             name: "p".into(),
             min_marks: 0.0,
             max_marks: 10.0,
+            question_text: QuestionText::Any,
             fitted_max_marks: Some(5.0),
             link: Link::Linear,
             intercept: 0.1,
@@ -264,10 +309,71 @@ mod tests {
         let fitted: Vec<_> = c
             .profiles
             .iter()
-            .map(|p| (p.name.as_str(), p.fitted_max_marks))
+            .map(|p| (p.name.as_str(), p.question_text, p.fitted_max_marks))
             .collect();
-        assert_eq!(fitted, [("short", Some(3.0)), ("long", Some(5.0))]);
-        assert!(!c.profile(5.0).extrapolates_to(5.0));
-        assert!(c.profile(16.0).extrapolates_to(16.0));
+        assert_eq!(
+            fitted,
+            [
+                ("short-with-question", QuestionText::Given, Some(3.0)),
+                ("long-with-question", QuestionText::Given, Some(5.0)),
+                ("short-without-question", QuestionText::Missing, Some(3.0)),
+                ("long-without-question", QuestionText::Missing, Some(5.0)),
+            ]
+        );
+        for question_given in [true, false] {
+            assert!(!c.profile(5.0, question_given).extrapolates_to(5.0));
+            assert!(c.profile(16.0, question_given).extrapolates_to(16.0));
+        }
+    }
+
+    #[test]
+    fn profiles_are_chosen_by_marks_and_by_whether_the_question_is_known() {
+        let profile = |name: &str, min_marks: f64, max_marks: f64, question_text| Profile {
+            name: name.into(),
+            min_marks,
+            max_marks,
+            question_text,
+            fitted_max_marks: None,
+            link: Link::Linear,
+            intercept: 0.0,
+            terms: Vec::new(),
+            gate: None,
+            fitted_on: String::new(),
+        };
+        let c = Calibration {
+            version: "v".into(),
+            embedding_model: "m".into(),
+            description: String::new(),
+            profiles: vec![
+                profile("short given", 0.0, 3.0, QuestionText::Given),
+                profile("long given", 3.5, 10.0, QuestionText::Given),
+                profile("short missing", 0.0, 3.0, QuestionText::Missing),
+                profile("long missing", 3.5, 10.0, QuestionText::Missing),
+            ],
+            cv: serde_json::Value::Null,
+        };
+        let chosen = |total, given| c.profile(total, given).name.clone();
+        assert_eq!(chosen(2.0, true), "short given");
+        assert_eq!(chosen(2.0, false), "short missing");
+        assert_eq!(chosen(5.0, true), "long given");
+        assert_eq!(chosen(5.0, false), "long missing");
+        // Outside every range: the last profile of the right view.
+        assert_eq!(chosen(3.2, true), "long given");
+        assert_eq!(chosen(30.0, false), "long missing");
+
+        // A file from before the distinction: its profiles serve both views.
+        let old = r#"{"version":"x","embedding_model":"m","profiles":[
+            {"name":"short","min_marks":0,"max_marks":3,"link":"linear","intercept":0,"terms":[]},
+            {"name":"long","min_marks":3.5,"max_marks":9,"link":"linear","intercept":0,"terms":[]}]}"#;
+        let old = Calibration::from_json(old).unwrap();
+        assert_eq!(old.profiles[0].question_text, QuestionText::Any);
+        for given in [true, false] {
+            assert_eq!(old.profile(1.0, given).name, "short");
+            assert_eq!(old.profile(5.0, given).name, "long");
+        }
+        // Written back, "any" is left out, so such files stay as they were.
+        assert!(!serde_json::to_string(&old.profiles[0])
+            .unwrap()
+            .contains("question_text"));
     }
 }

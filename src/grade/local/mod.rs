@@ -3,7 +3,7 @@
 //! Owns [`LocalGrader`], an implementation of [`Grader`] that compares the student's answer with
 //! the standard answer through sentence embeddings (all-MiniLM-L6-v2, via [`crate::embed`]) and
 //! content-word overlap, and maps those features to a mark with a calibration fitted on human
-//! marks (`calibration/local-grader-v1.json`, compiled in). Promises: marks are always within
+//! marks (`calibration/local-grader-v2.json`, compiled in). Promises: marks are always within
 //! `[0, total_marks]` on the `marks_step` grid; an empty answer gets 0 with feedback saying so;
 //! feedback names the standard answer's key points that were covered and missed; every outcome
 //! carries one Evaluator [`StageRecord`] with the features as `reply` and the calibration
@@ -299,7 +299,9 @@ impl LocalGrader {
             }
         };
         let (features, matches) = compute(&reference, &student);
-        let profile = self.calibration.profile(total);
+        let profile = self
+            .calibration
+            .profile(total, reference.question.is_some());
         let fraction = profile.fraction(&features);
         let marks = clamp_and_round(fraction * total, total, task.marks_step);
 
@@ -315,6 +317,13 @@ impl LocalGrader {
             .collect();
         let feedback = feedback_text(&covered, &missed, marks, total);
         let mut reasoning = reasoning_text(&features, &matches, fraction);
+        if reference.question.is_none() {
+            reasoning.push_str(
+                " Graded without the question's text (none was stored or sent): the marks come \
+                 from the profile fitted that way, which agrees less with human markers; store \
+                 the paper with its question texts for better estimates.",
+            );
+        }
         let extrapolated = profile.extrapolates_to(total);
         if let (true, Some(fitted)) = (extrapolated, profile.fitted_max_marks) {
             reasoning.push_str(&format!(
@@ -423,7 +432,8 @@ impl Grader for LocalGrader {
 
     fn calibrated_for(&self, total_marks: f64) -> bool {
         let total = total_marks.max(0.0);
-        !self.calibration.profile(total).extrapolates_to(total)
+        // Both views of a mark range are fitted on the same answers, so either tells.
+        !self.calibration.profile(total, true).extrapolates_to(total)
     }
 
     async fn grade(&self, task: &GradeTask) -> GradeOutcome {
@@ -607,6 +617,37 @@ mod tests {
         assert!(
             marks[3] <= 2.0 && marks[3] < marks[1] && marks[3] < marks[2],
             "{marks:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_question_without_its_text_is_marked_by_the_profile_fitted_that_way() {
+        let answer = "A stack removes the newest item first; a queue removes the oldest first.";
+        let profile_of = |o: &GradeOutcome| {
+            o.stages[0].reply.as_ref().unwrap()["profile"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let with_text = grader().grade(&task(answer)).await;
+        let mut bare = task(answer);
+        bare.question_text = None;
+        let without_text = grader().grade(&bare).await;
+        assert_eq!(profile_of(&with_text), "long-with-question");
+        assert_eq!(profile_of(&without_text), "long-without-question");
+        let says_so = |o: &GradeOutcome| {
+            o.reasoning
+                .as_deref()
+                .unwrap()
+                .contains("Graded without the question's text")
+        };
+        assert!(!says_so(&with_text));
+        assert!(says_so(&without_text));
+        // A blank text is no text.
+        bare.question_text = Some("  ".into());
+        assert_eq!(
+            profile_of(&grader().grade(&bare).await),
+            "long-without-question"
         );
     }
 
