@@ -702,9 +702,20 @@ pub(super) async fn store_evaluation(
         .iter()
         .filter(|i| i.status == ItemStatus::Failed)
         .count();
-    let message = match evaluation.status.as_str() {
-        "success" => "Evaluations completed and results returned.".to_string(),
-        "partial" => format!(
+    let nothing_answered = !evaluation.items.is_empty()
+        && evaluation
+            .items
+            .iter()
+            .all(|i| i.status == ItemStatus::NotAnswered);
+    let message = match (evaluation.status.as_str(), &evaluation.submission_id) {
+        // Most often the script has answers whose question numbers were not recognised.
+        ("success", Some(submission_id)) if nothing_answered => format!(
+            "The latest upload answers none of the paper's questions, so every question got 0. \
+             If the script has answers, their question numbers were not recognised: its text is \
+             in unassigned_text of GET /student-answers/{submission_id}."
+        ),
+        ("success", _) => "Evaluations completed and results returned.".to_string(),
+        ("partial", _) => format!(
             "{failed} of {} questions could not be graded; their marks are null and the score counts only graded questions. Retry them with POST /evaluations/{{evaluation_id}}/retry.",
             evaluation.items.len()
         ),

@@ -383,6 +383,10 @@ async fn stored_answers_are_graded(database_url: Option<&str>) {
     assert_eq!(items[1]["status"], "not_answered");
     assert_eq!(items[2]["marks_awarded"], 7.0);
     assert_eq!(body["final_score"], 11.0);
+    assert_eq!(
+        body["message"],
+        "Evaluations completed and results returned."
+    );
     let (_, stored, _) = app
         .get(&format!(
             "/evaluations/{}",
@@ -397,6 +401,33 @@ async fn stored_answers_are_graded(database_url: Option<&str>) {
     let (status, body, _) = app.post("/evaluate-answers", &other).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["status"], "failure");
+
+    // A script whose question numbers were not recognised: every question gets 0, and the
+    // message says where its text went.
+    let unnumbered = images.add(
+        "unnumbered.png",
+        "image/png",
+        png(&["The going concern concept means the business will go on."]),
+    );
+    let mut upload = upload_body(&[("img_1", &unnumbered)]);
+    upload["user_id"] = json!("USER7");
+    let (status, uploaded, _) = app.post("/upload-exam-answers", &upload).await;
+    assert_eq!(status, StatusCode::OK, "{uploaded}");
+    assert_eq!(uploaded["qa_pairs"], json!([]), "{uploaded}");
+    let mut request = request.clone();
+    request["user_id"] = json!("USER7");
+    let (status, body, _) = app.post("/evaluate-answers", &request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["final_score"], 0.0);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("answers none of the paper's questions")
+            && message.contains(&format!(
+                "unassigned_text of GET /student-answers/{}",
+                uploaded["submission_id"].as_str().unwrap()
+            )),
+        "{message}"
+    );
 }
 
 #[tokio::test]
