@@ -277,6 +277,10 @@ pub enum ItemStatus {
 pub struct EvaluationItem {
     #[schema(value_type = String, example = "1.a")]
     pub question_number: QuestionNumber,
+    /// The question as set, when the request or the stored paper gave it: graded with it,
+    /// and graded again with it by a retry.
+    #[serde(default)]
+    pub question_text: Option<String>,
     pub student_answer: String,
     pub standard_answer: String,
     pub total_marks: f64,

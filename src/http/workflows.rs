@@ -259,6 +259,11 @@ async fn upload_work(
 pub struct EvaluatePair {
     #[schema(example = "1.a")]
     pub question_number: String,
+    /// The question as set (an addition to the contract; optional). Both graders use it, the
+    /// embedded one to tell answering from restating the question. Left out: the stored
+    /// paper's, if any.
+    #[schema(example = "What is FastAPI?")]
+    pub question_text: Option<String>,
     pub student_answer: String,
     pub standard_answer: Option<String>,
     pub total_marks: Option<f64>,
@@ -440,6 +445,13 @@ async fn evaluate_work(
                         limits.max_text_chars,
                     )?;
                 }
+                if let Some(text) = &pair.question_text {
+                    validate::text(
+                        &format!("question {number}: question_text"),
+                        text,
+                        limits.max_text_chars,
+                    )?;
+                }
                 if let Some(marks) = pair.total_marks {
                     validate::marks(&format!("question {number}: total_marks"), marks)?;
                     if marks == 0.0 {
@@ -450,6 +462,8 @@ async fn evaluate_work(
                 }
                 parsed.push(PairInput {
                     question_number: number,
+                    // A blank text is no text, as in a stored paper.
+                    question_text: pair.question_text.filter(|t| !t.trim().is_empty()),
                     student_answer: pair.student_answer,
                     standard_answer: pair.standard_answer,
                     total_marks: pair.total_marks,

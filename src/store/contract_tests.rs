@@ -504,6 +504,8 @@ fn evaluation(user_id: &str, items: usize) -> NewEvaluation {
         items: (0..items)
             .map(|n| EvaluationItem {
                 question_number: number(&format!("{}", n + 1)),
+                question_text: (n % 2 == 0)
+                    .then(|| format!("What is asked in question {}?", n + 1)),
                 student_answer: format!("answer {n} with 'quotes' and \"doubles\" and ünïcode"),
                 standard_answer: "standard".into(),
                 total_marks: 5.0,

@@ -169,6 +169,7 @@ const TABLES: &[Table] = &[
             ("flags", Text),
             ("final_stage", Text),
             ("stages", Text),
+            ("question_text", Text),
         ],
         key_columns: 2,
     },

@@ -363,6 +363,7 @@ fn item_from(row: &impl Columns) -> Result<EvaluationItem, StoreError> {
     let status: String = row.col("status")?;
     Ok(EvaluationItem {
         question_number: number_col(row, "question_number")?,
+        question_text: row.col("question_text")?,
         student_answer: row.col("student_answer")?,
         standard_answer: row.col("standard_answer")?,
         total_marks: row.col("total_marks")?,
@@ -974,7 +975,7 @@ pub(super) async fn latest_submission<C: Conn + ?Sized>(
 
 // ---- evaluations ----
 
-/// Rows per multi-row INSERT of evaluation items (14 bound values each, well under SQLite's
+/// Rows per multi-row INSERT of evaluation items (15 bound values each, well under SQLite's
 /// 32,766 and PostgreSQL's 65,535).
 pub(super) const ITEM_ROWS_PER_STATEMENT: usize = 500;
 
@@ -1059,7 +1060,7 @@ fn evaluation_row<'a>(
     (sql, values)
 }
 
-const ITEM_COLUMN_COUNT: usize = 14;
+const ITEM_COLUMN_COUNT: usize = 15;
 
 /// Each item's flags as stored (a JSON list).
 fn item_flags(e: &NewEvaluation) -> Result<Vec<String>, StoreError> {
@@ -1083,7 +1084,7 @@ fn items_insert(style: Placeholder, rows: usize) -> String {
     format!(
         "INSERT INTO evaluation_items (evaluation_id, position, question_number,
              student_answer, standard_answer, total_marks, marks_awarded, llm_evaluation,
-             reasoning, status, error, flags, final_stage, stages) VALUES {}",
+             reasoning, status, error, flags, final_stage, stages, question_text) VALUES {}",
         placeholders(style, rows, ITEM_COLUMN_COUNT)
     )
 }
@@ -1112,7 +1113,8 @@ fn push_item_values<'a>(
             &item.error,
             &flags[position],
             &item.final_stage,
-            item.stages.as_text()
+            item.stages.as_text(),
+            &item.question_text
         ]);
     }
 }
@@ -1246,8 +1248,9 @@ pub(super) async fn get_evaluation<C: Conn + ?Sized>(
     };
     let items = conn
         .fetch_all(
-            "SELECT question_number, student_answer, standard_answer, total_marks, marks_awarded,
-                    llm_evaluation, reasoning, status, error, flags, final_stage, stages
+            "SELECT question_number, question_text, student_answer, standard_answer, total_marks,
+                    marks_awarded, llm_evaluation, reasoning, status, error, flags, final_stage,
+                    stages
              FROM evaluation_items WHERE evaluation_id = $1 ORDER BY position",
             args![id],
         )

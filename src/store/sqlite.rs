@@ -198,6 +198,7 @@ mod tests {
         let items = (0..items)
             .map(|n| EvaluationItem {
                 question_number: QuestionNumber::parse(&format!("{}", n + 1)).unwrap(),
+                question_text: None,
                 student_answer: format!("answer {n} {}", "x".repeat(300)),
                 standard_answer: "the standard answer".into(),
                 total_marks: 5.0,

@@ -32,6 +32,8 @@ pub enum Caller {
 #[derive(Debug, Clone)]
 pub struct PairInput {
     pub question_number: QuestionNumber,
+    /// The question as set; when left out, the stored paper's.
+    pub question_text: Option<String>,
     pub student_answer: String,
     pub standard_answer: Option<String>,
     pub total_marks: Option<f64>,
@@ -49,7 +51,8 @@ pub struct EvaluateInput {
 }
 
 /// The one place that decides whether a caller may supply its own answer key. When the
-/// paper is stored its standard answers and marks are authoritative for students.
+/// paper is stored its standard answers, marks and question texts are authoritative for
+/// students (a question text changes what the embedded grader credits, so it is part of the key).
 pub fn check_answer_key_authority(
     caller: &Caller,
     paper: Option<&QuestionPaper>,
@@ -59,12 +62,11 @@ pub fn check_answer_key_authority(
         return Ok(());
     };
     let Some(paper) = paper else {
-        if pairs
-            .iter()
-            .any(|p| p.standard_answer.is_some() || p.total_marks.is_some())
-        {
+        if pairs.iter().any(|p| {
+            p.standard_answer.is_some() || p.total_marks.is_some() || p.question_text.is_some()
+        }) {
             return Err(ApiError::Conflict(
-                "students may only be graded against a stored question paper; leave out standard_answer and total_marks".into(),
+                "students may only be graded against a stored question paper; leave out standard_answer, total_marks and question_text".into(),
             ));
         }
         return Ok(());
@@ -91,6 +93,17 @@ pub fn check_answer_key_authority(
             return Err(ApiError::Conflict(format!(
                 "question {}: the standard answer and marks of stored paper {} are authoritative; the request's differ",
                 pair.question_number, paper.question_paper_code
+            )));
+        }
+        let text_differs = pair.question_text.as_deref().is_some_and(|text| {
+            question.question_text.as_deref().map(str::trim) != Some(text.trim())
+        });
+        if text_differs {
+            return Err(ApiError::Conflict(format!(
+                "question {}: the question text of stored paper {} is authoritative; the request's differs{}",
+                pair.question_number,
+                paper.question_paper_code,
+                if question.question_text.is_none() { " (the paper has none)" } else { "" }
             )));
         }
     }
@@ -177,7 +190,10 @@ pub async fn evaluate(
                     position,
                     GradeTask {
                         question_number: pair.question_number.to_string(),
-                        question_text: stored.and_then(|q| q.question_text.clone()),
+                        question_text: pair
+                            .question_text
+                            .clone()
+                            .or_else(|| stored.and_then(|q| q.question_text.clone())),
                         student_answer: pair.student_answer.clone(),
                         standard_answer,
                         total_marks,
@@ -227,6 +243,7 @@ pub async fn evaluate(
                         position,
                         EvaluationItem {
                             question_number: question.question_number.clone(),
+                            question_text: question.question_text.clone(),
                             student_answer: String::new(),
                             standard_answer: question.standard_answer.clone(),
                             total_marks: question.total_marks,
@@ -301,15 +318,18 @@ pub async fn retry_failed(
         .as_ref()
         .and_then(|paper| paper.marks_step)
         .unwrap_or(state.settings.grading.default_marks_step);
-    // Graded again as the first time: with the stored question's text when the paper has one.
-    let question_text = |number: &QuestionNumber| {
-        paper
-            .as_ref()?
-            .questions
-            .iter()
-            .find(|q| &q.question_number == number)?
-            .question_text
-            .clone()
+    // Graded again as the first time: with the question's text it was graded with, or for
+    // items stored before that was kept, the stored question's.
+    let question_text = |item: &EvaluationItem| {
+        item.question_text.clone().or_else(|| {
+            paper
+                .as_ref()?
+                .questions
+                .iter()
+                .find(|q| q.question_number == item.question_number)?
+                .question_text
+                .clone()
+        })
     };
     let mut items = std::mem::take(&mut previous.items);
     let failed: Vec<(usize, GradeTask)> = items
@@ -321,7 +341,7 @@ pub async fn retry_failed(
                 position,
                 GradeTask {
                     question_number: item.question_number.to_string(),
-                    question_text: question_text(&item.question_number),
+                    question_text: question_text(item),
                     student_answer: item.student_answer.clone(),
                     standard_answer: item.standard_answer.clone(),
                     total_marks: item.total_marks,
@@ -610,6 +630,7 @@ fn item_from_outcome(
     };
     Ok(EvaluationItem {
         question_number,
+        question_text: task.question_text.clone(),
         student_answer: task.student_answer.clone(),
         standard_answer: task.standard_answer.clone(),
         total_marks: task.total_marks,
@@ -1034,6 +1055,7 @@ mod tests {
     fn pair(answer: Option<&str>, marks: Option<f64>) -> PairInput {
         PairInput {
             question_number: QuestionNumber::parse("1(a)").unwrap(),
+            question_text: None,
             student_answer: "x".into(),
             standard_answer: answer.map(str::to_string),
             total_marks: marks,
@@ -1061,6 +1083,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ApiError::Conflict(_)));
         assert!(check_answer_key_authority(&student, None, &[pair(Some("a"), None)]).is_err());
+
+        // The question's text is part of the key.
+        let asking = |text: &str| PairInput {
+            question_text: Some(text.into()),
+            ..pair(None, None)
+        };
+        let err = check_answer_key_authority(&student, Some(&paper), &[asking("Define assets.")])
+            .unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Conflict(m) if m.contains("the paper has none")),
+            "{err:?}"
+        );
+        let mut worded = paper.clone();
+        worded.questions[0].question_text = Some("State the accounting equation.".into());
+        assert!(check_answer_key_authority(
+            &student,
+            Some(&worded),
+            &[asking(" State the accounting equation. ")]
+        )
+        .is_ok());
+        assert!(
+            check_answer_key_authority(&student, Some(&worded), &[asking("Define assets.")])
+                .is_err()
+        );
+        assert!(check_answer_key_authority(&student, None, &[asking("Define assets.")]).is_err());
+        assert!(check_answer_key_authority(
+            &Caller::Examiner,
+            Some(&worded),
+            &[asking("Anything?")]
+        )
+        .is_ok());
         assert!(check_answer_key_authority(
             &Caller::Examiner,
             Some(&paper),

@@ -267,6 +267,7 @@ mod tests {
     ) -> EvaluationItem {
         EvaluationItem {
             question_number: QuestionNumber::parse(number).unwrap(),
+            question_text: None,
             student_answer: "answer".into(),
             standard_answer: "standard".into(),
             total_marks: 5.0,

@@ -268,6 +268,76 @@ async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did()
 }
 
 #[tokio::test]
+async fn a_request_gives_questions_their_text_and_a_retry_keeps_it() {
+    const QUESTION: &str = "What is FastAPI, and what is it for?";
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = healthy.clone();
+    let llm = FakeLlm::start(move |stage, body| {
+        let fastapi = prompt_text(body).contains("FastAPI is a modern");
+        if fastapi && !switch.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::Status(500);
+        }
+        agreeing(stage, body)
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let mut body = spec_example();
+    body["qa_pairs"][0]["question_text"] = json!(QUESTION);
+    body["qa_pairs"][1]["question_text"] = json!("  ");
+    let (status, partial, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::OK, "{partial}");
+    assert_eq!(partial["status"], "partial");
+    let asked = |request: &Value| prompt_text(request).contains(QUESTION);
+    let requests = llm.requests();
+    let (fastapi, ocr): (Vec<_>, Vec<_>) = requests
+        .iter()
+        .map(|(_, request)| request)
+        .partition(|request| prompt_text(request).contains("FastAPI is a modern"));
+    assert!(!fastapi.is_empty() && fastapi.iter().all(|r| asked(r)));
+    assert!(
+        !ocr.is_empty() && !ocr.iter().any(|r| asked(r)),
+        "a blank text is none"
+    );
+
+    let id = partial["evaluation_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
+    assert_eq!(stored["items"][0]["question_text"], QUESTION, "{stored}");
+    assert_eq!(stored["items"][1]["question_text"], Value::Null, "{stored}");
+
+    // No paper is stored: the retry has the text only from the stored evaluation.
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = llm.requests().len();
+    let (status, retried, _) = app
+        .post(&format!("/evaluations/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["evaluation"][0]["marks_awarded"], 9.0);
+    let again = &llm.requests()[before..];
+    assert_eq!(again.len(), 2, "evaluator and verifier");
+    assert!(again.iter().all(|(_, request)| asked(request)));
+    let (_, stored, _) = app
+        .get(&format!(
+            "/evaluations/{}",
+            retried["evaluation_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(stored["items"][0]["question_text"], QUESTION, "{stored}");
+
+    // Only as text.
+    let mut bad = spec_example();
+    bad["qa_pairs"][0]["question_text"] = json!(42);
+    let (status, refused, _) = app.post("/evaluate-answers", &bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("qa_pairs[0].question_text"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
 async fn an_examiner_marks_by_hand_what_no_grader_could() {
     let llm = FakeLlm::start(|stage, body| {
         if prompt_text(body).contains("OCR is Optical") {

@@ -53,6 +53,32 @@ async fn with_no_llm_the_embedded_grader_marks_answers() {
 }
 
 #[tokio::test]
+async fn the_embedded_grader_marks_with_the_question_text_when_the_request_gives_it() {
+    let app = spawn_app().await;
+    let answer = "Going concern means the business is expected to keep operating.";
+    let body = request(json!([
+        {"question_number": "1", "question_text": "Explain the going concern concept.",
+         "student_answer": answer, "standard_answer": STANDARD, "total_marks": 5},
+        {"question_number": "2", "student_answer": answer, "standard_answer": STANDARD, "total_marks": 5},
+    ]));
+    let (status, graded, _) = app.post("/evaluate-answers", &body).await;
+    assert_eq!(status, StatusCode::OK, "{graded}");
+    let id = graded["evaluation_id"].as_str().unwrap();
+    let (_, stored, _) = app.get(&format!("/evaluations/{id}")).await;
+    let profile = |n: usize| stored["items"][n]["stages"][0]["reply"]["profile"].clone();
+    assert_eq!(profile(0), "long-with-question", "{stored}");
+    assert_eq!(profile(1), "long-without-question", "{stored}");
+    let reasoning = |n: usize| {
+        stored["items"][n]["reasoning"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(!reasoning(0).contains("without the question's text"));
+    assert!(reasoning(1).contains("without the question's text"));
+}
+
+#[tokio::test]
 async fn llm_marks_far_from_the_embedded_estimate_are_flagged_for_review() {
     // An evaluator that gives full marks to everything, and a verifier that agrees.
     let llm = FakeLlm::start(|stage, body| {
