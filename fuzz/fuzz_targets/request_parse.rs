@@ -71,8 +71,8 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(QuestionNumber::parse(number.as_str()), Some(number));
             }
             check_text(&pair.student_answer);
-            if let Some(answer) = &pair.standard_answer {
-                check_text(answer);
+            for text in [&pair.standard_answer, &pair.question_text].into_iter().flatten() {
+                check_text(text);
             }
             if let Some(marks) = pair.total_marks {
                 check_marks(marks);
