@@ -241,7 +241,7 @@ async fn fit_shipped_calibration() {
     let mut profiles = Vec::new();
     let mut cv = serde_json::Map::new();
     for view in QUESTION_VIEWS {
-        println!("\n## Questions {}", view_name(view).replace('-', " "));
+        println!("\n## Questions graded {}", view_name(view));
         let fitted = fit_view(&grader, &sets, view).await;
         profiles.extend(fitted.profiles);
         cv.insert(view_name(view).to_string(), fitted.cv);
