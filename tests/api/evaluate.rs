@@ -63,6 +63,32 @@ async fn the_spec_example_is_graded_and_stored_on_postgres() {
 }
 
 /// The contract's example, on the given database (`None`: the embedded SQLite).
+/// A backend that answers 500 to the prompts `down_for` picks until the outage ends, and
+/// `grading` to the rest.
+struct Outage(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Outage {
+    async fn start(
+        down_for: impl Fn(&str) -> bool + Send + Sync + 'static,
+        grading: impl Fn(Stage, &Value) -> Reply + Send + Sync + 'static,
+    ) -> (FakeLlm, Outage) {
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = over.clone();
+        let llm = FakeLlm::start(move |stage, body| {
+            if !seen.load(std::sync::atomic::Ordering::SeqCst) && down_for(&prompt_text(body)) {
+                return Reply::Status(500);
+            }
+            grading(stage, body)
+        })
+        .await;
+        (llm, Outage(over))
+    }
+
+    fn end(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn spec_example_is_graded(database_url: Option<&str>) {
     let llm = FakeLlm::start(agreeing).await;
     let app = spawn_app_with(|s| {
@@ -183,16 +209,7 @@ async fn disagreement_goes_to_the_arbiter_whose_marks_stand() {
 
 #[tokio::test]
 async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
-    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let switch = healthy.clone();
-    let llm = FakeLlm::start(move |stage, body| {
-        let ocr_question = prompt_text(body).contains("OCR is Optical");
-        if ocr_question && !switch.load(std::sync::atomic::Ordering::SeqCst) {
-            return Reply::Status(500);
-        }
-        agreeing(stage, body)
-    })
-    .await;
+    let (llm, outage) = Outage::start(|prompt| prompt.contains("OCR is Optical"), agreeing).await;
     let app = spawn_app_with(|s| llm.configure(s)).await;
     let (status, body, _) = app.post("/evaluate-answers", &spec_example()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -203,7 +220,7 @@ async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
     assert!(body["evaluation"][1]["error"].as_str().unwrap().len() > 5);
     assert_eq!(body["final_score"], 9.0, "only graded questions count");
 
-    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.end();
     let id = body["evaluation_id"].as_str().unwrap();
     let (status, retried, _) = app
         .post(&format!("/evaluations/{id}/retry"), &json!({}))
@@ -218,18 +235,14 @@ async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
 #[tokio::test]
 async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did() {
     const QUESTION: &str = "Explain the going concern concept.";
-    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let switch = healthy.clone();
-    let llm = FakeLlm::start(move |stage, _| {
-        if !switch.load(std::sync::atomic::Ordering::SeqCst) {
-            return Reply::Status(500);
-        }
-        match stage {
+    let (llm, outage) = Outage::start(
+        |_| true,
+        |stage, _| match stage {
             Stage::Evaluator => evaluator(4.0, "Mostly right."),
             Stage::Verifier => verifier(true, 4.0),
             _ => Reply::Status(400),
-        }
-    })
+        },
+    )
     .await;
     let app = spawn_app_with(|s| llm.configure(s)).await;
     let mut catalog = crate::helpers::test_catalog();
@@ -249,7 +262,7 @@ async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did()
         .iter()
         .all(|(_, request)| prompt_text(request).contains(QUESTION)));
 
-    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.end();
     let id = failed["evaluation_id"].as_str().unwrap();
     let (status, retried, _) = app
         .post(&format!("/evaluations/{id}/retry"), &json!({}))
@@ -270,16 +283,8 @@ async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did()
 #[tokio::test]
 async fn a_request_gives_questions_their_text_and_a_retry_keeps_it() {
     const QUESTION: &str = "What is FastAPI, and what is it for?";
-    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let switch = healthy.clone();
-    let llm = FakeLlm::start(move |stage, body| {
-        let fastapi = prompt_text(body).contains("FastAPI is a modern");
-        if fastapi && !switch.load(std::sync::atomic::Ordering::SeqCst) {
-            return Reply::Status(500);
-        }
-        agreeing(stage, body)
-    })
-    .await;
+    let (llm, outage) =
+        Outage::start(|prompt| prompt.contains("FastAPI is a modern"), agreeing).await;
     let app = spawn_app_with(|s| llm.configure(s)).await;
     let mut body = spec_example();
     body["qa_pairs"][0]["question_text"] = json!(QUESTION);
@@ -305,7 +310,7 @@ async fn a_request_gives_questions_their_text_and_a_retry_keeps_it() {
     assert_eq!(stored["items"][1]["question_text"], Value::Null, "{stored}");
 
     // No paper is stored: the retry has the text only from the stored evaluation.
-    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.end();
     let before = llm.requests().len();
     let (status, retried, _) = app
         .post(&format!("/evaluations/{id}/retry"), &json!({}))
