@@ -261,7 +261,7 @@ pub struct EvaluatePair {
     pub question_number: String,
     /// The question as set (an addition to the contract; optional). Both graders use it, the
     /// embedded one to tell answering from restating the question. Left out: the stored
-    /// paper's, if any.
+    /// question's, unless the pair brings a standard answer of its own.
     #[schema(example = "What is FastAPI?")]
     pub question_text: Option<String>,
     pub student_answer: String,

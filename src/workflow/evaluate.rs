@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::grade::{grade_all, grade_into, GradeOutcome, GradeTask, Grader, StageRecord};
 use crate::http::ApiError;
 use crate::model::{
-    EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, QuestionPaper, Stages,
+    EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, Question, QuestionPaper, Stages,
 };
 use crate::segment::QuestionNumber;
 
@@ -110,6 +110,18 @@ pub fn check_answer_key_authority(
     Ok(())
 }
 
+/// The stored question's text, for a pair graded against `standard_answer` (`None`: the
+/// stored one). A pair that brings a standard answer of its own grades another question than
+/// the one stored under its number (the spec's example against the demo paper, say), which
+/// the stored text would misdescribe to both graders.
+fn stored_question_text(stored: &Question, standard_answer: Option<&str>) -> Option<String> {
+    let same_question =
+        standard_answer.is_none_or(|answer| answer.trim() == stored.standard_answer.trim());
+    same_question
+        .then(|| stored.question_text.clone())
+        .flatten()
+}
+
 /// What one evaluation request produced.
 pub struct EvaluationResult {
     pub record: EvaluationRecord,
@@ -190,10 +202,9 @@ pub async fn evaluate(
                     position,
                     GradeTask {
                         question_number: pair.question_number.to_string(),
-                        question_text: pair
-                            .question_text
-                            .clone()
-                            .or_else(|| stored.and_then(|q| q.question_text.clone())),
+                        question_text: pair.question_text.clone().or_else(|| {
+                            stored_question_text(stored?, pair.standard_answer.as_deref())
+                        }),
                         student_answer: pair.student_answer.clone(),
                         standard_answer,
                         total_marks,
@@ -322,13 +333,12 @@ pub async fn retry_failed(
     // items stored before that was kept, the stored question's.
     let question_text = |item: &EvaluationItem| {
         item.question_text.clone().or_else(|| {
-            paper
+            let stored = paper
                 .as_ref()?
                 .questions
                 .iter()
-                .find(|q| q.question_number == item.question_number)?
-                .question_text
-                .clone()
+                .find(|q| q.question_number == item.question_number)?;
+            stored_question_text(stored, Some(&item.standard_answer))
         })
     };
     let mut items = std::mem::take(&mut previous.items);

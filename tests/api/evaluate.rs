@@ -281,6 +281,53 @@ async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did()
 }
 
 #[tokio::test]
+async fn a_stored_question_text_is_used_only_for_the_stored_question() {
+    const QUESTION: &str = "Explain the going concern concept.";
+    let llm = FakeLlm::start(|stage, _| match stage {
+        Stage::Evaluator => evaluator(4.0, "Mostly right."),
+        Stage::Verifier => verifier(true, 4.0),
+        _ => Reply::Status(400),
+    })
+    .await;
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let mut catalog = crate::helpers::test_catalog();
+    catalog["question_papers"][0]["questions"][0]["question_text"] = json!(QUESTION);
+    let stored_answer = catalog["question_papers"][0]["questions"][0]["standard_answer"].clone();
+    let catalog: examiner::model::Catalog = serde_json::from_value(catalog).unwrap();
+    app.state.store.import_catalog(&catalog).await.unwrap();
+
+    // Each case grades question 1.a once: whether its prompts name the stored question.
+    let cases = [
+        ("the stored standard answer", json!(null), true),
+        ("the same standard answer sent", stored_answer, true),
+        // Another question under the same number, as the spec's example against the demo paper.
+        (
+            "a standard answer of its own",
+            json!("FastAPI is a web framework for building APIs."),
+            false,
+        ),
+    ];
+    for (n, (case, standard_answer, names_it)) in cases.into_iter().enumerate() {
+        // A different answer each time, so that no prompt is answered from the memo.
+        let mut pair = json!({"question_number": "1.a",
+            "student_answer": format!("It keeps operating ({n}).")});
+        if !standard_answer.is_null() {
+            pair["standard_answer"] = standard_answer;
+        }
+        let body = json!({"user_id": "USER123", "course_code": "CA-FND-2024",
+            "exam_code": "CA-FO-PAPER1", "question_paper_code": "QP001", "qa_pairs": [pair]});
+        let before = llm.requests().len();
+        let (status, graded, _) = app.post("/evaluate-answers", &body).await;
+        assert_eq!(status, StatusCode::OK, "{case}: {graded}");
+        let prompts = &llm.requests()[before..];
+        assert_eq!(prompts.len(), 2, "{case}");
+        for (_, request) in prompts {
+            assert_eq!(prompt_text(request).contains(QUESTION), names_it, "{case}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_request_gives_questions_their_text_and_a_retry_keeps_it() {
     const QUESTION: &str = "What is FastAPI, and what is it for?";
     let (llm, outage) =
