@@ -319,9 +319,10 @@ impl LocalGrader {
         let mut reasoning = reasoning_text(&features, &matches, fraction);
         if reference.question.is_none() {
             reasoning.push_str(
-                " Graded without the question's text (none was stored or sent): the marks come \
-                 from the profile fitted that way, which agrees less with human markers; store \
-                 the paper with its question texts for better estimates.",
+                " Graded without the question's text (the request sent none and no stored question \
+                 applied): the marks come from the profile fitted that way, which agrees less \
+                 with human markers; send question_text, or store the question with its text, \
+                 for better estimates.",
             );
         }
         let extrapolated = profile.extrapolates_to(total);
