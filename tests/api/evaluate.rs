@@ -232,23 +232,30 @@ async fn a_failing_backend_never_invents_marks_and_failures_can_be_retried() {
     assert_eq!(retried["final_score"], 15.0);
 }
 
+/// An evaluator giving 4 marks and a verifier agreeing.
+fn four_of_five(stage: Stage, _: &Value) -> Reply {
+    match stage {
+        Stage::Evaluator => evaluator(4.0, "Mostly right."),
+        Stage::Verifier => verifier(true, 4.0),
+        _ => Reply::Status(400),
+    }
+}
+
+/// A service grading with `llm`, its test catalog's question 1.a stored as `question`.
+async fn app_asking(llm: &FakeLlm, question: &str) -> crate::helpers::TestApp {
+    let app = spawn_app_with(|s| llm.configure(s)).await;
+    let mut catalog = crate::helpers::test_catalog();
+    catalog["question_papers"][0]["questions"][0]["question_text"] = json!(question);
+    let catalog: examiner::model::Catalog = serde_json::from_value(catalog).unwrap();
+    app.state.store.import_catalog(&catalog).await.unwrap();
+    app
+}
+
 #[tokio::test]
 async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did() {
     const QUESTION: &str = "Explain the going concern concept.";
-    let (llm, outage) = Outage::start(
-        |_| true,
-        |stage, _| match stage {
-            Stage::Evaluator => evaluator(4.0, "Mostly right."),
-            Stage::Verifier => verifier(true, 4.0),
-            _ => Reply::Status(400),
-        },
-    )
-    .await;
-    let app = spawn_app_with(|s| llm.configure(s)).await;
-    let mut catalog = crate::helpers::test_catalog();
-    catalog["question_papers"][0]["questions"][0]["question_text"] = json!(QUESTION);
-    let catalog: examiner::model::Catalog = serde_json::from_value(catalog).unwrap();
-    app.state.store.import_catalog(&catalog).await.unwrap();
+    let (llm, outage) = Outage::start(|_| true, four_of_five).await;
+    let app = app_asking(&llm, QUESTION).await;
 
     let body = json!({"user_id": "USER123", "course_code": "CA-FND-2024", "exam_code": "CA-FO-PAPER1",
         "question_paper_code": "QP001",
@@ -283,18 +290,11 @@ async fn a_retry_grades_with_the_stored_question_text_as_the_first_attempt_did()
 #[tokio::test]
 async fn a_stored_question_text_is_used_only_for_the_stored_question() {
     const QUESTION: &str = "Explain the going concern concept.";
-    let llm = FakeLlm::start(|stage, _| match stage {
-        Stage::Evaluator => evaluator(4.0, "Mostly right."),
-        Stage::Verifier => verifier(true, 4.0),
-        _ => Reply::Status(400),
-    })
-    .await;
-    let app = spawn_app_with(|s| llm.configure(s)).await;
-    let mut catalog = crate::helpers::test_catalog();
-    catalog["question_papers"][0]["questions"][0]["question_text"] = json!(QUESTION);
-    let stored_answer = catalog["question_papers"][0]["questions"][0]["standard_answer"].clone();
-    let catalog: examiner::model::Catalog = serde_json::from_value(catalog).unwrap();
-    app.state.store.import_catalog(&catalog).await.unwrap();
+    let llm = FakeLlm::start(four_of_five).await;
+    let app = app_asking(&llm, QUESTION).await;
+    let stored_answer = crate::helpers::test_catalog()["question_papers"][0]["questions"][0]
+        ["standard_answer"]
+        .clone();
 
     // Each case grades question 1.a once: whether its prompts name the stored question.
     let cases = [
