@@ -149,10 +149,7 @@ pub async fn evaluate(
             )));
         }
     }
-    let marks_step = paper
-        .as_ref()
-        .and_then(|p| p.marks_step)
-        .unwrap_or(state.settings.grading.default_marks_step);
+    let marks_step = marks_step(state, paper.as_ref());
 
     // The items that need no grader (unanswered questions) and the tasks that do, each with
     // its position in the final list.
@@ -325,10 +322,7 @@ pub async fn retry_failed(
         .store
         .get_question_paper(&previous.question_paper_code)
         .await?;
-    let marks_step = paper
-        .as_ref()
-        .and_then(|paper| paper.marks_step)
-        .unwrap_or(state.settings.grading.default_marks_step);
+    let marks_step = marks_step(state, paper.as_ref());
     // Graded again as the first time: with the question's text it was graded with, or for
     // items stored before that was kept, the stored question's.
     let question_text = |item: &EvaluationItem| {
@@ -381,9 +375,14 @@ pub(super) async fn marks_step_of(
     question_paper_code: &str,
 ) -> Result<f64, ApiError> {
     let stored = state.store.get_question_paper(question_paper_code).await?;
-    Ok(stored
+    Ok(marks_step(state, stored.as_ref()))
+}
+
+/// [`marks_step_of`] for a paper already read (`None`: not stored).
+fn marks_step(state: &AppState, paper: Option<&QuestionPaper>) -> f64 {
+    paper
         .and_then(|paper| paper.marks_step)
-        .unwrap_or(state.settings.grading.default_marks_step))
+        .unwrap_or(state.settings.grading.default_marks_step)
 }
 
 /// The embedded grader's second opinion on one question.

@@ -26,7 +26,7 @@ pub use calibration::Calibration;
 pub use features::{Features, KeyPointMatch};
 
 use features::{compute, prepare_tokens, reference_words, KeyPoint, Reference, Student};
-use text::{content_bigrams, content_words, shorten, split_pieces, Abbreviations};
+use text::{answer_words, content_bigrams, content_words, shorten, split_pieces, Abbreviations};
 
 /// Recorded as the stage's model.
 pub const MODEL_NAME: &str = "local:all-minilm-l6-v2";
@@ -197,9 +197,7 @@ impl LocalGrader {
         priority: Priority,
     ) -> Result<Student, EmbedError> {
         let pieces = split_pieces(answer);
-        let words = content_words(answer);
-        let bigrams = content_bigrams(answer);
-        let abbreviations = Abbreviations::of(answer);
+        let (words, bigrams, abbreviations) = answer_words(answer);
         match self.pooling {
             Pooling::Spans => {
                 let spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.start, p.end)).collect();

@@ -125,10 +125,23 @@ fn content_of<T: AsRef<str>>(tokens: impl Iterator<Item = T>) -> impl Iterator<I
 /// Adjacent pairs of content words (stop words dropped, stemmed), in reading order: a cheap
 /// signal that words are used together as in the standard answer, not just present.
 pub fn content_bigrams(s: &str) -> HashSet<(String, String)> {
-    let seq: Vec<String> = content_of(tokens(s)).collect();
-    seq.windows(2)
+    pairs(&content_of(tokens(s)).collect::<Vec<_>>())
+}
+
+fn pairs(sequence: &[String]) -> HashSet<(String, String)> {
+    sequence
+        .windows(2)
         .map(|w| (w[0].clone(), w[1].clone()))
         .collect()
+}
+
+/// A student answer's [`content_words`], [`content_bigrams`] and [`Abbreviations`], from one
+/// pass over its tokens: every graded answer needs all three.
+pub fn answer_words(answer: &str) -> (HashSet<String>, HashSet<(String, String)>, Abbreviations) {
+    let abbreviations = Abbreviations::of(answer);
+    let sequence: Vec<String> = content_of(abbreviations.words.iter()).collect();
+    let bigrams = pairs(&sequence);
+    (sequence.into_iter().collect(), bigrams, abbreviations)
 }
 
 /// A very light English suffix stripper: enough to match "stacks"/"stack", "inserted"/"insert",
@@ -352,6 +365,20 @@ mod tests {
             assert!(found.contains(&stem(word)), "{word}: {found:?}");
         }
         assert!(!found.contains(&stem("scanned")), "{found:?}");
+    }
+
+    #[test]
+    fn one_pass_over_an_answer_gives_what_the_separate_ones_do() {
+        for answer in [
+            "The stacks are pushed onto a list: LIFO, last in first out!",
+            "",
+            "OCR is Optical Character Recognition.",
+        ] {
+            let (words, bigrams, abbreviations) = answer_words(answer);
+            assert_eq!(words, content_words(answer), "{answer}");
+            assert_eq!(bigrams, content_bigrams(answer), "{answer}");
+            assert_eq!(abbreviations, Abbreviations::of(answer), "{answer}");
+        }
     }
 
     #[test]
