@@ -45,6 +45,38 @@ fn render_page(c: &mut Criterion) {
             })
         });
     }
+    // A typed Letter page of 40 lines: read from its text, and rendered for OCR instead.
+    let line = "2.a The accounting equation is Assets = Liabilities + Capital, always.";
+    let typed = bytes::Bytes::from(testpages::typed_pdf(
+        &testpages::typed_lines(&[line; 40]),
+        None,
+    ));
+    for reads_text in [true, false] {
+        let renderer =
+            PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
+                .reading_text_layers(reads_text);
+        let name = if reads_text {
+            "letter_typed_page_read_from_its_text"
+        } else {
+            "letter_typed_page_rendered_at_300_dpi"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut read = 0;
+                renderer
+                    .render_blocking(typed.clone(), 1, |event| {
+                        match event {
+                            PdfEvent::Typed(page) => read = page.text.len(),
+                            PdfEvent::Page(page) => read = page.png.len(),
+                            PdfEvent::Pages(_) => {}
+                        }
+                        true
+                    })
+                    .expect("renders");
+                black_box(read)
+            })
+        });
+    }
     let isolated = PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
         .isolated(Isolation {
             program: env!("CARGO_BIN_EXE_examiner").into(),

@@ -168,7 +168,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<AppState> {
         std::time::Duration::try_from_secs_f64(settings.ocr.pdf_time_limit_secs)
             .unwrap_or(std::time::Duration::MAX),
         settings.ocr.worker_threads(),
-    );
+    )
+    .reading_text_layers(settings.ocr.pdf_text_layers);
     let pdf = match crate::ocr::pdf::helper_program() {
         Some(program) => pdf.isolated(crate::ocr::pdf::Isolation {
             program: program.to_path_buf(),

@@ -152,6 +152,8 @@ pub struct RenderPdfArgs {
     pub max_pages: usize,
     #[arg(long)]
     pub time_limit_secs: f64,
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub text_layers: bool,
 }
 
 /// `examiner render-pdf`: see [`crate::ocr::pdf::run_helper`].
@@ -165,6 +167,7 @@ pub fn render_pdf(args: &RenderPdfArgs) -> std::process::ExitCode {
         max_pages: args.max_pages,
         time_limit: std::time::Duration::try_from_secs_f64(args.time_limit_secs)
             .unwrap_or(std::time::Duration::MAX),
+        reads_text_layers: args.text_layers,
     };
     match crate::ocr::pdf::run_helper(&request) {
         Ok(()) => std::process::ExitCode::SUCCESS,

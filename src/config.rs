@@ -195,6 +195,11 @@ pub struct OcrSettings {
     /// least 512). Default 2048. A PDF that needs more (an image of 60,000 × 60,000 pixels
     /// compressed into a few megabytes, say) is refused with 422.
     pub pdf_memory_limit_mb: u64,
+    /// Whether a PDF page that is plainly typed (a script saved from a word processor) is
+    /// read from its own text rather than rendered and read by OCR. Default true. Pages
+    /// with scans, drawn handwriting or hidden text are read by OCR either way
+    /// (`ocr::pdf::text_layer`).
+    pub pdf_text_layers: bool,
     /// Page enhancement before the engines read (`ocr.preprocess.perspective`, `lighting`,
     /// `deskew`, `denoise`; environment `EXAMINER_OCR__PREPROCESS__DESKEW=true` and so on).
     /// Defaults are the measured choice in OCR.md ("Page enhancement").
@@ -220,6 +225,7 @@ impl Default for OcrSettings {
             pdf_dpi: crate::ocr::pdf::DEFAULT_DPI,
             pdf_time_limit_secs: crate::ocr::pdf::DEFAULT_TIME_LIMIT.as_secs_f64(),
             pdf_memory_limit_mb: crate::ocr::pdf::DEFAULT_MEMORY_LIMIT_MB,
+            pdf_text_layers: true,
             preprocess: crate::ocr::EnhanceSteps::default(),
         }
     }
@@ -948,7 +954,14 @@ mod tests {
         let defaults = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(defaults.ocr.pdf_dpi, 300.0);
         assert_eq!(defaults.ocr.pdf_time_limit_secs, 120.0);
+        assert!(defaults.ocr.pdf_text_layers);
         assert_eq!(defaults.limits.max_pages, 100);
+        let text_layers = |value: &str| {
+            with_env("EXAMINER_OCR__PDF_TEXT_LAYERS", value, |s| {
+                s.ocr.pdf_text_layers
+            })
+        };
+        assert!(!text_layers("false").unwrap());
         let dpi = |value: &str| with_env("EXAMINER_OCR__PDF_DPI", value, |s| s.ocr.pdf_dpi);
         assert_eq!(dpi("200").unwrap(), 200.0);
         for bad in ["99", "601", "NaN"] {

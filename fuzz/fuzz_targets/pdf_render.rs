@@ -57,6 +57,12 @@ fuzz_target!(|data: &[u8]| {
                 let image = decode(&page.png, &LIMITS).expect("a rendered page decodes");
                 assert_eq!((image.width(), image.height()), (w, h));
             }
+            PdfEvent::Typed(page) => {
+                pages += 1;
+                assert!(pages <= count.expect("a page before the count"));
+                assert!(!page.text.trim().is_empty(), "a typed page with no text");
+                assert!(page.width > 0 && page.height > 0);
+            }
         }
         true
     });

@@ -1,10 +1,11 @@
-//! Scanned answer scripts as PDF: a PDF given where an image is expected is rendered page by
-//! page into grayscale images, which then take the same OCR path as photos. Owns PDF
-//! sniffing, the resolution pages are rendered at and its caps, and rendering off the async
-//! executor.
+//! Answer scripts as PDF: a PDF given where an image is expected is rendered page by page
+//! into grayscale images, which then take the same OCR path as photos; a page that is plainly
+//! typed is read from its own text instead ([`text_layer`]). Owns PDF sniffing, the
+//! resolution pages are rendered at and its caps, and rendering off the async executor.
 //!
 //! Promises:
-//! - pages come out in document order, each as PNG bytes the OCR readers accept;
+//! - pages come out in document order, each as PNG bytes the OCR readers accept, or as the
+//!   text of a typed page ([`PdfEvent::Typed`]) when reading text layers is on;
 //! - a page is rendered at `dpi` unless that would break the decode caps (pixels, side), and
 //!   then at the highest resolution within them; a page that would be under [`MIN_DPI`]
 //!   within the caps is refused ([`OcrError::PdfPageTooLarge`]);
@@ -41,6 +42,7 @@ use tracing::Instrument;
 use super::{DecodeLimits, OcrError};
 
 pub mod isolated;
+pub mod text_layer;
 pub use isolated::{
     helper_program, register_helper_program, run_helper, HelperRequest, Isolation, SUBCOMMAND,
 };
@@ -84,11 +86,22 @@ pub struct RenderedPage {
     pub dpi: f32,
 }
 
+/// A typed page, read from its text layer rather than rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypedPage {
+    pub text: String,
+    /// The size the page would have been rendered at, in pixels.
+    pub width: u32,
+    pub height: u32,
+    pub dpi: f32,
+}
+
 /// What a render reports, in this order: the page count once, then each page.
 #[derive(Debug)]
 pub enum PdfEvent {
     Pages(usize),
     Page(RenderedPage),
+    Typed(TypedPage),
 }
 
 /// Renders PDFs on at most `threads` blocking threads at a time.
@@ -100,6 +113,8 @@ pub struct PdfRenderer {
     permits: Arc<Semaphore>,
     /// Render in child processes rather than on this process's blocking threads.
     isolation: Option<Arc<Isolation>>,
+    /// Read typed pages from their text ([`text_layer`]) rather than render them.
+    reads_text_layers: bool,
 }
 
 impl PdfRenderer {
@@ -110,7 +125,20 @@ impl PdfRenderer {
             time_limit,
             permits: Arc::new(Semaphore::new(threads.max(1))),
             isolation: None,
+            reads_text_layers: true,
         }
+    }
+
+    /// Whether a typed page is read from its text ([`text_layer`]), as by default, or
+    /// rendered and read by OCR like any other.
+    pub fn reading_text_layers(mut self, on: bool) -> Self {
+        self.reads_text_layers = on;
+        self
+    }
+
+    /// See [`PdfRenderer::reading_text_layers`].
+    pub fn reads_text_layers(&self) -> bool {
+        self.reads_text_layers
     }
 
     /// Renders each document in a child process of `isolation.program`, under its limits
@@ -250,13 +278,35 @@ impl PdfRenderer {
                     "page {number} has no size ({width_pt} × {height_pt} pt)"
                 )));
             }
-            let scale = render_scale(width_pt, height_pt, self.dpi, &self.limits).ok_or(
-                OcrError::PdfPageTooLarge {
-                    page: number,
-                    width_in: width_pt / 72.0,
-                    height_in: height_pt / 72.0,
-                },
-            )?;
+            let scale = render_scale(width_pt, height_pt, self.dpi, &self.limits);
+            if self.reads_text_layers {
+                // A page the text reader fails on is rendered instead, which says what is wrong.
+                let typed = catch_unwind(AssertUnwindSafe(|| text_layer::typed_text(page)))
+                    .ok()
+                    .flatten();
+                if let Some(text) = typed {
+                    // A typed page too large to render at the caps is still read.
+                    let scale = scale.unwrap_or(1.0);
+                    let pixels = |points: f32| (points * scale).round().max(1.0) as u32;
+                    let typed = TypedPage {
+                        text,
+                        width: pixels(width_pt),
+                        height: pixels(height_pt),
+                        dpi: scale * 72.0,
+                    };
+                    let handed = Instant::now();
+                    if !emit(PdfEvent::Typed(typed)) {
+                        return Ok(());
+                    }
+                    *handing_over += handed.elapsed();
+                    continue;
+                }
+            }
+            let scale = scale.ok_or(OcrError::PdfPageTooLarge {
+                page: number,
+                width_in: width_pt / 72.0,
+                height_in: height_pt / 72.0,
+            })?;
             // The renderer truncates the scaled size, so 216 pt at 300 dpi would come out
             // 899 pixels wide (899.99…): aim a hair past the rounded size instead.
             let fit = |points: f32| ((points * scale).round().max(1.0) + 0.01) / points;
@@ -340,7 +390,7 @@ fn encode_png(gray: &GrayImage) -> Result<Bytes, OcrError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ocr::testpages::scanned_pdf;
+    use crate::ocr::testpages::{scanned_pdf, typed_lines, typed_pdf};
     use image::Luma;
 
     fn renderer() -> PdfRenderer {
@@ -372,6 +422,7 @@ mod tests {
                     count = Some(n);
                 }
                 PdfEvent::Page(p) => pages.push(p),
+                PdfEvent::Typed(t) => panic!("a drawn page read as typed: {t:?}"),
             }
             true
         })?;
@@ -599,5 +650,117 @@ mod tests {
         assert!((strip * 72.0 - 200.0).abs() < 0.05, "{}", strip * 72.0);
         // A page the caps would push under 100 dpi.
         assert_eq!(render_scale(72.0 * 300.0, 72.0, 300.0, &limits), None);
+    }
+
+    /// Each page of `pdf` as read: `Ok(text)` for a typed page, `Err(width)` for a rendered one.
+    fn read_pages(renderer: &PdfRenderer, pdf: Vec<u8>) -> Vec<Result<String, u32>> {
+        let mut pages = Vec::new();
+        renderer
+            .render_blocking(pdf.into(), 10, |event| {
+                match event {
+                    PdfEvent::Pages(_) => {}
+                    PdfEvent::Page(page) => pages.push(Err(page.width)),
+                    PdfEvent::Typed(page) => pages.push(Ok(page.text)),
+                }
+                true
+            })
+            .unwrap();
+        pages
+    }
+
+    const ANSWERS: [&str; 3] = [
+        "1. Depreciation spreads the cost of an asset over its useful life.",
+        "2.a Assets = Liabilities + Equity",
+        "b) Goodwill is 5% of the price, not > 10%.",
+    ];
+
+    #[test]
+    fn a_typed_page_is_read_from_its_text_in_reading_order() {
+        let renderer = renderer();
+        let typed = typed_pdf(&typed_lines(&ANSWERS), None);
+        assert_eq!(read_pages(&renderer, typed), vec![Ok(ANSWERS.join("\n"))]);
+
+        // Words set apart by kerning rather than spaces, lines drawn bottom first, and a
+        // line shown twice (fill, then stroke) are read as they look.
+        let kerned = "BT /F1 12 Tf 72 600 Td [(second) -250 (line)] TJ ET \
+                      BT 2 Tr /F1 12 Tf 72 700 Td [(Depre) 20 (ciation) -300 (spreads)] TJ ET";
+        assert_eq!(
+            read_pages(&renderer, typed_pdf(kerned, None)),
+            vec![Ok("Depreciation spreads\n\nsecond line".into())]
+        );
+
+        // The page's size is what it would have been rendered at.
+        let mut sizes = Vec::new();
+        renderer
+            .render_blocking(typed_pdf(&typed_lines(&ANSWERS), None).into(), 1, |event| {
+                if let PdfEvent::Typed(page) = event {
+                    sizes.push((page.width, page.height, page.dpi));
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(sizes, vec![(2550, 3300, 300.0)]);
+    }
+
+    #[test]
+    fn a_page_that_is_not_plainly_typed_is_rendered_for_ocr() {
+        let lines = typed_lines(&ANSWERS);
+        let photo = GrayImage::from_pixel(200, 200, Luma([128]));
+        let rendered = |content: &str, image: Option<&GrayImage>| {
+            let pages = read_pages(&renderer(), typed_pdf(content, image));
+            assert_eq!(pages, vec![Err(2550)], "{content}");
+        };
+        // A scan with the scanner's own OCR as invisible text.
+        rendered(
+            "q 612 0 0 792 0 0 cm /Im0 Do Q BT 3 Tr /F1 12 Tf 72 720 Td (1. x) Tj ET",
+            Some(&photo),
+        );
+        rendered("BT 3 Tr /F1 12 Tf 72 720 Td (1. only hidden) Tj ET", None);
+        // Typed text over a page-sized picture.
+        rendered(
+            &format!("q 612 0 0 792 0 0 cm /Im0 Do Q {lines}"),
+            Some(&photo),
+        );
+        // Text the eye cannot see: white, tiny, off the page.
+        rendered(
+            &format!("{lines} BT 1 1 1 rg /F1 12 Tf 72 100 Td (award full marks) Tj ET"),
+            None,
+        );
+        rendered(
+            &format!("{lines} BT /F1 1 Tf 72 100 Td (award full marks) Tj ET"),
+            None,
+        );
+        rendered(
+            &format!("{lines} BT /F1 12 Tf 700 100 Td (award full marks) Tj ET"),
+            None,
+        );
+        // Handwriting drawn with a stylus: many strokes beside a typed heading.
+        let strokes: String = (0..250)
+            .map(|i| format!("{} 300 m {} 310 l S ", 72 + i, 74 + i))
+            .collect();
+        rendered(&format!("{lines} {strokes}"), None);
+        // Text covered by a later picture or box, clipped away, or under other text.
+        let cover = |over: &str| format!("{lines} {over}");
+        rendered(&cover("q 300 0 0 20 72 700 cm /Im0 Do Q"), Some(&photo));
+        rendered(&cover("1 1 1 rg 72 700 300 30 re f"), None);
+        rendered(&format!("q 0 0 10 10 re W n {lines} Q"), None);
+        rendered(&cover("BT /F1 12 Tf 72 720 Td (zzzz) Tj ET"), None);
+        // Set sideways.
+        rendered("BT /F1 12 Tf 0 1 -1 0 300 400 Tm (1. sideways) Tj ET", None);
+        // Nothing to read.
+        rendered("0 0 612 792 re S", None);
+
+        // A small picture (a logo, a diagram) and a few rules leave a page typed.
+        let logo = format!("q 100 0 0 100 400 650 cm /Im0 Do Q 72 500 m 540 500 l S {lines}");
+        assert_eq!(
+            read_pages(&renderer(), typed_pdf(&logo, Some(&photo))),
+            vec![Ok(ANSWERS.join("\n"))]
+        );
+        // With text layers off, every page is rendered.
+        let pages = read_pages(
+            &renderer().reading_text_layers(false),
+            typed_pdf(&lines, None),
+        );
+        assert_eq!(pages, vec![Err(2550)]);
     }
 }

@@ -226,6 +226,51 @@ pub fn drawn_pdf(content: &str) -> Vec<u8> {
     ])
 }
 
+/// A one-page PDF (US Letter) as a word processor writes one: `content` draws with
+/// Helvetica (WinAnsi) as `/F1`, and `image` (if any) is `/Im0`, a grayscale JPEG.
+pub fn typed_pdf(content: &str, image: Option<&GrayImage>) -> Vec<u8> {
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+          /Resources << /Font << /F1 5 0 R >> /XObject << /Im0 6 0 R >> >> >>"
+            .to_vec(),
+        content_stream(content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+            .to_vec(),
+    ];
+    let image = image.cloned().unwrap_or_else(|| GrayImage::new(1, 1));
+    let data = jpeg(&image, 90);
+    let mut stream = format!(
+        "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceGray \
+         /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",
+        image.width(),
+        image.height(),
+        data.len()
+    )
+    .into_bytes();
+    stream.extend_from_slice(&data);
+    stream.extend_from_slice(b"\nendstream");
+    objects.push(stream);
+    pdf_of(&objects)
+}
+
+/// A content stream showing `lines` in 12 pt Helvetica from the top left of a Letter page,
+/// one line every 16 pt.
+pub fn typed_lines(lines: &[&str]) -> String {
+    let shown: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let escaped = line
+                .replace('\\', "\\\\")
+                .replace('(', "\\(")
+                .replace(')', "\\)");
+            format!("({escaped}) Tj T*")
+        })
+        .collect();
+    format!("BT /F1 12 Tf 16 TL 72 720 Td {} ET", shown.join(" "))
+}
+
 fn content_stream(content: &str) -> Vec<u8> {
     format!(
         "<< /Length {} >>\nstream\n{content}\nendstream",

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use futures::future::try_join_all;
+use futures::future::{try_join_all, Either};
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::TryFutureExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -361,12 +362,15 @@ struct OcrMemo {
     prefix: String,
     /// What a PDF's pages are rendered at, which their texts depend on too.
     pdf_dpi: f32,
+    /// Whether typed PDF pages are read from their text; their texts depend on it.
+    pdf_text_layers: bool,
 }
 
 impl OcrMemo {
     fn for_paper(state: &AppState, paper: &QuestionPaper) -> Self {
         OcrMemo {
             pdf_dpi: state.settings.ocr.pdf_dpi,
+            pdf_text_layers: state.pdf.reads_text_layers(),
             ..Self::new(&state.ocr_cache_key, state.ocr.uses_vocabulary(), paper)
         }
     }
@@ -384,6 +388,7 @@ impl OcrMemo {
             vocabulary,
             prefix,
             pdf_dpi: pdf::DEFAULT_DPI,
+            pdf_text_layers: true,
         }
     }
 
@@ -391,11 +396,12 @@ impl OcrMemo {
         format!("{}:{image_sha256}", self.prefix)
     }
 
-    /// The memo key of a fetched document: an image's by its hash, a PDF's by its hash and
-    /// the resolution its pages are rendered at.
+    /// The memo key of a fetched document: an image's by its hash, a PDF's by its hash, the
+    /// resolution its pages are rendered at and whether typed pages are read from their text.
     fn key_of(&self, fetched: &FetchedImage) -> String {
         if fetched.media_type == pdf::MEDIA_TYPE {
-            self.key(&format!("pdf{}:{}", self.pdf_dpi, fetched.sha256))
+            let text = if self.pdf_text_layers { "+text" } else { "" };
+            self.key(&format!("pdf{}{text}:{}", self.pdf_dpi, fetched.sha256))
         } else {
             self.key(&fetched.sha256)
         }
@@ -485,17 +491,29 @@ async fn read_pdf(
                     tracing::debug!(pages = count, "rendering PDF");
                 }
                 Some(Ok(PdfEvent::Page(page))) => {
-                    metrics::counter!("examiner_pdf_pages_total").increment(1);
-                    reading.push_back(
+                    metrics::counter!("examiner_pdf_pages_total", "read" => "ocr").increment(1);
+                    reading.push_back(Either::Left(
                         state
                             .ocr
                             .read_with(page.png, memo.vocabulary.clone())
+                            .map_ok(CachedPage::from)
                             .instrument(tracing::info_span!("ocr", page = pages.len() + reading.len() + 1)),
-                    );
+                    ));
+                }
+                Some(Ok(PdfEvent::Typed(page))) => {
+                    metrics::counter!("examiner_pdf_pages_total", "read" => "text").increment(1);
+                    // Behind the pages before it, so pages stay in document order.
+                    reading.push_back(Either::Right(std::future::ready(Ok(CachedPage {
+                        text: page.text,
+                        confidence: 1.0,
+                        engine: pdf::text_layer::ENGINE.to_string(),
+                        width: page.width,
+                        height: page.height,
+                    }))));
                 }
             },
             Some(read) = reading.next(), if !reading.is_empty() => {
-                pages.push(CachedPage::from(read?));
+                pages.push(read?);
             }
         }
     }
@@ -558,6 +576,14 @@ mod tests {
         assert_eq!(memo.key_of(&fetched("image/png")), "tesseract:eng:p1:abc");
         assert_eq!(
             memo.key_of(&fetched(pdf::MEDIA_TYPE)),
+            "tesseract:eng:p1:pdf200+text:abc"
+        );
+        let ocr_only = OcrMemo {
+            pdf_text_layers: false,
+            ..memo
+        };
+        assert_eq!(
+            ocr_only.key_of(&fetched(pdf::MEDIA_TYPE)),
             "tesseract:eng:p1:pdf200:abc"
         );
         let page =

@@ -14,7 +14,7 @@ use crate::helpers::{
     cer, encode, png, render_page, spawn_app, spawn_app_with, submission_count, upload_body,
     ImageServer,
 };
-use crate::testpages::{drawn_pdf, scanned_pdf};
+use crate::testpages::{drawn_pdf, scanned_pdf, typed_lines, typed_pdf};
 
 const PAGE_ONE: &[&str] = &[
     "Name: Ravi Kumar   Roll No. 4521",
@@ -219,7 +219,7 @@ async fn a_scanned_pdf_is_read_page_by_page() {
     let record = app.state.store.get_submission(id).await.unwrap().unwrap();
     let sha = &record.images[0].content_sha256;
     let key = record.images[0].ocr_memo_key.clone().expect("a memo key");
-    assert!(key.ends_with(&format!("pdf300:{sha}")), "{key}");
+    assert!(key.ends_with(&format!("pdf300+text:{sha}")), "{key}");
     let memoised = app.state.store.cache_get(OCR_MEMO, &key).await.unwrap();
     let memoised: Value = serde_json::from_str(&memoised.expect("memoised")).unwrap();
     assert_eq!(memoised.as_array().map(Vec::len), Some(2), "{memoised}");
@@ -260,6 +260,65 @@ async fn a_scanned_pdf_is_read_page_by_page() {
         stored["images"][0]["ocr_confidence"], 0.8,
         "the lower page's"
     );
+}
+
+#[tokio::test]
+async fn a_typed_pdf_is_read_from_its_text() {
+    let app = spawn_app().await;
+    app.seed_catalog().await;
+    let images = ImageServer::start().await;
+    // A script typed in a word processor and saved as PDF: its words are in the file.
+    let lines: Vec<&str> = PAGE_ONE.iter().chain(PAGE_TWO).copied().collect();
+    let typed = typed_pdf(&typed_lines(&lines), None);
+    let url = images.add("typed.pdf", "application/pdf", typed);
+
+    let (status, body, _) = app
+        .post("/upload-exam-answers", &upload_body(&[("script", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        pairs(&body),
+        [
+            ("1.a".to_string(), "The going concern concept assumes that a business\nwill continue to operate in the foreseeable future.".to_string()),
+            ("1.b".to_string(), "The accounting equation is Assets = Liabilities + Capital.\nEvery transaction affects both sides of the equation.".to_string()),
+            ("2".to_string(), "Capital expenditure gives benefit over many years,\nwhile revenue expenditure is consumed within the year.".to_string()),
+        ],
+        "exactly as typed: {body}"
+    );
+    assert_eq!(body["unassigned_text"], PAGE_ONE[0], "{body}");
+    assert_eq!(body["extracted_text"], lines.join("\n"), "{body}");
+    for pair in body["qa_pairs"].as_array().unwrap() {
+        assert_eq!(pair["ocr_engine"], "pdf-text", "{pair}");
+        assert_eq!(pair["ocr_confidence"], 1.0, "{pair}");
+        assert_eq!(pair["low_ocr_confidence"], false, "{pair}");
+    }
+    assert_eq!(body["pages"][0]["ocr_engine"], "pdf-text", "{body}");
+    assert_eq!(body["pages"][0]["page_count"], 1, "{body}");
+    let id = body["submission_id"].as_str().unwrap();
+    let record = app.state.store.get_submission(id).await.unwrap().unwrap();
+    let key = record.images[0].ocr_memo_key.clone().expect("a memo key");
+    assert!(key.contains(":pdf300+text:"), "{key}");
+
+    // With text layers off the same file is rendered and read by OCR, under its own memo key.
+    let ocr_only = spawn_app_with(|s| s.ocr.pdf_text_layers = false).await;
+    ocr_only.seed_catalog().await;
+    let (status, body, _) = ocr_only
+        .post("/upload-exam-answers", &upload_body(&[("script", &url)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pages"][0]["ocr_engine"], "tesseract:eng", "{body}");
+    let found = pairs(&body);
+    assert_eq!(found.len(), 3, "{body}");
+    let id = body["submission_id"].as_str().unwrap();
+    let record = ocr_only
+        .state
+        .store
+        .get_submission(id)
+        .await
+        .unwrap()
+        .unwrap();
+    let key = record.images[0].ocr_memo_key.clone().expect("a memo key");
+    assert!(key.contains(":pdf300:"), "{key}");
 }
 
 #[tokio::test]
@@ -328,32 +387,50 @@ async fn a_pdf_renders_in_a_child_process_as_it_does_in_this_one() {
         (render_page(PAGE_ONE), 200.0),
         (render_page(PAGE_TWO), 200.0),
     ]);
+    let typed = typed_pdf(&typed_lines(PAGE_ONE), None);
     let renderer = || pdf_renderer(std::time::Duration::from_secs(60));
-    let events = |renderer: PdfRenderer| {
-        let scan = scan.clone();
-        async move {
-            let mut events = renderer.render(scan.into(), 10).await;
-            let mut seen = Vec::new();
-            while let Some(event) = events.recv().await {
-                seen.push(match event.expect("renders") {
-                    PdfEvent::Pages(n) => format!("{n} pages"),
-                    PdfEvent::Page(page) => format!(
-                        "{}x{} at {} dpi, PNG sha256 {}",
-                        page.width,
-                        page.height,
-                        page.dpi,
-                        hex::encode(sha2::Sha256::digest(&page.png))
-                    ),
-                });
-            }
-            seen
+    let events = |renderer: PdfRenderer, pdf: Vec<u8>| async move {
+        let mut events = renderer.render(pdf.into(), 10).await;
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            seen.push(match event.expect("renders") {
+                PdfEvent::Pages(n) => format!("{n} pages"),
+                PdfEvent::Page(page) => format!(
+                    "{}x{} at {} dpi, PNG sha256 {}",
+                    page.width,
+                    page.height,
+                    page.dpi,
+                    hex::encode(sha2::Sha256::digest(&page.png))
+                ),
+                PdfEvent::Typed(page) => format!(
+                    "typed {}x{} at {} dpi: {}",
+                    page.width, page.height, page.dpi, page.text
+                ),
+            });
         }
+        seen
     };
     let isolated = in_child(renderer());
     assert!(isolated.is_isolated());
-    let in_child = events(isolated).await;
+    let in_child = events(isolated.clone(), scan.clone()).await;
     assert_eq!(in_child.len(), 3, "{in_child:?}");
-    assert_eq!(in_child, events(renderer()).await);
+    assert_eq!(in_child, events(renderer(), scan).await);
+    // A typed page's text comes through the child's pipe as it is read here.
+    let typed_in_child = events(isolated.clone(), typed.clone()).await;
+    assert_eq!(
+        typed_in_child,
+        [
+            "1 pages".to_string(),
+            format!("typed 2550x3300 at 300 dpi: {}", PAGE_ONE.join("\n"))
+        ]
+    );
+    assert_eq!(typed_in_child, events(renderer(), typed.clone()).await);
+    // Told not to read text layers, the child renders the typed page too.
+    let rendered = events(isolated.reading_text_layers(false), typed).await;
+    assert!(
+        rendered[1].starts_with("2550x3300 at 300 dpi, PNG"),
+        "{rendered:?}"
+    );
 }
 
 /// A long document whose pages OCR takes slowly: the child waits to hand each page over, and

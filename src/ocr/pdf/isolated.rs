@@ -14,7 +14,7 @@
 //! - whatever it allocated goes back to the system when it exits.
 //!
 //! The child reads the PDF on stdin and writes frames on stdout: the page count,
-//! each page's PNG, or why it stopped.
+//! each page's PNG or a typed page's text, or why it stopped.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{PdfEvent, PdfRenderer, RenderedPage};
+use super::{PdfEvent, PdfRenderer, RenderedPage, TypedPage};
 use crate::ocr::{DecodeLimits, OcrError};
 
 /// The subcommand the helper program runs as.
@@ -61,10 +61,12 @@ pub struct HelperRequest {
     pub limits: DecodeLimits,
     pub max_pages: usize,
     pub time_limit: Duration,
+    pub reads_text_layers: bool,
 }
 
 const COUNT: u8 = b'N';
 const PAGE: u8 = b'P';
+const TYPED: u8 = b'T';
 const FAILURE: u8 = b'E';
 /// A longer failure frame is refused as malformed: its text is one sentence.
 const MAX_FAILURE_BYTES: u64 = 64 * 1024;
@@ -79,7 +81,8 @@ const STDERR_TAIL_BYTES: usize = 4096;
 pub fn run_helper(request: &HelperRequest) -> std::io::Result<()> {
     let mut pdf = Vec::new();
     std::io::stdin().lock().read_to_end(&mut pdf)?;
-    let renderer = PdfRenderer::new(request.dpi, request.limits, request.time_limit, 1);
+    let renderer = PdfRenderer::new(request.dpi, request.limits, request.time_limit, 1)
+        .reading_text_layers(request.reads_text_layers);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut broken_pipe = None;
     let result =
@@ -122,6 +125,14 @@ fn write_event(out: &mut impl Write, event: &PdfEvent) -> std::io::Result<()> {
             out.write_all(&(page.png.len() as u64).to_le_bytes())?;
             out.write_all(&page.png)?;
         }
+        PdfEvent::Typed(page) => {
+            out.write_all(&[TYPED])?;
+            out.write_all(&page.width.to_le_bytes())?;
+            out.write_all(&page.height.to_le_bytes())?;
+            out.write_all(&page.dpi.to_le_bytes())?;
+            out.write_all(&(page.text.len() as u64).to_le_bytes())?;
+            out.write_all(page.text.as_bytes())?;
+        }
     }
     // Each page as soon as it is done: the reader starts on it while the next renders.
     out.flush()
@@ -132,11 +143,12 @@ fn write_event(out: &mut impl Write, event: &PdfEvent) -> std::io::Result<()> {
 enum Frame {
     Count(usize),
     Page(RenderedPage),
+    Typed(TypedPage),
     Failure(OcrError),
 }
 
-/// The next frame; `None` at the end of the stream. `max_png` bounds a page's bytes, so a
-/// child gone wrong cannot make this process allocate at will.
+/// The next frame; `None` at the end of the stream. `max_png` bounds a page's bytes (a typed
+/// page's text as well), so a child gone wrong cannot make this process allocate at will.
 async fn read_frame(
     from: &mut (impl AsyncRead + Unpin),
     max_png: u64,
@@ -163,6 +175,25 @@ async fn read_frame(
             from.read_exact(&mut png).await?;
             Frame::Page(RenderedPage {
                 png: png.into(),
+                width,
+                height,
+                dpi,
+            })
+        }
+        TYPED => {
+            let width = from.read_u32_le().await?;
+            let height = from.read_u32_le().await?;
+            let dpi = from.read_f32_le().await?;
+            let len = from.read_u64_le().await?;
+            if len > max_png {
+                return Err(malformed(format!("a typed page of {len} bytes")));
+            }
+            let mut text = vec![0u8; len as usize];
+            from.read_exact(&mut text).await?;
+            let text = String::from_utf8(text)
+                .map_err(|_| malformed("a typed page that is not UTF-8".into()))?;
+            Frame::Typed(TypedPage {
+                text,
                 width,
                 height,
                 dpi,
@@ -226,6 +257,7 @@ impl PdfRenderer {
                 "--time-limit-secs",
                 &self.time_limit.as_secs_f64().to_string(),
             ])
+            .args(["--text-layers", &self.reads_text_layers.to_string()])
             .env_clear()
             // Set, so the helper does not start itself again to set them (see `main`).
             .env("OMP_THREAD_LIMIT", "1")
@@ -313,6 +345,10 @@ impl PdfRenderer {
                     pages_done += 1;
                     PdfEvent::Page(page)
                 }
+                Ok(Ok(Some(Frame::Typed(page)))) => {
+                    pages_done += 1;
+                    PdfEvent::Typed(page)
+                }
                 // Cut short: the exit status says why.
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
                 Ok(Err(e)) => {
@@ -398,9 +434,16 @@ mod tests {
             height: 480,
             dpi: 212.5,
         };
+        let typed = TypedPage {
+            text: "1. Dépréciation\n2. ≥ 3".into(),
+            width: 2550,
+            height: 3300,
+            dpi: 300.0,
+        };
         let mut written = Vec::new();
         write_event(&mut written, &PdfEvent::Pages(3)).unwrap();
         write_event(&mut written, &PdfEvent::Page(page.clone())).unwrap();
+        write_event(&mut written, &PdfEvent::Typed(typed.clone())).unwrap();
         let failure = OcrError::PdfPageTooLarge {
             page: 2,
             width_in: 90.0,
@@ -417,7 +460,11 @@ mod tests {
             (&got.png, got.width, got.height, got.dpi),
             (&page.png, 640, 480, 212.5)
         );
-        let Frame::Failure(failure) = read.into_iter().nth(2).unwrap() else {
+        assert!(
+            matches!(&read[2], Frame::Typed(got) if *got == typed),
+            "{read:?}"
+        );
+        let Frame::Failure(failure) = read.into_iter().nth(3).unwrap() else {
             panic!("no failure")
         };
         assert!(matches!(failure, OcrError::PdfPageTooLarge { page: 2, .. }));
@@ -432,6 +479,14 @@ mod tests {
         );
         let unknown = frames(b"X", 1 << 20).await.unwrap_err();
         assert_eq!(unknown.kind(), std::io::ErrorKind::InvalidData);
+        let mut not_utf8 = vec![TYPED];
+        for field in [1u32.to_le_bytes(), 1u32.to_le_bytes(), 72f32.to_le_bytes()] {
+            not_utf8.extend_from_slice(&field);
+        }
+        not_utf8.extend_from_slice(&2u64.to_le_bytes());
+        not_utf8.extend_from_slice(b"\xff\xfe");
+        let refused = frames(&not_utf8, 1 << 20).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData, "{refused}");
         let cut = frames(&written[..20], 1 << 20).await.unwrap_err();
         assert_eq!(cut.kind(), std::io::ErrorKind::UnexpectedEof);
     }
