@@ -45,6 +45,24 @@ fn render_page(c: &mut Criterion) {
             })
         });
     }
+    // What looking for a text layer first adds to a scanned page.
+    let without_text =
+        PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
+            .reading_text_layers(false);
+    group.bench_function("a4_scan_at_300_dpi_text_layers_off", |b| {
+        b.iter(|| {
+            let mut png_bytes = 0;
+            without_text
+                .render_blocking(scan.clone(), 1, |event| {
+                    if let PdfEvent::Page(page) = event {
+                        png_bytes = page.png.len();
+                    }
+                    true
+                })
+                .expect("renders");
+            black_box(png_bytes)
+        })
+    });
     // A typed Letter page of 40 lines: read from its text, and rendered for OCR instead.
     let line = "2.a The accounting equation is Assets = Liabilities + Capital, always.";
     let typed = bytes::Bytes::from(testpages::typed_pdf(

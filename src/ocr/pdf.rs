@@ -390,7 +390,7 @@ fn encode_png(gray: &GrayImage) -> Result<Bytes, OcrError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ocr::testpages::{scanned_pdf, typed_lines, typed_pdf};
+    use crate::ocr::testpages::{annotated_pdf, scanned_pdf, typed_lines, typed_pdf};
     use image::Luma;
 
     fn renderer() -> PdfRenderer {
@@ -739,6 +739,32 @@ mod tests {
             .map(|i| format!("{} 300 m {} 310 l S ", 72 + i, 74 + i))
             .collect();
         rendered(&format!("{lines} {strokes}"), None);
+        // A few words written with a stylus: a handful of curved strokes.
+        let word: String = (0..8)
+            .map(|i| {
+                let x = 100 + 12 * i;
+                let curls: String = (0..20)
+                    .map(|j| {
+                        format!(
+                            "{} {} {} {} {} {} c ",
+                            x + j,
+                            300,
+                            x + j + 1,
+                            310,
+                            x + j + 2,
+                            300 + j % 3
+                        )
+                    })
+                    .collect();
+                format!("{x} 300 m {curls}S ")
+            })
+            .collect();
+        rendered(&format!("{lines} {word}"), None);
+        // Ink written in a PDF reader: an annotation drawn over the page.
+        let ink = "<< /Type /Annot /Subtype /Ink /Rect [100 100 300 200] \
+                   /InkList [[100 100 150 180 200 120 300 200]] >>";
+        let pages = read_pages(&renderer(), annotated_pdf(&lines, None, ink));
+        assert_eq!(pages, vec![Err(2550)]);
         // Text covered by a later picture or box, clipped away, or under other text.
         let cover = |over: &str| format!("{lines} {over}");
         rendered(&cover("q 300 0 0 20 72 700 cm /Im0 Do Q"), Some(&photo));
@@ -750,10 +776,17 @@ mod tests {
         // Nothing to read.
         rendered("0 0 612 792 re S", None);
 
-        // A small picture (a logo, a diagram) and a few rules leave a page typed.
-        let logo = format!("q 100 0 0 100 400 650 cm /Im0 Do Q 72 500 m 540 500 l S {lines}");
+        // A small picture, a diagram of a box, a slanting line and a circle, a few rules and a
+        // link leave a page typed.
+        let drawn = format!(
+            "q 100 0 0 100 400 650 cm /Im0 Do Q 72 500 m 540 500 l S 100 300 200 100 re S \
+             100 300 m 300 400 l S 400 350 m 400 378 378 400 350 400 c 322 400 300 378 300 350 c \
+             300 322 322 300 350 300 c 378 300 400 322 400 350 c S {lines}"
+        );
+        let link = "<< /Type /Annot /Subtype /Link /Rect [72 700 300 730] \
+                    /A << /S /URI /URI (https://example.org) >> >>";
         assert_eq!(
-            read_pages(&renderer(), typed_pdf(&logo, Some(&photo))),
+            read_pages(&renderer(), annotated_pdf(&drawn, Some(&photo), link)),
             vec![Ok(ANSWERS.join("\n"))]
         );
         // With text layers off, every page is rendered.

@@ -229,12 +229,20 @@ pub fn drawn_pdf(content: &str) -> Vec<u8> {
 /// A one-page PDF (US Letter) as a word processor writes one: `content` draws with
 /// Helvetica (WinAnsi) as `/F1`, and `image` (if any) is `/Im0`, a grayscale JPEG.
 pub fn typed_pdf(content: &str, image: Option<&GrayImage>) -> Vec<u8> {
+    annotated_pdf(content, image, "")
+}
+
+/// [`typed_pdf`] with `annotations`, the entries of the page's `/Annots` array.
+pub fn annotated_pdf(content: &str, image: Option<&GrayImage>, annotations: &str) -> Vec<u8> {
     let mut objects = vec![
         b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
-          /Resources << /Font << /F1 5 0 R >> /XObject << /Im0 6 0 R >> >> >>"
-            .to_vec(),
+        format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+             /Resources << /Font << /F1 5 0 R >> /XObject << /Im0 6 0 R >> >> \
+             /Annots [{annotations}] >>"
+        )
+        .into_bytes(),
         content_stream(content),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
             .to_vec(),

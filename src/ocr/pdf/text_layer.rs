@@ -11,25 +11,33 @@
 //!   to do), white or faint, under 2 pt, off the page or outside its clip, in a
 //!   see-through or masked group, or covered by a later picture, shape or other text;
 //! - images over at most a fifth of the page (a scan is an image of the whole page);
-//! - few drawn paths (handwriting with a stylus is hundreds of strokes; a typed page's
-//!   underlines and table rules are a few dozen);
+//! - little drawn by hand: few paths, and few points on curved or slanting ones
+//!   (handwriting with a stylus is hundreds of strokes of many points each; a typed page's
+//!   underlines, rules and boxes are straight and upright);
+//! - no annotations drawn over the page (ink, stamps, notes), other than links;
 //! - horizontal, unrotated lines, as answer scripts are.
 
 use hayro::hayro_interpret::font::{Glyph, GlyphRun};
 use hayro::hayro_interpret::hayro_cmap::{BfString, WritingMode};
+use hayro::hayro_interpret::hayro_syntax::object::dict::keys::{ANNOTS, F, SUBTYPE};
+use hayro::hayro_interpret::hayro_syntax::object::{Array, Dict, Name};
 use hayro::hayro_interpret::hayro_syntax::page::Page;
 use hayro::hayro_interpret::util::TransformExt;
 use hayro::hayro_interpret::{
     interpret_page, BlendMode, ClipPath, Context, Device, DrawMode, DrawProps, Image,
     ImageDrawProps, InterpreterCache, InterpreterSettings, Paint, SoftMask,
 };
-use hayro::kurbo::{Affine, BezPath, Point, Rect, Shape};
+use hayro::kurbo::{Affine, BezPath, PathEl, Point, Rect, Shape};
 
 /// The engine named for pages read this way.
 pub const ENGINE: &str = "pdf-text";
 
 /// More drawn paths than this and the page may hold drawn handwriting.
 const MAX_PATHS: usize = 200;
+
+/// More points than this on curved or slanting paths and the page may hold drawn
+/// handwriting (a handwritten word is dozens).
+const MAX_FREEFORM_POINTS: usize = 150;
 
 /// Images may cover at most this share of the page.
 const MAX_IMAGE_SHARE: f64 = 0.2;
@@ -49,6 +57,9 @@ const COVERED_SHARE: f64 = 0.25;
 
 /// The text of `page` when it is plainly typed (see the module's documentation), else `None`.
 pub fn typed_text(page: &Page<'_>) -> Option<String> {
+    if has_drawn_annotations(page) {
+        return None;
+    }
     let (width, height) = page.render_dimensions();
     let bounds = Rect::new(0.0, 0.0, f64::from(width), f64::from(height));
     let cache = InterpreterCache::new();
@@ -64,6 +75,39 @@ pub fn typed_text(page: &Page<'_>) -> Option<String> {
     let mut layer = TextLayer::new(bounds);
     interpret_page(page, &mut context, &mut layer);
     layer.typed_text()
+}
+
+/// Whether annotations other than links are drawn over the page: ink written with a stylus
+/// in a PDF reader is one, and its strokes would not be in the page's text.
+fn has_drawn_annotations(page: &Page<'_>) -> bool {
+    let Some(annotations) = page.raw().get::<Array<'_>>(ANNOTS) else {
+        return false;
+    };
+    annotations.iter::<Dict<'_>>().any(|annotation| {
+        let hidden = annotation.get::<u32>(F).unwrap_or(0) & (1 << 1 | 1 << 5) != 0;
+        let link = annotation
+            .get::<Name<'_>>(SUBTYPE)
+            .is_some_and(|subtype| &*subtype == b"Link");
+        !hidden && !link
+    })
+}
+
+/// Whether `path` is drawn freehand: it curves, or runs at a slant.
+fn is_freeform(path: &BezPath) -> bool {
+    let mut at = Point::ORIGIN;
+    path.elements().iter().any(|element| match *element {
+        PathEl::MoveTo(p) => {
+            at = p;
+            false
+        }
+        PathEl::LineTo(p) => {
+            let (dx, dy) = ((p.x - at.x).abs(), (p.y - at.y).abs());
+            at = p;
+            dx.min(dy) > 0.05 * dx.max(dy)
+        }
+        PathEl::QuadTo(..) | PathEl::CurveTo(..) => true,
+        PathEl::ClosePath => false,
+    })
 }
 
 /// One glyph where it stands on the page, in points from the top left.
@@ -98,6 +142,8 @@ struct TextLayer {
     /// Glyphs a reader of the page would not see.
     hidden: usize,
     paths: usize,
+    /// Points on paths drawn freehand ([`is_freeform`]).
+    freeform_points: usize,
     image_area: f64,
     /// The clip in force, as the intersection of the clips pushed (in page space).
     clips: Vec<Rect>,
@@ -113,6 +159,7 @@ impl TextLayer {
             unreadable: 0,
             hidden: 0,
             paths: 0,
+            freeform_points: 0,
             image_area: 0.0,
             clips: Vec::new(),
             groups: Vec::new(),
@@ -129,7 +176,10 @@ impl TextLayer {
 
     /// Whether the page is past what a typed page holds, so nothing more need be checked.
     fn beyond_typed(&self) -> bool {
-        self.hidden > 0 || self.paths > MAX_PATHS || self.glyphs.len() > MAX_GLYPHS
+        self.hidden > 0
+            || self.paths > MAX_PATHS
+            || self.freeform_points > MAX_FREEFORM_POINTS
+            || self.glyphs.len() > MAX_GLYPHS
     }
 
     /// Something drawn over `area`: the glyphs it covers are hidden.
@@ -245,6 +295,9 @@ fn is_seen(paint: &Paint<'_>) -> bool {
 impl<'a> Device<'a> for TextLayer {
     fn draw_path(&mut self, path: &BezPath, props: DrawProps<'a>, mode: &DrawMode) {
         self.paths += 1;
+        if self.freeform_points <= MAX_FREEFORM_POINTS && is_freeform(path) {
+            self.freeform_points += path.elements().len();
+        }
         let mut area = props.transform.transform_rect_bbox(path.bounding_box());
         if let DrawMode::Stroke(stroke) | DrawMode::FillAndStroke(_, stroke) = mode {
             let [a, b, ..] = props.transform.as_coeffs();
