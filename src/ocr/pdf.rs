@@ -771,15 +771,21 @@ mod tests {
         rendered(&cover("1 1 1 rg 72 700 300 30 re f"), None);
         rendered(&format!("q 0 0 10 10 re W n {lines} Q"), None);
         rendered(&cover("BT /F1 12 Tf 72 720 Td (zzzz) Tj ET"), None);
+        // Text on a backdrop it does not stand out from: black on black, on a picture.
+        let under = |backdrop: &str| format!("{backdrop} 0 g {lines}");
+        rendered(&under("0.1 g 72 690 400 45 re f"), None);
+        rendered(&under("q 300 0 0 20 72 700 cm /Im0 Do Q"), Some(&photo));
         // Set sideways.
         rendered("BT /F1 12 Tf 0 1 -1 0 300 400 Tm (1. sideways) Tj ET", None);
         // Nothing to read.
         rendered("0 0 612 792 re S", None);
 
-        // A small picture, a diagram of a box, a slanting line and a circle, a few rules and a
-        // link leave a page typed.
+        // A white page drawn as a shape, a yellow highlight under the text, a small picture, a
+        // diagram of a box, a slanting line and a circle, a few rules and a link leave a page
+        // typed.
         let drawn = format!(
-            "q 100 0 0 100 400 650 cm /Im0 Do Q 72 500 m 540 500 l S 100 300 200 100 re S \
+            "1 1 1 rg 0 0 612 792 re f 1 1 0 rg 72 700 200 30 re f 0 g \
+             q 100 0 0 100 450 50 cm /Im0 Do Q 72 500 m 540 500 l S 100 300 200 100 re S \
              100 300 m 300 400 l S 400 350 m 400 378 378 400 350 400 c 322 400 300 378 300 350 c \
              300 322 322 300 350 300 c 378 300 400 322 400 350 c S {lines}"
         );

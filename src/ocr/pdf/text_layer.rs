@@ -9,7 +9,8 @@
 //!   would give garbage);
 //! - no text hidden from the eye: drawn invisible (a scanner's own OCR layer, which is ours
 //!   to do), white or faint, under 2 pt, off the page or outside its clip, in a
-//!   see-through or masked group, or covered by a later picture, shape or other text;
+//!   see-through or masked group, covered by a later picture, shape or other text, or over
+//!   an earlier picture or a shape of a colour too close to its own;
 //! - images over at most a fifth of the page (a scan is an image of the whole page);
 //! - little drawn by hand: few paths, and few points on curved or slanting ones
 //!   (handwriting with a stylus is hundreds of strokes of many points each; a typed page's
@@ -144,6 +145,8 @@ struct TextLayer {
     paths: usize,
     /// Points on paths drawn freehand ([`is_freeform`]).
     freeform_points: usize,
+    /// What filled shapes and pictures were drawn where, for text drawn over them later.
+    backdrops: Vec<(Rect, Ink)>,
     image_area: f64,
     /// The clip in force, as the intersection of the clips pushed (in page space).
     clips: Vec<Rect>,
@@ -160,6 +163,7 @@ impl TextLayer {
             hidden: 0,
             paths: 0,
             freeform_points: 0,
+            backdrops: Vec::new(),
             image_area: 0.0,
             clips: Vec::new(),
             groups: Vec::new(),
@@ -207,14 +211,14 @@ impl TextLayer {
         typed.then(|| lines_of(self.glyphs.clone()))
     }
 
-    fn place(&mut self, glyph: &Glyph<'_>, at: Affine, visible: bool) {
+    fn place(&mut self, glyph: &Glyph<'_>, at: Affine, ink: Ink) {
         // Glyph space has 1000 units to the em; its x axis runs along the baseline.
         let [a, b, c, d, _, _] = at.as_coeffs();
         let origin = at * Point::ORIGIN;
         let size = c.hypot(d) * 1000.0;
         let along = a.hypot(b);
         let sideways = a <= 0.0 || b.abs() > 0.1 * a;
-        if !visible
+        if ink == Ink::Blank
             || size < MIN_TEXT_PT
             || !self.clip().inflate(1.0, 1.0).contains(origin)
             || self.groups.contains(&false)
@@ -255,12 +259,19 @@ impl TextLayer {
         // in the same place (fill, then stroke; fake bold) is not.
         let drawn_again = |g: &PlacedGlyph| g.text == text && (g.x - origin.x).abs() < 0.1 * size;
         let shows_ink = !text.trim().is_empty();
-        if shows_ink
-            && self
-                .glyphs
+        let over_text = || {
+            self.glyphs
                 .iter()
                 .any(|g| g.shows_ink() && covers(area, g.area) && !drawn_again(g))
-        {
+        };
+        // Black on black: a shape or picture drawn before it that the text does not stand
+        // out from.
+        let lost_in_backdrop = || {
+            self.backdrops
+                .iter()
+                .any(|(under, backdrop)| covers(*under, area) && !ink.stands_out_on(*backdrop))
+        };
+        if shows_ink && (over_text() || lost_in_backdrop()) {
             self.hidden += 1;
             return;
         }
@@ -281,14 +292,40 @@ fn covers(over: Rect, under: Rect) -> bool {
     shared.width() > 0.0 && shared.height() > 0.0 && shared.area() >= COVERED_SHARE * under.area()
 }
 
-/// Whether paint in this colour can be seen on a white page.
-fn is_seen(paint: &Paint<'_>) -> bool {
-    match paint {
-        Paint::Color(color) => {
-            let [r, g, b, alpha] = color.to_rgba().to_rgba8();
-            alpha >= 128 && r.min(g).min(b) < 230
+/// What a paint puts on the page, as far as telling text from its background goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ink {
+    /// Nothing that shows on a white page: white, near white, or mostly transparent.
+    Blank,
+    Colour([u8; 3]),
+    /// A pattern or a picture: how it contrasts with what is over it is not worked out.
+    Unknown,
+}
+
+impl Ink {
+    fn of(paint: &Paint<'_>) -> Ink {
+        match paint {
+            Paint::Color(color) => {
+                let [r, g, b, alpha] = color.to_rgba().to_rgba8();
+                if alpha < 128 || r.min(g).min(b) >= 230 {
+                    Ink::Blank
+                } else {
+                    Ink::Colour([r, g, b])
+                }
+            }
+            Paint::Pattern(_) => Ink::Unknown,
         }
-        Paint::Pattern(_) => true,
+    }
+
+    /// Whether text in this ink can be read over `backdrop`.
+    fn stands_out_on(self, backdrop: Ink) -> bool {
+        match (self, backdrop) {
+            (Ink::Colour(text), Ink::Colour(under)) => {
+                let apart = |(a, b): (&u8, &u8)| a.abs_diff(*b);
+                text.iter().zip(&under).map(apart).max().unwrap_or(0) >= 96
+            }
+            _ => false,
+        }
     }
 }
 
@@ -307,6 +344,13 @@ impl<'a> Device<'a> for TextLayer {
         if !matches!(mode, DrawMode::Invisible) {
             self.cover(area);
         }
+        let ink = Ink::of(&props.paint);
+        if matches!(mode, DrawMode::Fill(_) | DrawMode::FillAndStroke(..))
+            && ink != Ink::Blank
+            && !self.beyond_typed()
+        {
+            self.backdrops.push((area, ink));
+        }
     }
 
     fn push_clip_path(&mut self, clip: &ClipPath) {
@@ -323,24 +367,29 @@ impl<'a> Device<'a> for TextLayer {
     }
 
     fn draw_glyph_run(&mut self, run: &GlyphRun<'_, 'a>, props: DrawProps<'a>, mode: &DrawMode) {
-        let visible = !matches!(mode, DrawMode::Invisible) && is_seen(&props.paint);
+        let ink = match mode {
+            DrawMode::Invisible => Ink::Blank,
+            _ => Ink::of(&props.paint),
+        };
         if run.writing_mode() == WritingMode::Vertical {
             self.unreadable += run.glyphs().len();
             return;
         }
         for glyph in run.glyphs() {
-            self.place(glyph, props.transform * glyph.transform(), visible);
+            self.place(glyph, props.transform * glyph.transform(), ink);
         }
     }
 
     fn draw_image(&mut self, image: Image<'a, '_>, props: ImageDrawProps<'a>) {
         let (width, height) = (f64::from(image.width()), f64::from(image.height()));
         self.image_area += props.transform.determinant().abs() * width * height;
-        self.cover(
-            props
-                .transform
-                .transform_rect_bbox(Rect::new(0.0, 0.0, width, height)),
-        );
+        let area = props
+            .transform
+            .transform_rect_bbox(Rect::new(0.0, 0.0, width, height));
+        self.cover(area);
+        if !self.beyond_typed() {
+            self.backdrops.push((area, Ink::Unknown));
+        }
     }
 
     fn pop_clip(&mut self) {
