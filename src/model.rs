@@ -52,6 +52,10 @@ pub mod flag {
     /// The student asked for the marks to be looked at again
     /// (`POST /evaluations/{id}/regrade-request`); an examiner's review settles it.
     pub const REGRADE_REQUESTED: &str = "regrade_requested";
+    /// The script has no answer numbered as this question, but one numbered as the whole it
+    /// belongs to or as a part of it (the script's "2" for the paper's "2.a" and "2.b"),
+    /// which matches no question of the paper and was not graded: an examiner should look.
+    pub const ANSWER_NUMBERED_DIFFERENTLY: &str = "answer_numbered_differently";
 
     /// All of the above.
     pub const ALL: &[&str] = &[
@@ -66,6 +70,7 @@ pub mod flag {
         GRADER_ERROR,
         REVIEWED,
         REGRADE_REQUESTED,
+        ANSWER_NUMBERED_DIFFERENTLY,
     ];
 
     /// Flags that ask for an examiner (`beyond_calibration` does in `local` mode, where the
@@ -77,6 +82,7 @@ pub mod flag {
         BEYOND_CALIBRATION,
         GRADER_ERROR,
         REGRADE_REQUESTED,
+        ANSWER_NUMBERED_DIFFERENTLY,
     ];
 }
 

@@ -15,7 +15,8 @@ use crate::app::AppState;
 use crate::grade::{grade_all, grade_into, GradeOutcome, GradeTask, Grader, StageRecord};
 use crate::http::ApiError;
 use crate::model::{
-    EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, Question, QuestionPaper, Stages,
+    flag, EvaluationItem, EvaluationRecord, ItemStatus, NewEvaluation, Question, QuestionPaper,
+    Stages,
 };
 use crate::segment::QuestionNumber;
 
@@ -227,6 +228,17 @@ pub async fn evaluate(
                     ))
                 })?;
             submission_id = Some(submission.submission_id.clone());
+            let off_paper: Vec<&QuestionNumber> = submission
+                .qa_pairs
+                .iter()
+                .map(|pair| &pair.question_number)
+                .filter(|number| {
+                    !paper
+                        .questions
+                        .iter()
+                        .any(|q| q.question_number == **number)
+                })
+                .collect();
             for (position, question) in paper.questions.iter().enumerate() {
                 let answer = submission
                     .qa_pairs
@@ -249,23 +261,7 @@ pub async fn evaluate(
                     )),
                     None => fixed.push((
                         position,
-                        EvaluationItem {
-                            question_number: question.question_number.clone(),
-                            question_text: question.question_text.clone(),
-                            student_answer: String::new(),
-                            standard_answer: question.standard_answer.clone(),
-                            total_marks: question.total_marks,
-                            marks_awarded: Some(0.0),
-                            llm_evaluation:
-                                "No answer to this question was found in the submitted script."
-                                    .into(),
-                            reasoning: None,
-                            status: ItemStatus::NotAnswered,
-                            error: None,
-                            flags: Vec::new(),
-                            final_stage: None,
-                            stages: Stages::default(),
-                        },
+                        not_answered(question, &off_paper, &submission.submission_id),
                     )),
                 }
             }
@@ -310,6 +306,66 @@ pub async fn evaluate(
         replaces_version: None,
     });
     store_evaluation(state, new, Change::Grading).await
+}
+
+/// The item of a paper's question that the script has no answer numbered for: 0 marks,
+/// saying so, and pointing at an answer numbered as its whole or its part (`off_paper`, the
+/// script's numbers that are no question of the paper), which was not graded.
+fn not_answered(
+    question: &Question,
+    off_paper: &[&QuestionNumber],
+    submission_id: &str,
+) -> EvaluationItem {
+    let number = &question.question_number;
+    let related: Vec<String> = off_paper
+        .iter()
+        .filter(|other| other.is_ancestor_of(number) || number.is_ancestor_of(other))
+        .map(|other| other.to_string())
+        .collect();
+    let (feedback, flags) = if related.is_empty() {
+        (
+            "No answer to this question was found in the submitted script.".to_string(),
+            Vec::new(),
+        )
+    } else {
+        let (answers, which, they) = if related.len() == 1 {
+            (
+                "an answer",
+                "is not a question of this paper and is not graded",
+                "it answers",
+            )
+        } else {
+            (
+                "answers",
+                "are not questions of this paper and are not graded",
+                "they answer",
+            )
+        };
+        (
+            format!(
+                "No answer numbered {number} was found in the submitted script. It has \
+                 {answers} numbered {}, which {which}: an examiner should check whether \
+                 {they} this question (GET /student-answers/{submission_id}).",
+                related.join(", ")
+            ),
+            vec![flag::ANSWER_NUMBERED_DIFFERENTLY.to_string()],
+        )
+    };
+    EvaluationItem {
+        question_number: number.clone(),
+        question_text: question.question_text.clone(),
+        student_answer: String::new(),
+        standard_answer: question.standard_answer.clone(),
+        total_marks: question.total_marks,
+        marks_awarded: Some(0.0),
+        llm_evaluation: feedback,
+        reasoning: None,
+        status: ItemStatus::NotAnswered,
+        error: None,
+        flags,
+        final_stage: None,
+        stages: Stages::default(),
+    }
 }
 
 /// Grades again the items of a stored evaluation that could not be graded, keeping the
@@ -1129,5 +1185,36 @@ mod tests {
             &[pair(Some("anything"), Some(50.0))]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_question_not_answered_points_at_answers_numbered_as_its_whole_or_its_parts() {
+        let number = |n: &str| QuestionNumber::parse(n).unwrap();
+        let question = Question {
+            question_number: number("2"),
+            question_text: None,
+            standard_answer: "Capital expenditure lasts.".into(),
+            total_marks: 10.0,
+        };
+        let (parts, whole, other) = (number("2.a"), number("2.b"), number("3.a"));
+        let item = not_answered(&question, &[&parts, &whole, &other], "S1");
+        assert_eq!(
+            item.llm_evaluation,
+            "No answer numbered 2 was found in the submitted script. It has answers numbered \
+             2.a, 2.b, which are not questions of this paper and are not graded: an examiner \
+             should check whether they answer this question (GET /student-answers/S1)."
+        );
+        assert_eq!(item.flags, [flag::ANSWER_NUMBERED_DIFFERENTLY]);
+        assert_eq!(
+            (item.marks_awarded, item.status),
+            (Some(0.0), ItemStatus::NotAnswered)
+        );
+
+        let unrelated = not_answered(&question, &[&other], "S1");
+        assert_eq!(
+            unrelated.llm_evaluation,
+            "No answer to this question was found in the submitted script."
+        );
+        assert!(unrelated.flags.is_empty());
     }
 }

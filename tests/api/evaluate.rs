@@ -503,6 +503,11 @@ async fn stored_answers_are_graded(database_url: Option<&str>) {
     assert_eq!(items[0]["marks_awarded"], 4.0);
     assert_eq!(items[1]["marks_awarded"], 0.0);
     assert_eq!(items[1]["status"], "not_answered");
+    assert_eq!(
+        items[1]["llm_evaluation"],
+        "No answer to this question was found in the submitted script."
+    );
+    assert_eq!(items[1]["flags"], json!([]), "{body}");
     assert_eq!(items[2]["marks_awarded"], 7.0);
     assert_eq!(body["final_score"], 11.0);
     assert_eq!(
@@ -550,6 +555,63 @@ async fn stored_answers_are_graded(database_url: Option<&str>) {
             )),
         "{message}"
     );
+
+    // A script numbered differently from the paper: its "Q1" for the paper's 1.a and 1.b.
+    // That answer matches no question and is not graded, and the questions it may answer
+    // say so and ask for an examiner. (Its "2.a" is read as the paper's 2, which has no
+    // parts.)
+    let renumbered = images.add(
+        "renumbered.png",
+        "image/png",
+        png(&[
+            "Q1 The going concern concept means the business will go on.",
+            "2.a Capital expenditure benefits many years.",
+        ]),
+    );
+    let mut upload = upload_body(&[("img_1", &renumbered)]);
+    upload["user_id"] = json!("USER8");
+    let (status, uploaded, _) = app.post("/upload-exam-answers", &upload).await;
+    assert_eq!(status, StatusCode::OK, "{uploaded}");
+    let submission_id = uploaded["submission_id"].as_str().unwrap();
+    request["user_id"] = json!("USER8");
+    let (status, body, _) = app.post("/evaluate-answers", &request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["final_score"], 7.0, "{body}");
+    let items = body["evaluation"].as_array().unwrap();
+    assert_eq!(items[2]["question_number"], "2", "{body}");
+    assert_eq!(items[2]["marks_awarded"], 7.0, "{body}");
+    let told: Vec<(&str, &str)> = items[..2]
+        .iter()
+        .map(|i| {
+            assert_eq!(i["status"], "not_answered", "{i}");
+            assert_eq!(i["flags"], json!(["answer_numbered_differently"]), "{i}");
+            (
+                i["question_number"].as_str().unwrap(),
+                i["llm_evaluation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected = |number: &str, other: &str| {
+        format!(
+            "No answer numbered {number} was found in the submitted script. It has an answer \
+             numbered {other}, which is not a question of this paper and is not graded: an \
+             examiner should check whether it answers this question \
+             (GET /student-answers/{submission_id})."
+        )
+    };
+    assert_eq!(
+        told,
+        [
+            ("1.a", expected("1.a", "1").as_str()),
+            ("1.b", expected("1.b", "1").as_str()),
+        ]
+    );
+    // The review queue finds them by the flag.
+    let (status, listed, _) = app
+        .get("/evaluations?user_id=USER8&flag=answer_numbered_differently")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 #[tokio::test]

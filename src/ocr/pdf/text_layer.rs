@@ -84,8 +84,11 @@ fn has_drawn_annotations(page: &Page<'_>) -> bool {
     let Some(annotations) = page.raw().get::<Array<'_>>(ANNOTS) else {
         return false;
     };
+    // Annotation flags (PDF 32000-1, 12.5.3): not shown on screen.
+    const HIDDEN: u32 = 1 << 1;
+    const NO_VIEW: u32 = 1 << 5;
     annotations.iter::<Dict<'_>>().any(|annotation| {
-        let hidden = annotation.get::<u32>(F).unwrap_or(0) & (1 << 1 | 1 << 5) != 0;
+        let hidden = annotation.get::<u32>(F).unwrap_or(0) & (HIDDEN | NO_VIEW) != 0;
         let link = annotation
             .get::<Name<'_>>(SUBTYPE)
             .is_some_and(|subtype| &*subtype == b"Link");
