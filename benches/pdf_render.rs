@@ -31,18 +31,7 @@ fn render_page(c: &mut Criterion) {
     for dpi in [150.0, 200.0, 300.0] {
         let renderer = PdfRenderer::new(dpi, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1);
         group.bench_function(format!("a4_scan_at_{dpi}_dpi"), |b| {
-            b.iter(|| {
-                let mut png_bytes = 0;
-                renderer
-                    .render_blocking(scan.clone(), 1, |event| {
-                        if let PdfEvent::Page(page) = event {
-                            png_bytes = page.png.len();
-                        }
-                        true
-                    })
-                    .expect("renders");
-                black_box(png_bytes)
-            })
+            b.iter(|| read(&renderer, &scan))
         });
     }
     // What looking for a text layer first adds to a scanned page.
@@ -50,18 +39,7 @@ fn render_page(c: &mut Criterion) {
         PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
             .reading_text_layers(false);
     group.bench_function("a4_scan_at_300_dpi_text_layers_off", |b| {
-        b.iter(|| {
-            let mut png_bytes = 0;
-            without_text
-                .render_blocking(scan.clone(), 1, |event| {
-                    if let PdfEvent::Page(page) = event {
-                        png_bytes = page.png.len();
-                    }
-                    true
-                })
-                .expect("renders");
-            black_box(png_bytes)
-        })
+        b.iter(|| read(&without_text, &scan))
     });
     // A typed Letter page of 40 lines: read from its text, and rendered for OCR instead.
     let line = "2.a The accounting equation is Assets = Liabilities + Capital, always.";
@@ -78,22 +56,7 @@ fn render_page(c: &mut Criterion) {
         } else {
             "letter_typed_page_rendered_at_300_dpi"
         };
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut read = 0;
-                renderer
-                    .render_blocking(typed.clone(), 1, |event| {
-                        match event {
-                            PdfEvent::Typed(page) => read = page.text.len(),
-                            PdfEvent::Page(page) => read = page.png.len(),
-                            PdfEvent::Pages(_) => {}
-                        }
-                        true
-                    })
-                    .expect("renders");
-                black_box(read)
-            })
-        });
+        group.bench_function(name, |b| b.iter(|| read(&renderer, &typed)));
     }
     let isolated = PdfRenderer::new(DEFAULT_DPI, DecodeLimits::default(), DEFAULT_TIME_LIMIT, 1)
         .isolated(Isolation {
@@ -119,6 +82,23 @@ fn render_page(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Reads the one-page `pdf` in this process; the bytes of what came out (the page's PNG, or a
+/// typed page's text).
+fn read(renderer: &PdfRenderer, pdf: &bytes::Bytes) -> usize {
+    let mut read = 0;
+    renderer
+        .render_blocking(pdf.clone(), 1, |event| {
+            match event {
+                PdfEvent::Page(page) => read = page.png.len(),
+                PdfEvent::Typed(page) => read = page.text.len(),
+                PdfEvent::Pages(_) => {}
+            }
+            true
+        })
+        .expect("renders");
+    black_box(read)
 }
 
 criterion_group!(benches, render_page);

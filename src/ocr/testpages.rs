@@ -197,18 +197,7 @@ pub fn scanned_pdf(pages: &[(GrayImage, f32)]) -> Vec<u8> {
             )
             .into_bytes(),
         );
-        let data = jpeg(image, 90);
-        let mut stream = format!(
-            "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceGray \
-             /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",
-            image.width(),
-            image.height(),
-            data.len()
-        )
-        .into_bytes();
-        stream.extend_from_slice(&data);
-        stream.extend_from_slice(b"\nendstream");
-        objects.push(stream);
+        objects.push(image_object(image));
         objects.push(content_stream(&format!(
             "q {w:.2} 0 0 {h:.2} 0 0 cm /Im0 Do Q"
         )));
@@ -247,19 +236,8 @@ pub fn annotated_pdf(content: &str, image: Option<&GrayImage>, annotations: &str
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
             .to_vec(),
     ];
-    let image = image.cloned().unwrap_or_else(|| GrayImage::new(1, 1));
-    let data = jpeg(&image, 90);
-    let mut stream = format!(
-        "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceGray \
-         /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",
-        image.width(),
-        image.height(),
-        data.len()
-    )
-    .into_bytes();
-    stream.extend_from_slice(&data);
-    stream.extend_from_slice(b"\nendstream");
-    objects.push(stream);
+    let blank = GrayImage::new(1, 1);
+    objects.push(image_object(image.unwrap_or(&blank)));
     pdf_of(&objects)
 }
 
@@ -277,6 +255,22 @@ pub fn typed_lines(lines: &[&str]) -> String {
         })
         .collect();
     format!("BT /F1 12 Tf 16 TL 72 720 Td {} ET", shown.join(" "))
+}
+
+/// `image` as a grayscale JPEG image object.
+fn image_object(image: &GrayImage) -> Vec<u8> {
+    let data = jpeg(image, 90);
+    let mut stream = format!(
+        "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceGray \
+         /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",
+        image.width(),
+        image.height(),
+        data.len()
+    )
+    .into_bytes();
+    stream.extend_from_slice(&data);
+    stream.extend_from_slice(b"\nendstream");
+    stream
 }
 
 fn content_stream(content: &str) -> Vec<u8> {

@@ -118,24 +118,30 @@ fn write_event(out: &mut impl Write, event: &PdfEvent) -> std::io::Result<()> {
             out.write_all(&(*count as u64).to_le_bytes())?;
         }
         PdfEvent::Page(page) => {
-            out.write_all(&[PAGE])?;
-            out.write_all(&page.width.to_le_bytes())?;
-            out.write_all(&page.height.to_le_bytes())?;
-            out.write_all(&page.dpi.to_le_bytes())?;
-            out.write_all(&(page.png.len() as u64).to_le_bytes())?;
-            out.write_all(&page.png)?;
+            let size = (page.width, page.height, page.dpi);
+            write_page_frame(out, PAGE, size, &page.png)?;
         }
         PdfEvent::Typed(page) => {
-            out.write_all(&[TYPED])?;
-            out.write_all(&page.width.to_le_bytes())?;
-            out.write_all(&page.height.to_le_bytes())?;
-            out.write_all(&page.dpi.to_le_bytes())?;
-            out.write_all(&(page.text.len() as u64).to_le_bytes())?;
-            out.write_all(page.text.as_bytes())?;
+            let size = (page.width, page.height, page.dpi);
+            write_page_frame(out, TYPED, size, page.text.as_bytes())?;
         }
     }
     // Each page as soon as it is done: the reader starts on it while the next renders.
     out.flush()
+}
+
+fn write_page_frame(
+    out: &mut impl Write,
+    tag: u8,
+    (width, height, dpi): (u32, u32, f32),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(&[tag])?;
+    out.write_all(&width.to_le_bytes())?;
+    out.write_all(&height.to_le_bytes())?;
+    out.write_all(&dpi.to_le_bytes())?;
+    out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    out.write_all(bytes)
 }
 
 /// One frame from the child.
@@ -164,15 +170,7 @@ async fn read_frame(
                 .map_err(|_| malformed("a page count past usize".into()))?,
         ),
         PAGE => {
-            let width = from.read_u32_le().await?;
-            let height = from.read_u32_le().await?;
-            let dpi = from.read_f32_le().await?;
-            let len = from.read_u64_le().await?;
-            if len > max_png {
-                return Err(malformed(format!("a page of {len} bytes")));
-            }
-            let mut png = vec![0u8; len as usize];
-            from.read_exact(&mut png).await?;
+            let (width, height, dpi, png) = read_page_frame(from, max_png, "a page").await?;
             Frame::Page(RenderedPage {
                 png: png.into(),
                 width,
@@ -181,15 +179,7 @@ async fn read_frame(
             })
         }
         TYPED => {
-            let width = from.read_u32_le().await?;
-            let height = from.read_u32_le().await?;
-            let dpi = from.read_f32_le().await?;
-            let len = from.read_u64_le().await?;
-            if len > max_png {
-                return Err(malformed(format!("a typed page of {len} bytes")));
-            }
-            let mut text = vec![0u8; len as usize];
-            from.read_exact(&mut text).await?;
+            let (width, height, dpi, text) = read_page_frame(from, max_png, "a typed page").await?;
             let text = String::from_utf8(text)
                 .map_err(|_| malformed("a typed page that is not UTF-8".into()))?;
             Frame::Typed(TypedPage {
@@ -211,6 +201,28 @@ async fn read_frame(
         other => return Err(malformed(format!("frame tag {other:#04x}"))),
     };
     Ok(Some(frame))
+}
+
+/// The rest of a page's frame after its tag: width, height, resolution and its bytes (at
+/// most `max_bytes`, or the frame is refused as malformed).
+async fn read_page_frame(
+    from: &mut (impl AsyncRead + Unpin),
+    max_bytes: u64,
+    what: &str,
+) -> std::io::Result<(u32, u32, f32, Vec<u8>)> {
+    let width = from.read_u32_le().await?;
+    let height = from.read_u32_le().await?;
+    let dpi = from.read_f32_le().await?;
+    let len = from.read_u64_le().await?;
+    if len > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} of {len} bytes"),
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    from.read_exact(&mut bytes).await?;
+    Ok((width, height, dpi, bytes))
 }
 
 /// Caps the child's address space and CPU time. Runs between fork and exec: only
