@@ -61,7 +61,8 @@ pub struct QaPairOut {
     /// Lowest OCR confidence of the pages this answer was read from, 0 to 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocr_confidence: Option<f64>,
-    /// Engine that read those pages.
+    /// Engine that read those pages (`pdf-text` for typed PDF pages read from their own
+    /// text, `mixed` for several).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocr_engine: Option<String>,
     /// Read with confidence under `ocr.low_confidence_below`: check the transcription.
@@ -77,6 +78,8 @@ pub struct PageOut {
     /// Pages read: 1 for an image, the page count for a PDF.
     pub page_count: i64,
     pub ocr_confidence: f64,
+    /// Engine that read its pages (`pdf-text` for typed PDF pages read from their own text,
+    /// `mixed` for several).
     pub ocr_engine: String,
     pub content_sha256: String,
 }
