@@ -1196,8 +1196,8 @@ mod tests {
             standard_answer: "Capital expenditure lasts.".into(),
             total_marks: 10.0,
         };
-        let (parts, whole, other) = (number("2.a"), number("2.b"), number("3.a"));
-        let item = not_answered(&question, &[&parts, &whole, &other], "S1");
+        let (part_a, part_b, other) = (number("2.a"), number("2.b"), number("3.a"));
+        let item = not_answered(&question, &[&part_a, &part_b, &other], "S1");
         assert_eq!(
             item.llm_evaluation,
             "No answer numbered 2 was found in the submitted script. It has answers numbered \

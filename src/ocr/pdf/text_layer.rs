@@ -118,15 +118,13 @@ fn is_freeform(path: &BezPath) -> bool {
 #[derive(Debug, Clone)]
 struct PlacedGlyph {
     /// Where it is drawn: from an ascender's height above the baseline to a descender's
-    /// depth below, across its advance.
+    /// depth below, and from its origin to where the next glyph would start were there no
+    /// space.
     area: Rect,
     text: String,
-    x: f64,
     baseline: f64,
     /// The em: the font's size as drawn.
     size: f64,
-    /// Where the next glyph would start were there no space.
-    end: f64,
 }
 
 impl PlacedGlyph {
@@ -203,7 +201,7 @@ impl TextLayer {
         }
     }
 
-    fn typed_text(&self) -> Option<String> {
+    fn typed_text(self) -> Option<String> {
         let readable = self.glyphs.iter().filter(|g| g.shows_ink()).count();
         let all = self.glyphs.len() + self.unreadable;
         let page_area = self.bounds.area();
@@ -211,10 +209,13 @@ impl TextLayer {
             && !self.beyond_typed()
             && (self.unreadable as f64) <= MAX_UNREADABLE_SHARE * all as f64
             && self.image_area <= MAX_IMAGE_SHARE * page_area;
-        typed.then(|| lines_of(self.glyphs.clone()))
+        typed.then(|| lines_of(self.glyphs))
     }
 
     fn place(&mut self, glyph: &Glyph<'_>, at: Affine, ink: Ink) {
+        if self.beyond_typed() {
+            return;
+        }
         // Glyph space has 1000 units to the em; its x axis runs along the baseline.
         let [a, b, c, d, _, _] = at.as_coeffs();
         let origin = at * Point::ORIGIN;
@@ -255,12 +256,10 @@ impl TextLayer {
             origin.x + advance,
             origin.y + 0.2 * size,
         );
-        if self.beyond_typed() {
-            return;
-        }
         // Text over other text: neither can be read on the page. The same glyph drawn again
         // in the same place (fill, then stroke; fake bold) is not.
-        let drawn_again = |g: &PlacedGlyph| g.text == text && (g.x - origin.x).abs() < 0.1 * size;
+        let drawn_again =
+            |g: &PlacedGlyph| g.text == text && (g.area.x0 - origin.x).abs() < 0.1 * size;
         let shows_ink = !text.trim().is_empty();
         let over_text = || {
             self.glyphs
@@ -281,10 +280,8 @@ impl TextLayer {
         self.glyphs.push(PlacedGlyph {
             area,
             text,
-            x: origin.x,
             baseline: origin.y,
             size,
-            end: origin.x + advance,
         });
     }
 }
@@ -408,7 +405,11 @@ impl<'a> Device<'a> for TextLayer {
 /// baselines are within half an em of its first, and a gap of more than 0.15 em between two
 /// glyphs is a space (word processors often move to the next word instead of drawing one).
 fn lines_of(mut glyphs: Vec<PlacedGlyph>) -> String {
-    glyphs.sort_by(|a, b| a.baseline.total_cmp(&b.baseline).then(a.x.total_cmp(&b.x)));
+    glyphs.sort_by(|a, b| {
+        a.baseline
+            .total_cmp(&b.baseline)
+            .then(a.area.x0.total_cmp(&b.area.x0))
+    });
     let mut lines: Vec<Vec<PlacedGlyph>> = Vec::new();
     for glyph in glyphs {
         match lines.last_mut() {
@@ -421,7 +422,7 @@ fn lines_of(mut glyphs: Vec<PlacedGlyph>) -> String {
     let mut text = String::new();
     let mut previous_baseline: Option<(f64, f64)> = None;
     for mut line in lines {
-        line.sort_by(|a, b| a.x.total_cmp(&b.x));
+        line.sort_by(|a, b| a.area.x0.total_cmp(&b.area.x0));
         let first = &line[0];
         if let Some((baseline, size)) = previous_baseline {
             text.push('\n');
@@ -436,12 +437,14 @@ fn lines_of(mut glyphs: Vec<PlacedGlyph>) -> String {
         for glyph in &line {
             if let Some(last) = last {
                 // Fill-and-stroke text and fake bold draw the same glyph twice.
-                if glyph.text == last.text && (glyph.x - last.x).abs() < 0.1 * glyph.size {
+                if glyph.text == last.text
+                    && (glyph.area.x0 - last.area.x0).abs() < 0.1 * glyph.size
+                {
                     continue;
                 }
                 let spaced = line_text.ends_with(char::is_whitespace)
                     || glyph.text.starts_with(char::is_whitespace);
-                if !spaced && glyph.x - last.end > 0.15 * glyph.size.min(last.size) {
+                if !spaced && glyph.area.x0 - last.area.x1 > 0.15 * glyph.size.min(last.size) {
                     line_text.push(' ');
                 }
             }
@@ -461,10 +464,8 @@ mod tests {
         PlacedGlyph {
             area: Rect::new(x, baseline - 9.0, x + 6.0, baseline + 2.4),
             text: text.into(),
-            x,
             baseline,
             size: 12.0,
-            end: x + 6.0,
         }
     }
 
